@@ -1,0 +1,38 @@
+"""The `cdeit` command line: a thin typer layer over functions that tests call directly."""
+
+from __future__ import annotations
+
+import typer
+
+from common import __version__
+from common.commands import data as data_commands
+
+app = typer.Typer(
+    name="cdeit",
+    help="Teacher-logit cache and fast student trainer for vision transformers on corrupted images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_commands.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cdeit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """cdeit: prepare data, cache the teacher once, train ViT / DeiT / CdeiT students, evaluate."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""The dataset contract between `cdeit data prepare` and every later stage.
+
+A dataset directory holds `train.beton`, `val.beton`, `test.beton` and `manifest.json`. Each sample has
+the fields `image` (32x32x3 uint8, raw RGB), `label`, `corruption` (0 = clean, 1..10 in CORRUPTIONS
+order), `severity` (0 for clean, 1..5), `index` (its position in the split) and `source` (the id of the
+original photograph it was made from: CIFAR-10 train image i is i, test image i is 50000 + i).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from common.errors import CdeitError
+
+if TYPE_CHECKING:  # ffcv and torch are imported lazily: the command line must start fast
+    from ffcv.loader import Loader
+
+FORMAT_VERSION = 1
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CORRUPTIONS = (
+    "clean",
+    "brightness",
+    "defocus_blur",
+    "zoom_blur",
+    "motion_blur",
+    "fog",
+    "frost",
+    "snow",
+    "shot_noise",
+    "gaussian_noise",
+    "jpeg_compression",
+)
+SPLITS = ("train", "val", "test")
+IMAGE_SHAPE = (32, 32, 3)
+INT_FIELDS = ("label", "corruption", "severity", "index", "source")
+FIELDS = ("image", *INT_FIELDS)
+TEST_SOURCE_OFFSET = 50_000  # source id of CIFAR-10 test image i is TEST_SOURCE_OFFSET + i
+MANIFEST = "manifest.json"
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """Hash of a split's images and labels in index order: what ties a teacher cache to its data."""
+    h = hashlib.sha256()
+    h.update(f"cdeit-split-v{FORMAT_VERSION}:{images.shape}".encode())
+    h.update(np.ascontiguousarray(images, dtype=np.uint8).data)
+    h.update(np.ascontiguousarray(labels, dtype="<i8").data)
+    return "sha256:" + h.hexdigest()
+
+
+def beton_path(data_dir: str | os.PathLike, split: str) -> Path:
+    return Path(data_dir) / f"{split}.beton"
+
+
+def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and check DATA/manifest.json; every problem is one sentence naming the file."""
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST
+    if not data_dir.is_dir():
+        raise CdeitError(f"dataset directory {data_dir} does not exist; build one with `cdeit data prepare`.")
+    if not path.is_file():
+        raise CdeitError(f"{path} is missing, so {data_dir} is not a cdeit dataset; build one with `cdeit data prepare`.")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CdeitError(f"{path} is not valid JSON ({exc}); rebuild the dataset with `cdeit data prepare`.") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CdeitError(
+            f"{path} has format version {version!r} but this cdeit reads version {FORMAT_VERSION}; "
+            "rebuild the dataset with this version of `cdeit data prepare`."
+        )
+    for split in manifest.get("splits", {}):
+        if not beton_path(data_dir, split).is_file():
+            raise CdeitError(f"{beton_path(data_dir, split)} listed in {path} is missing; rebuild the dataset.")
+    return manifest
+
+
+def split_info(manifest: dict[str, Any], split: str, data_dir: str | os.PathLike = "DATA") -> dict[str, Any]:
+    """The manifest entry of one split, or a clear error naming the splits that exist."""
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise CdeitError(f"dataset {data_dir} has no split {split!r}; it has {', '.join(splits) or 'none'}.")
+    return splits[split]
+
+
+class _Arrays:
+    """Indexable view FFCV's writer iterates over: sample i as a tuple in FIELDS order."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self.n = len(arrays["image"])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple:
+        a = self.arrays
+        return (a["image"][i], *(int(a[f][i]) for f in INT_FIELDS))
+
+
+def check_arrays(arrays: dict[str, np.ndarray]) -> None:
+    """Shapes and dtypes every split must have before it is packed."""
+    n = len(arrays["image"])
+    if arrays["image"].dtype != np.uint8 or arrays["image"].shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"images must be uint8 (N, 32, 32, 3), got {arrays['image'].dtype} {arrays['image'].shape}")
+    for f in INT_FIELDS:
+        if arrays[f].shape != (n,):
+            raise ValueError(f"field {f} must have shape ({n},), got {arrays[f].shape}")
+    if not np.array_equal(arrays["index"], np.arange(n)):
+        raise ValueError("field index must be 0..N-1 in order")
+
+
+def write_beton(path: str | os.PathLike, arrays: dict[str, np.ndarray], workers: int = 1) -> None:
+    """Pack one split into an FFCV `.beton`, written under a temporary name and renamed when complete."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    from common.atomic import atomic_path
+
+    import ffcv.writer
+
+    check_arrays(arrays)
+    fields = {"image": RGBImageField(write_mode="raw")} | {f: IntField() for f in INT_FIELDS}
+    ffcv.writer.tqdm = _QuietBar  # FFCV prints its own tqdm bar; the caller shows progress instead
+    with atomic_path(path) as tmp:
+        writer = DatasetWriter(str(tmp), fields, num_workers=max(1, workers))
+        writer.from_indexed_dataset(_Arrays(arrays), chunksize=1000)
+
+
+class _QuietBar:
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_loader(
+    path: str | os.PathLike,
+    batch_size: int,
+    order: Literal["random", "sequential"] = "sequential",
+    device: str = "cpu",
+    fields: Sequence[str] = FIELDS,
+    drop_last: bool = False,
+    distributed: bool = False,
+    seed: int = 0,
+    workers: int = 2,
+    indices: Sequence[int] | None = None,
+    batches_ahead: int = 3,
+) -> Loader:
+    """An FFCV loader over one split: images come as uint8 NCHW tensors on `device`, ints as int64 vectors.
+
+    Output buffers are reused between batches: clone whatever is kept past the next batch.
+    """
+    import torch
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+
+    path = Path(path)
+    if not path.is_file():
+        raise CdeitError(f"{path} does not exist; build the dataset with `cdeit data prepare`.")
+    dev = torch.device(device)
+    non_blocking = dev.type == "cuda"
+    pipelines: dict[str, list | None] = {}
+    for name in FIELDS:
+        if name not in fields:
+            pipelines[name] = None
+        elif name == "image":
+            pipelines[name] = [SimpleRGBImageDecoder(), ToTensor(), ToDevice(dev, non_blocking), ToTorchImage()]
+        else:
+            pipelines[name] = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(dev, non_blocking)]
+    return Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=workers,
+        order=OrderOption.RANDOM if order == "random" else OrderOption.SEQUENTIAL,
+        drop_last=drop_last,
+        distributed=distributed,
+        seed=seed,
+        indices=indices,
+        pipelines=pipelines,
+        batches_ahead=batches_ahead,
+    )
+
+
+def read_split(path: str | os.PathLike, fields: Sequence[str] = FIELDS, batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """Read a whole split back into numpy arrays in index order (images as (N, 32, 32, 3) uint8)."""
+    loader = make_loader(path, batch_size, "sequential", "cpu", fields=fields)
+    chunks: dict[str, list[np.ndarray]] = {f: [] for f in fields}
+    for batch in loader:
+        for name, value in zip([f for f in FIELDS if f in fields], batch, strict=True):
+            arr = value.numpy()
+            chunks[name].append(arr.transpose(0, 2, 3, 1).copy() if name == "image" else arr.copy())
+    empty = {"image": np.zeros((0, *IMAGE_SHAPE), np.uint8)}
+    return {f: np.concatenate(c) if c else empty.get(f, np.zeros(0, np.int64)) for f, c in chunks.items()}
+
+
+def split_counts(arrays: dict[str, np.ndarray]) -> list[list[int]]:
+    """Samples per class x image type (10 x 11), as stored in the manifest."""
+    counts = np.zeros((len(CLASSES), len(CORRUPTIONS)), np.int64)
+    np.add.at(counts, (arrays["label"], arrays["corruption"]), 1)
+    return counts.tolist()
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    splits: dict[str, dict[str, np.ndarray]],
+    meta: dict[str, Any],
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Pack every split and write `manifest.json` last, so a directory with a manifest is complete.
+
+    `meta` holds what the producer knows (split policy, seed, inputs, ...); counts and fingerprints are
+    computed here from the arrays themselves. Returns the manifest.
+    """
+    from common import __version__
+    from common.atomic import write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, Any] = {}
+    for split, arrays in splits.items():
+        path = beton_path(out_dir, split)
+        write_beton(path, arrays, workers)
+        entries[split] = {
+            "file": path.name,
+            "count": int(len(arrays["image"])),
+            "fingerprint": fingerprint(arrays["image"], arrays["label"]),
+            "distinct_sources": int(len(np.unique(arrays["source"]))),
+            "counts_class_by_type": split_counts(arrays),
+            "beton_bytes": path.stat().st_size,
+        }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "classes": list(CLASSES),
+        "corruptions": list(CORRUPTIONS),
+        "image_shape": list(IMAGE_SHAPE),
+        **meta,
+        "splits": entries,
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
