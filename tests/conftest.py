@@ -1,0 +1,45 @@
+"""Shared test fixtures: small generated datasets that need no network and no ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.dataset import CLASSES, CORRUPTIONS, write_dataset
+
+
+def tiny_split(n: int, seed: int, source_offset: int = 0) -> dict[str, np.ndarray]:
+    """`n` 32x32 images whose colour depends on the class (learnable), with every field of the contract."""
+    rng = np.random.default_rng(seed)
+    label = np.arange(n) % len(CLASSES)
+    corruption = (np.arange(n) // len(CLASSES)) % len(CORRUPTIONS)
+    severity = np.where(corruption == 0, 0, 1 + np.arange(n) % 5)
+    base = rng.integers(0, 256, (len(CLASSES), 1, 1, 3))
+    noise = rng.normal(0, 40, (n, 32, 32, 3))
+    image = np.clip(base[label] + noise, 0, 255).astype(np.uint8)
+    return {
+        "image": image,
+        "label": label.astype(np.int64),
+        "corruption": corruption.astype(np.int64),
+        "severity": severity.astype(np.int64),
+        "index": np.arange(n, dtype=np.int64),
+        "source": (source_offset + np.arange(n)).astype(np.int64),
+    }
+
+
+def make_tiny_dataset(out: Path, sizes: tuple[int, int, int] = (220, 110, 110), seed: int = 0) -> Path:
+    """Write a complete dataset directory (betons + manifest) with the given train/val/test sizes."""
+    splits = {
+        name: tiny_split(n, seed + k, source_offset=k * 10_000)
+        for k, (name, n) in enumerate(zip(("train", "val", "test"), sizes, strict=True))
+    }
+    write_dataset(out, splits, {"split_policy": "grouped", "seed": seed, "corruption_source": "test"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only tiny dataset shared by the whole session (copy it before modifying)."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
