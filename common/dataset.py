@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -65,7 +65,9 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     if not data_dir.is_dir():
         raise CdeitError(f"dataset directory {data_dir} does not exist; build one with `cdeit data prepare`.")
     if not path.is_file():
-        raise CdeitError(f"{path} is missing, so {data_dir} is not a cdeit dataset; build one with `cdeit data prepare`.")
+        raise CdeitError(
+            f"{path} is missing, so {data_dir} is not a cdeit dataset; build one with `cdeit data prepare`."
+        )
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -119,12 +121,11 @@ def check_arrays(arrays: dict[str, np.ndarray]) -> None:
 
 def write_beton(path: str | os.PathLike, arrays: dict[str, np.ndarray], workers: int = 1) -> None:
     """Pack one split into an FFCV `.beton`, written under a temporary name and renamed when complete."""
+    import ffcv.writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
     from common.atomic import atomic_path
-
-    import ffcv.writer
 
     check_arrays(arrays)
     fields = {"image": RGBImageField(write_mode="raw")} | {f: IntField() for f in INT_FIELDS}
@@ -195,7 +196,9 @@ def make_loader(
     )
 
 
-def read_split(path: str | os.PathLike, fields: Sequence[str] = FIELDS, batch_size: int = 4096) -> dict[str, np.ndarray]:
+def read_split(
+    path: str | os.PathLike, fields: Sequence[str] = FIELDS, batch_size: int = 4096
+) -> dict[str, np.ndarray]:
     """Read a whole split back into numpy arrays in index order (images as (N, 32, 32, 3) uint8)."""
     loader = make_loader(path, batch_size, "sequential", "cpu", fields=fields)
     chunks: dict[str, list[np.ndarray]] = {f: [] for f in fields}
@@ -219,6 +222,7 @@ def write_dataset(
     splits: dict[str, dict[str, np.ndarray]],
     meta: dict[str, Any],
     workers: int = 1,
+    on_split: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Pack every split and write `manifest.json` last, so a directory with a manifest is complete.
 
@@ -242,6 +246,8 @@ def write_dataset(
             "counts_class_by_type": split_counts(arrays),
             "beton_bytes": path.stat().st_size,
         }
+        if on_split:
+            on_split()
     manifest = {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,

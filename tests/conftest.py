@@ -43,3 +43,18 @@ def make_tiny_dataset(out: Path, sizes: tuple[int, int, int] = (220, 110, 110), 
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only tiny dataset shared by the whole session (copy it before modifying)."""
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def write_fake_cifar10c(out: Path, test_images: np.ndarray, test_labels: np.ndarray, names: list[str]) -> Path:
+    """A CIFAR-10-C folder with the released layout (severity-major rows, labels.npy) for the given test set.
+
+    Pixels are the test image brightened by 10 x severity, so each row's source and severity can be checked.
+    """
+    root = out / "CIFAR-10-C"
+    root.mkdir(parents=True, exist_ok=True)
+    sev = np.repeat(np.arange(1, 6), len(test_labels))[:, None, None, None]
+    rows = np.clip(np.tile(test_images, (5, 1, 1, 1)).astype(np.int64) + 10 * sev, 0, 255).astype(np.uint8)
+    for name in names:
+        np.save(root / f"{name}.npy", rows)
+    np.save(root / "labels.npy", np.tile(test_labels, 5).astype(np.uint8))
+    return root

@@ -2,6 +2,141 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="Build the 11-type dataset (clean + 10 corruptions) into FFCV .beton files.", no_args_is_help=True)
+from common.console import friendly_errors
+
+app = typer.Typer(
+    help="Build the 11-type dataset (clean + 10 corruptions) into FFCV .beton files.", no_args_is_help=True
+)
+
+
+def _triple(text: str) -> tuple[int, int, int]:
+    from common.errors import CdeitError
+
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise CdeitError(f"--per-class-per-type {text!r} must be three integers TRAIN,VAL,TEST such as 4500,200,200.")
+    return parts  # type: ignore[return-value]
+
+
+@app.command("prepare")
+@friendly_errors
+def prepare_command(
+    cifar10: Annotated[Path, typer.Option(help="CIFAR-10 python version: `cifar-10-batches-py/` or its parent.")],
+    out: Annotated[Path, typer.Option(help="Output dataset directory (betons + manifest.json).")],
+    cifar10c: Annotated[Path | None, typer.Option(help="Extracted CIFAR-10-C folder (or its parent).")] = None,
+    corruptions: Annotated[
+        str | None, typer.Option(help="`generate`: make the ten corruptions with cdeit's own implementation.")
+    ] = None,
+    per_class_per_type: Annotated[
+        str, typer.Option(help="Images per class per type: TRAIN,VAL,TEST.")
+    ] = "4500,200,200",
+    split: Annotated[
+        str, typer.Option(help="grouped: all variants of a photograph in one split; paper: random draw.")
+    ] = "grouped",
+    types: Annotated[str, typer.Option(help="Comma-separated image types to include (default: all eleven).")] = "",
+    seed: Annotated[int, typer.Option(help="Seed for the split draw and the generated corruptions.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes for corruption generation and packing.")] = 2,
+) -> None:
+    """Build train/val/test .beton files with label, corruption, severity, index and source fields."""
+    from common.console import console
+    from common.console import out as stdout
+    from common.dataset import CORRUPTIONS
+    from common.errors import CdeitError
+    from data.prepare import PrepareConfig, prepare
+
+    if corruptions not in (None, "generate"):
+        raise CdeitError(f"--corruptions {corruptions!r} is not supported; the only value is `generate`.")
+    if split not in ("grouped", "paper"):
+        raise CdeitError(f"--split {split!r} is unknown; choose grouped or paper.")
+    cfg = PrepareConfig(
+        cifar10=cifar10,
+        out=out,
+        cifar10c=cifar10c,
+        generate=corruptions == "generate",
+        per_class_per_type=_triple(per_class_per_type),
+        split=split,  # type: ignore[arg-type]
+        types=tuple(t.strip() for t in types.split(",") if t.strip()) or CORRUPTIONS,
+        seed=seed,
+        workers=max(1, workers),
+    )
+    manifest = prepare(cfg)
+    if manifest.get("reused"):
+        console.print(f"{out} already holds this dataset; nothing to do.")
+    for name, info in manifest["splits"].items():
+        stdout.print(
+            f"{name:5s} {info['count']:>8,d} images  {info['distinct_sources']:>7,d} photographs  "
+            f"{info['beton_bytes'] / 2**20:8.1f} MiB  {info['fingerprint'][:23]}"
+        )
+    stdout.print(f"dataset ready in {out}")
+
+
+@app.command("audit")
+@friendly_errors
+def audit_command(
+    data: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    strict: Annotated[
+        bool, typer.Option(help="Exit with status 1 if any photograph is shared between splits.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Report, per split pair, how many source photographs are shared and how many samples they touch."""
+    from common.console import out as stdout
+    from data.audit import audit
+
+    report = audit(data)
+    if as_json:
+        stdout.print_json(json.dumps(report))
+    else:
+        stdout.print(f"split policy: {report['split_policy']}")
+        for s, n in report["distinct_sources"].items():
+            stdout.print(f"{s:5s}: {n:,d} distinct source photographs")
+        for p in report["pairs"]:
+            a, b = p["splits"]
+            stdout.print(
+                f"{a} / {b}: {p['shared_sources']:,d} shared photographs, "
+                f"{p[f'{a}_samples_affected']:.1%} of {a} and {p[f'{b}_samples_affected']:.1%} of {b} samples"
+            )
+    if strict and any(p["shared_sources"] for p in report["pairs"]):
+        raise typer.Exit(1)
+
+
+@app.command("show")
+@friendly_errors
+def show_command(
+    data: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("dataset.png"),
+    split: Annotated[str, typer.Option(help="Split to draw from.")] = "test",
+    severity: Annotated[int, typer.Option(help="Severity shown for the corrupted rows (1..5).")] = 3,
+) -> None:
+    """Write a PNG grid: rows are the eleven image types, columns the classes."""
+    from common.console import out as stdout
+    from data.audit import show
+
+    stdout.print(f"wrote {show(data, out, split, severity)}")
+
+
+@app.command("synth")
+@friendly_errors
+def synth_command(
+    to: Annotated[Path, typer.Option(help="Directory that receives `cifar-10-batches-py/`.")],
+    train_per_class: Annotated[int, typer.Option(help="Train images per class.")] = 600,
+    test_per_class: Annotated[int, typer.Option(help="Test images per class.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the procedural images.")] = 0,
+) -> None:
+    """Write procedural 10-class images in the official CIFAR-10 layout (the offline default)."""
+    from common.console import out as stdout
+    from common.errors import CdeitError
+    from data.synthetic import write_synthetic_cifar
+
+    if train_per_class < 1 or test_per_class < 0:
+        raise CdeitError("--train-per-class must be at least 1 and --test-per-class at least 0.")
+    stdout.print(f"wrote {write_synthetic_cifar(to, train_per_class, test_per_class, seed)}")

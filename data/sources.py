@@ -1,0 +1,186 @@
+"""Readers for the released files: `cifar-10-batches-py/` pickles and `CIFAR-10-C/<name>.npy`.
+
+Every problem with an input file is one sentence naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.dataset import TEST_SOURCE_OFFSET
+from common.errors import CdeitError
+
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+CIFAR10C_ROWS = 50_000  # 5 severities x 10,000 test images, severity-major
+
+
+@dataclass
+class Cifar10:
+    """CIFAR-10 as HWC uint8 arrays; `source` ids: train image i -> i, test image i -> 50000 + i."""
+
+    train_images: np.ndarray  # (Ntr, 32, 32, 3) uint8
+    train_labels: np.ndarray  # (Ntr,) int64
+    test_images: np.ndarray  # (Nte, 32, 32, 3) uint8
+    test_labels: np.ndarray  # (Nte,) int64
+    class_names: list[str]
+    checksums: dict[str, str]
+
+    def pooled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All photographs with their labels and source ids: (images, labels, sources)."""
+        images = np.concatenate([self.train_images, self.test_images])
+        labels = np.concatenate([self.train_labels, self.test_labels])
+        sources = np.concatenate(
+            [np.arange(len(self.train_labels)), TEST_SOURCE_OFFSET + np.arange(len(self.test_labels))]
+        )
+        return images, labels, sources
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches hold dicts of bytes, lists and numpy arrays; refuse any other object."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def md5_of(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cifar10_dir(path: str | Path) -> Path:
+    """Accept either `cifar-10-batches-py/` itself or the directory that contains it."""
+    path = Path(path)
+    if (path / "cifar-10-batches-py").is_dir():
+        return path / "cifar-10-batches-py"
+    if not path.is_dir():
+        raise CdeitError(f"CIFAR-10 directory {path} does not exist; run `cdeit data download --to DIR` first.")
+    return path
+
+
+def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray, bytes]:
+    if not path.is_file():
+        raise CdeitError(
+            f"{path} is missing; point --cifar10 at the official `cifar-10-batches-py` folder "
+            "(or run `cdeit data download`)."
+        )
+    raw = path.read_bytes()
+    try:
+        batch = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # truncated or foreign files raise many different exception types
+        raise CdeitError(f"{path} could not be read ({type(exc).__name__}: {exc}); download it again.") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise CdeitError(f"{path} is not a CIFAR-10 batch (no b'data' / b'labels'); download it again.")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise CdeitError(
+            f"{path} holds data of shape {data.shape} ({data.dtype}) for {len(labels)} labels; "
+            "expected uint8 N x 3072 with N labels, so the file is damaged: download it again."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise CdeitError(f"{path} has labels outside 0..9; download it again.")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # channel-major rows -> HWC
+    return np.ascontiguousarray(images), labels, raw
+
+
+def read_cifar10(path: str | Path) -> Cifar10:
+    """Read the official python version of CIFAR-10 (five train batches and the test batch)."""
+    root = cifar10_dir(path)
+    checksums: dict[str, str] = {}
+    images, labels = [], []
+    for name in TRAIN_BATCHES:
+        x, y, raw = _load_batch(root / name)
+        images.append(x)
+        labels.append(y)
+        checksums[name] = hashlib.md5(raw).hexdigest()
+    test_x, test_y, raw = _load_batch(root / TEST_BATCH)
+    checksums[TEST_BATCH] = hashlib.md5(raw).hexdigest()
+    class_names = _class_names(root / META)
+    return Cifar10(np.concatenate(images), np.concatenate(labels), test_x, test_y, class_names, checksums)
+
+
+def _class_names(path: Path) -> list[str]:
+    from common.dataset import CLASSES
+
+    if not path.is_file():
+        return list(CLASSES)
+    try:
+        meta = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
+    except Exception:
+        raise CdeitError(f"{path} could not be read; download CIFAR-10 again.") from None
+    if len(names) != 10:
+        raise CdeitError(f"{path} names {len(names)} classes; cdeit expects the 10 CIFAR-10 classes.")
+    return names
+
+
+def cifar10c_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if (path / "CIFAR-10-C").is_dir():
+        return path / "CIFAR-10-C"
+    if not path.is_dir():
+        raise CdeitError(f"CIFAR-10-C directory {path} does not exist; run `cdeit data download --to DIR` first.")
+    return path
+
+
+def read_cifar10c(path: str | Path, names: list[str], test_labels: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+    """Memory-map `<name>.npy` for each corruption and check it against CIFAR-10's test labels.
+
+    Row (s - 1) * 10000 + i is test image i at severity s, so `labels.npy` must equal the test labels
+    tiled five times; that check catches a CIFAR-10-C paired with the wrong CIFAR-10.
+    """
+    root = cifar10c_dir(path)
+    n_test = len(test_labels)
+    labels_path = root / "labels.npy"
+    labels = _load_npy(labels_path)
+    if labels.shape != (5 * n_test,):
+        raise CdeitError(
+            f"{labels_path} has shape {labels.shape}; expected ({5 * n_test},). Download CIFAR-10-C again."
+        )
+    if not np.array_equal(labels.astype(np.int64), np.tile(test_labels, 5)):
+        raise CdeitError(
+            f"{labels_path} does not match the CIFAR-10 test labels row for row; "
+            "use the CIFAR-10-C release that belongs to this CIFAR-10."
+        )
+    arrays, checksums = {}, {"labels.npy": md5_of(labels_path)}
+    for name in names:
+        file = root / f"{name}.npy"
+        arr = _load_npy(file)
+        if arr.dtype != np.uint8 or arr.shape != (5 * n_test, 32, 32, 3):
+            raise CdeitError(
+                f"{file} holds {arr.dtype} {arr.shape}; expected uint8 ({5 * n_test}, 32, 32, 3). "
+                "Download CIFAR-10-C again."
+            )
+        arrays[name] = arr
+        checksums[f"{name}.npy"] = md5_of(file)
+    return arrays, checksums
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise CdeitError(f"{path} is missing; point --cifar10c at the extracted `CIFAR-10-C` folder.")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise CdeitError(f"{path} could not be read ({type(exc).__name__}: {exc}); download it again.") from None

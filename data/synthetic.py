@@ -1,0 +1,116 @@
+"""Procedural 10-class images in the official CIFAR-10 layout: the embedded default that needs no download.
+
+Each class is a shape (disc, square, ...) with random position, size, small rotation and colours over a
+gradient background with sensor noise. The task is learnable but not trivial once corrupted, which is
+enough to run and test the whole pipeline offline. Generated deterministically from a seed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import atomic_path
+
+SYNTHETIC_CLASSES = (
+    "disc",
+    "square",
+    "triangle",
+    "ring",
+    "cross",
+    "horizontal_bars",
+    "vertical_bars",
+    "diagonal_bars",
+    "checkerboard",
+    "dumbbell",
+)
+_SUPERSAMPLE = 2  # draw at 64px and average 2x2 blocks for anti-aliased edges
+
+
+def _masks(label: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Foreground mask (N, S, S) for each image's class, from its local shape coordinates u, v."""
+    rr = np.sqrt(u**2 + v**2)
+    box = np.maximum(np.abs(u), np.abs(v))
+    stripes = np.pi * 2.5
+    shapes = [
+        rr < 1.0,
+        box < 0.8,
+        (v > -0.7) & (v < 0.9 - 1.6 * np.abs(u)),
+        (rr > 0.55) & (rr < 1.0),
+        ((np.abs(u) < 0.3) & (np.abs(v) < 1.0)) | ((np.abs(v) < 0.3) & (np.abs(u) < 1.0)),
+        (box < 0.95) & (np.sin(v * stripes) > 0),
+        (box < 0.95) & (np.sin(u * stripes) > 0),
+        (box < 0.95) & (np.sin((u + v) * stripes / np.sqrt(2)) > 0),
+        (box < 0.95) & (np.sin(u * stripes) * np.sin(v * stripes) > 0),
+        ((u - 0.55) ** 2 + v**2 < 0.16) | ((u + 0.55) ** 2 + v**2 < 0.16) | ((np.abs(v) < 0.12) & (np.abs(u) < 0.6)),
+    ]
+    out = np.zeros(u.shape, bool)
+    for k, mask in enumerate(shapes):
+        out |= mask & (label == k)[:, None, None]
+    return out
+
+
+def render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Images (N, 32, 32, 3) uint8 for the given class ids, all drawn in one batch."""
+    n, size = len(labels), 32 * _SUPERSAMPLE
+    axis = (np.arange(size) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    cx, cy = rng.uniform(-0.35, 0.35, (2, n, 1, 1))
+    scale = rng.uniform(0.45, 0.7, (n, 1, 1))
+    theta = np.deg2rad(rng.uniform(-15, 15, (n, 1, 1)))
+    dx, dy = (xx - cx) / scale, (yy - cy) / scale
+    u = np.cos(theta) * dx + np.sin(theta) * dy
+    v = -np.sin(theta) * dx + np.cos(theta) * dy
+    mask = _masks(labels, u, v).astype(np.float32)
+    mask = mask.reshape(n, 32, _SUPERSAMPLE, 32, _SUPERSAMPLE).mean(axis=(2, 4))[..., None]  # (N, 32, 32, 1)
+
+    bg_a, bg_b = rng.uniform(0, 255, (2, n, 1, 1, 3))
+    ramp = np.linspace(0, 1, 32)[None, :, None, None]
+    direction = rng.integers(0, 2, (n, 1, 1, 1))
+    t = np.where(direction == 0, ramp, ramp.transpose(0, 2, 1, 3))
+    background = bg_a + (bg_b - bg_a) * t
+    offset = rng.uniform(70, 140, (n, 1, 1, 3)) * rng.choice([-1, 1], (n, 1, 1, 3))
+    foreground = np.clip((bg_a + bg_b) / 2 + offset, 0, 255)
+    image = background * (1 - mask) + foreground * mask + rng.normal(0, 6, (n, 32, 32, 3))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def write_synthetic_cifar(
+    out: str | Path, train_per_class: int = 600, test_per_class: int = 100, seed: int = 0
+) -> Path:
+    """Write `OUT/cifar-10-batches-py/` (5 train batches, test batch, meta) with procedural images."""
+    root = Path(out) / "cifar-10-batches-py"
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train_labels = rng.permutation(np.repeat(np.arange(10), train_per_class))
+    test_labels = rng.permutation(np.repeat(np.arange(10), test_per_class))
+    train = _render_chunked(train_labels, rng)
+    test = _render_chunked(test_labels, rng)
+    for k, part in enumerate(np.array_split(np.arange(len(train_labels)), 5), start=1):
+        _write_batch(root / f"data_batch_{k}", train[part], train_labels[part], f"training batch {k} of 5")
+    _write_batch(root / "test_batch", test, test_labels, "testing batch 1 of 1")
+    meta = {b"label_names": [c.encode() for c in SYNTHETIC_CLASSES], b"num_vis": 3072, b"num_cases_per_batch": 0}
+    _dump(root / "batches.meta", meta)
+    return root
+
+
+def _render_chunked(labels: np.ndarray, rng: np.random.Generator, chunk: int = 4096) -> np.ndarray:
+    return np.concatenate([render(labels[i : i + chunk], rng) for i in range(0, len(labels), chunk)])
+
+
+def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, name: str) -> None:
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)  # HWC -> channel-major rows
+    batch = {
+        b"batch_label": name.encode(),
+        b"labels": [int(y) for y in labels],
+        b"data": np.ascontiguousarray(data),
+        b"filenames": [f"synthetic_{i:06d}.png".encode() for i in range(len(labels))],
+    }
+    _dump(path, batch)
+
+
+def _dump(path: Path, obj: object) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(obj, fh, protocol=4)
