@@ -5,7 +5,11 @@ from __future__ import annotations
 import typer
 
 from common import __version__
+from common.commands import cache as cache_commands
 from common.commands import data as data_commands
+from common.commands import data_download
+from common.commands import teacher as teacher_commands
+from common.commands import train as train_commands
 
 app = typer.Typer(
     name="cdeit",
@@ -14,7 +18,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+data_commands.app.command("download")(data_download.download)
 app.add_typer(data_commands.app, name="data")
+app.command("precompute-teacher")(teacher_commands.precompute_teacher)
+app.add_typer(cache_commands.app, name="cache")
+app.command("train")(train_commands.train)
 
 
 def _version(value: bool) -> None:

@@ -140,6 +140,3 @@ def synth_command(
     if train_per_class < 1 or test_per_class < 0:
         raise CdeitError("--train-per-class must be at least 1 and --test-per-class at least 0.")
     stdout.print(f"wrote {write_synthetic_cifar(to, train_per_class, test_per_class, seed)}")
-
-
-app.command("download")(__import__("common.commands.data_download", fromlist=["download"]).download)

@@ -1,0 +1,112 @@
+"""The training configuration: one dataclass whose defaults are the paper's Table 1, saved in every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from common.errors import CdeitError
+
+Student = Literal["vit", "deit", "cdeit"]
+DistillKind = Literal["none", "soft", "hard"]
+HeadStrategyName = Literal["none", "linear", "mlp"]
+STUDENTS = ("vit", "deit", "cdeit")
+DISTILLS = ("none", "soft", "hard")
+HEAD_STRATEGIES = ("none", "linear", "mlp")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    student: Student = "deit"
+    distill: DistillKind = "hard"
+    head_strategy: HeadStrategyName | None = None  # CdeiT only; None -> "linear" (strategy 2, the paper's best)
+    data: str = ""  # dataset directory from `cdeit data prepare`
+    teacher_cache: str | None = None  # cache directory from `cdeit precompute-teacher` (soft / hard only)
+    out: str = ""  # run directory
+    # Table 1 of the paper
+    epochs: int = 15
+    batch_size: int = 1024  # global: split evenly over the ranks of a torchrun
+    lr_per_512: float = 5e-4  # lr = lr_per_512 * batch_size / 512
+    weight_decay: float = 0.05  # not on norms, biases, tokens and position embeddings
+    warmup_epochs: float = 3.0
+    min_lr: float = 1e-5  # cosine floor (DeiT's default)
+    warmup_lr: float = 1e-6  # lr at step 0 of the linear warmup (DeiT's default)
+    label_smoothing: float = 0.1
+    dropout: float = 0.0
+    drop_path: float = 0.1
+    mixup_prob: float = 0.3
+    mixup_alpha: float = 0.8  # Beta(0.8, 0.8), as DeiT
+    cutmix_prob: float = 0.0  # the paper found CutMix harmful
+    cutmix_alpha: float = 1.0
+    erasing_prob: float = 0.25
+    tau: float = 3.0
+    lam: float = 0.5  # lambda of Eq. 4 and 7
+    clip_grad: float | None = None  # max gradient norm; None: no clipping
+    # machinery
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA; CPU runs fp32
+    compile: bool | None = None  # None: torch.compile on CUDA, eager on CPU
+    workers: int = 2  # FFCV loader threads
+    eval_every: int = 1  # validate every N epochs (and always after the last)
+    eval_batch_size: int = 1024
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"depth": 2} for tests
+
+    @property
+    def lr(self) -> float:
+        return self.lr_per_512 * self.batch_size / 512
+
+    def resolved_head_strategy(self) -> str | None:
+        if self.student == "cdeit":
+            return self.head_strategy or "linear"
+        return self.head_strategy
+
+    def validate(self) -> TrainConfig:
+        """One sentence per bad value, before anything runs."""
+        if self.student not in STUDENTS:
+            raise CdeitError(f"--student {self.student!r} is unknown; choose {', '.join(STUDENTS)}.")
+        if self.distill not in DISTILLS:
+            raise CdeitError(f"--distill {self.distill!r} is unknown; choose {', '.join(DISTILLS)}.")
+        if self.head_strategy is not None and self.head_strategy not in HEAD_STRATEGIES:
+            raise CdeitError(f"--head-strategy {self.head_strategy!r} is unknown; choose {', '.join(HEAD_STRATEGIES)}.")
+        if self.head_strategy is not None and self.student != "cdeit":
+            raise CdeitError(f"--head-strategy applies to --student cdeit only, not {self.student}; drop the option.")
+        if self.student == "vit" and self.distill != "none":
+            raise CdeitError("the ViT baseline has no distillation token; use --distill none or --student deit/cdeit.")
+        if self.distill != "none" and not self.teacher_cache:
+            raise CdeitError(f"--distill {self.distill} needs --teacher-cache CACHE from `cdeit precompute-teacher`.")
+        if not self.data:
+            raise CdeitError("--data is required: the dataset directory from `cdeit data prepare`.")
+        if not self.out:
+            raise CdeitError("--out is required: the run directory to write checkpoints and metrics to.")
+        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise CdeitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
+        for name in ("mixup_prob", "cutmix_prob", "erasing_prob", "label_smoothing", "lam", "dropout", "drop_path"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise CdeitError(f"--{name.replace('_', '-')} must be in [0, 1], not {getattr(self, name)}.")
+        if self.mixup_prob + self.cutmix_prob > 1:
+            raise CdeitError("--mixup-prob and --cutmix-prob must add up to at most 1.")
+        if self.precision not in ("bf16", "fp32"):
+            raise CdeitError(f"--precision {self.precision!r} is unknown; choose bf16 or fp32.")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CdeitError(f"--config {path} could not be read ({exc}); give a run's config.json.") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CdeitError(f"--config {path} has unknown keys {', '.join(unknown)}; is it a cdeit run's config.json?")
+        return cls(**raw)

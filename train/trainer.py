@@ -1,0 +1,404 @@
+"""`cdeit train`: train a ViT / DeiT / CdeiT student from packed images and cached teacher logits.
+
+The teacher is never built here. Its logits are loaded once into a device tensor (N, classes) and
+gathered with each batch's `index` field; Mixup, random erasing and normalisation run on whole batches
+on the device. Checkpoints are atomic and hold every RNG state, so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from common.atomic import atomic_path, write_json
+from common.console import console, progress_bar
+from common.dataset import beton_path, load_manifest, make_loader
+from common.errors import CdeitError
+from common.metrics import ece_bin_stats, ece_from_stats
+from train import distributed
+from train.config import TrainConfig
+
+CHECKPOINT = "checkpoints/last.pt"
+TRAIN_FIELDS = ("image", "label", "corruption", "index")
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_val_acc: float = -1.0
+    train_seconds: float = 0.0
+    train_images: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CdeitError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CdeitError(f"--device {name} asks for CUDA but none is available; use --device cpu.")
+    return dev
+
+
+def _io_error(path: Path, exc: OSError) -> CdeitError:
+    if exc.errno == errno.ENOSPC:
+        return CdeitError(f"the disk is full while writing {path}; free space and rerun with --resume.")
+    return CdeitError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --out.")
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    """Create RUN/, refuse to overwrite another run, and prove it is writable before any work."""
+    out = Path(cfg.out)
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise _io_error(out, exc) from None
+    saved = out / "config.json"
+    if saved.is_file() and not resume:
+        if (out / CHECKPOINT).is_file() or (out / "model.safetensors").is_file():
+            raise CdeitError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
+    if resume and saved.is_file():
+        old = json.loads(saved.read_text())
+        differs = [k for k, v in cfg.to_json().items() if k not in ("workers", "eval_every") and old.get(k) != v]
+        if differs:
+            raise CdeitError(f"--resume with other settings than {saved} ({', '.join(differs)}); use the same options.")
+    return out
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on norms, biases, tokens or position embeddings."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Normalise(torch.nn.Module):
+    """uint8 NCHW on the device -> float, normalised with the student's mean and std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        super().__init__()
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        return (images_u8.float() - self.mean) * self.inv_std  # (B, 3, 32, 32)
+
+
+class Trainer:
+    """One training run; `run()` trains (or resumes) to the end and writes the final model."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg.validate()
+        self.resume = resume
+        self.device = resolve_device(cfg.device)
+        world = distributed.world_size()
+        if cfg.batch_size % world:
+            raise CdeitError(
+                f"--batch-size {cfg.batch_size} does not divide over {world} processes; use a multiple of {world}."
+            )
+        self.dist = distributed.setup(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
+        self.manifest = load_manifest(cfg.data)
+        self.num_classes = len(self.manifest["classes"])
+        self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
+        self.state = State()
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        self._build()
+
+    # ---------------------------------------------------------------- set-up
+    def _build(self) -> None:
+        from timm.scheduler import CosineLRScheduler
+
+        from train.losses import build_loss
+        from train.mixing import RandomErasing
+        from train.models import build_student
+
+        cfg, dev = self.cfg, self.device
+        kwargs = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path, drop_rate=cfg.dropout)
+        kwargs.setdefault("num_classes", self.num_classes)
+        self.model = build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs).to(dev)
+        self.raw_model = self.model
+        pcfg = self.model.pretrained_cfg
+        self.normalise = Normalise(pcfg["mean"], pcfg["std"], dev)
+        self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
+        self.erasing = RandomErasing(cfg.erasing_prob, device=dev) if cfg.erasing_prob > 0 else None
+        self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
+        self.erase_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + 500 + self.dist.rank)
+
+        self.train_loader = make_loader(
+            beton_path(cfg.data, "train"), cfg.batch_size // self.dist.world, "random", str(dev),
+            fields=TRAIN_FIELDS, drop_last=True, distributed=self.dist.enabled, seed=cfg.seed, workers=cfg.workers,
+        )  # fmt: skip
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            n = self.manifest["splits"]["train"]["count"]
+            raise CdeitError(f"--batch-size {cfg.batch_size} is larger than the {n} training images; lower it.")
+        self.teacher = self._teacher_logits()
+
+        fused = dev.type == "cuda"
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, fused=fused)
+        total = cfg.epochs * self.steps_per_epoch
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=round(cfg.warmup_epochs * self.steps_per_epoch),
+            warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False,
+        )  # fmt: skip
+        compile_model = cfg.compile if cfg.compile is not None else dev.type == "cuda"
+        if compile_model:
+            self.model = torch.compile(self.model)
+        if self.dist.enabled:
+            ids = [dev.index] if dev.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _teacher_logits(self) -> torch.Tensor | None:
+        if self.cfg.distill == "none":
+            return None
+        from common.cache import load_teacher_logits
+
+        return load_teacher_logits(self.cfg.teacher_cache, self.cfg.data, split="train", device=self.device)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state(), "mix": self.mix_gen.get_state(), "erase": self.erase_gen.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save_checkpoint(self) -> None:
+        """Model, optimizer, scheduler, RNG states, epoch and step; atomic (rank 0 only)."""
+        if not self.dist.main:
+            return
+        payload = {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": self._rng_state(),
+            "state": self.state.__dict__,
+            "config": self.cfg.to_json(),
+        }
+        path = self.out / CHECKPOINT
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(payload, tmp)
+        except OSError as exc:
+            raise _io_error(path, exc) from None
+
+    def load_checkpoint(self) -> bool:
+        path = Path(self.cfg.out) / CHECKPOINT
+        if not path.is_file():
+            return False
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CdeitError(
+                f"checkpoint {path} could not be read ({type(exc).__name__}); delete it to start over."
+            ) from None
+        self.raw_model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.mix_gen.set_state(rng["mix"])
+        self.erase_gen.set_state(rng["erase"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.state = State(**payload["state"])
+        return True
+
+    # ---------------------------------------------------------------- loop
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        from train.mixing import make_targets, mix_batch
+
+        cfg = self.cfg
+        images_u8, labels, corruption, index = batch
+        teacher = self.teacher[index] if self.teacher is not None else None  # gather by sample index, on device
+        targets = make_targets(labels, corruption, teacher, cfg.distill, cfg.tau, cfg.label_smoothing,
+                               num_classes=self.num_classes)  # fmt: skip
+        images = self.normalise(images_u8)
+        images, targets = mix_batch(images, targets, cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob,
+                                    cfg.cutmix_alpha, generator=self.mix_gen)  # fmt: skip
+        if self.erasing is not None:
+            images, targets = self.erasing(images, targets, self.erase_gen)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            outputs = self.model(images)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        parts = self.loss_fn(outputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.optimizer.step()
+        self.state.step += 1
+        self.scheduler.step_update(self.state.step)
+        return {k: v.detach() for k, v in parts.items()}
+
+    def train_epoch(self, epoch: int, advance: Any) -> dict[str, float]:
+        self.model.train()
+        self.train_loader.next_epoch = epoch  # FFCV's order is a function of (seed, epoch): resumable
+        sums: dict[str, torch.Tensor] = {}
+        start, n_images = time.perf_counter(), 0
+        for i, batch in enumerate(self.train_loader):
+            parts = self.train_step(batch)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0) + v
+            n_images += batch[0].shape[0]
+            if advance and (i % 10 == 9 or i == self.steps_per_epoch - 1):  # sync with the device rarely
+                rate = n_images * self.dist.world / (time.perf_counter() - start)
+                advance(
+                    10 if i % 10 == 9 else (i % 10) + 1,
+                    info=f"{rate:,.0f} img/s loss {(sums['total'] / (i + 1)).item():.3f}",
+                )
+        seconds = time.perf_counter() - start
+        self.state.train_seconds += seconds
+        self.state.train_images += n_images * self.dist.world
+        stats = torch.stack([sums[k] for k in sorted(sums)]) / self.steps_per_epoch
+        stats = distributed.all_reduce_sum(stats, self.dist) / self.dist.world
+        out = {f"train_{k}": float(v) for k, v in zip(sorted(sums), stats.tolist(), strict=True)}
+        out["train_images_per_s"] = n_images * self.dist.world / seconds
+        out["lr"] = self.optimizer.param_groups[0]["lr"]
+        return out
+
+    @torch.no_grad()
+    def validate(self, split: str = "val") -> dict[str, float]:
+        """Accuracy, mean cross-entropy and ECE-15 of the inference logits; exact under torchrun."""
+        self.model.eval()
+        count = self.manifest["splits"][split]["count"]
+        indices = list(range(self.dist.rank, count, self.dist.world))  # every sample once over the ranks
+        loader = make_loader(beton_path(self.cfg.data, split), self.cfg.eval_batch_size, "sequential",
+                             str(self.device), fields=("image", "label"), workers=self.cfg.workers,
+                             indices=indices)  # fmt: skip
+        nll = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        bins = torch.zeros(3, 15, dtype=torch.float64, device=self.device)
+        for images_u8, labels in loader:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.raw_model(self.normalise(images_u8), return_dict=False)
+            logits = logits.float()
+            nll += F.cross_entropy(logits, labels, reduction="sum").double()
+            correct += (logits.argmax(1) == labels).sum()
+            bins += ece_bin_stats(logits.softmax(1), labels)
+        totals = distributed.all_reduce_sum(torch.cat([nll[None], correct[None], bins.flatten()]), self.dist)
+        n = totals[2:17].sum().item()
+        return {
+            f"{split}_acc": totals[1].item() / n,
+            f"{split}_loss": totals[0].item() / n,
+            f"{split}_ece": ece_from_stats(totals[2:].view(3, 15)),
+        }
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        path = self.out / "metrics.jsonl"
+        try:
+            with open(path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise _io_error(path, exc) from None
+
+    def _trim_metrics(self) -> None:
+        """After a resume, drop metric lines of epochs the checkpoint does not include."""
+        path = self.out / "metrics.jsonl"
+        if not self.dist.main or not path.is_file():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= self.state.epoch]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in lines))
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.resume and self.load_checkpoint():
+            console.print(f"resuming {cfg.out} after epoch {self.state.epoch} (step {self.state.step})")
+            self._trim_metrics()
+        elif self.dist.main:
+            write_json(self.out / "config.json", cfg.to_json())
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if self.dist.main:
+            n_params = sum(p.numel() for p in self.raw_model.parameters())
+            console.print(
+                f"training {cfg.student} (distill {cfg.distill}, {n_params / 1e6:.2f}M parameters) on {self.device}"
+                f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
+                f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}"
+            )
+        remaining = (cfg.epochs - self.state.epoch) * self.steps_per_epoch
+        with progress_bar("training", remaining, unit="steps") as advance:
+            for epoch in range(self.state.epoch, cfg.epochs):
+                record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step}
+                record |= self.train_epoch(epoch, advance if self.dist.main else None)
+                record["step"] = self.state.step
+                last = epoch + 1 == cfg.epochs
+                if (epoch + 1) % cfg.eval_every == 0 or last:
+                    record |= self.validate("val")
+                    if record["val_acc"] > self.state.best_val_acc:
+                        self.state.best_val_acc = record["val_acc"]
+                        self._save_model("best.safetensors")
+                self.state.epoch = epoch + 1
+                self.save_checkpoint()
+                self._log(record)
+                if self.dist.main:
+                    console.print(_epoch_line(record))
+                distributed.barrier(self.dist)
+        return self._finish()
+
+    def _save_model(self, name: str) -> None:
+        if not self.dist.main:
+            return
+        from train.models import save_safetensors
+
+        try:
+            save_safetensors(self.raw_model, self.out / name)
+        except OSError as exc:
+            raise _io_error(self.out / name, exc) from None
+
+    def _finish(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        if self.dist.main:
+            self._save_model("model.safetensors")
+            write_json(self.out / "model_config.json", self.raw_model.model_config())
+            records = [json.loads(ln) for ln in (self.out / "metrics.jsonl").read_text().splitlines() if ln]
+            last = records[-1] if records else {}
+            summary = {
+                "student": self.cfg.student,
+                "distill": self.cfg.distill,
+                "head_strategy": self.cfg.resolved_head_strategy(),
+                "parameters": sum(p.numel() for p in self.raw_model.parameters()),
+                "epochs": self.state.epoch,
+                "steps": self.state.step,
+                "train_seconds": self.state.train_seconds,
+                "train_images_per_s": self.state.train_images / max(self.state.train_seconds, 1e-9),
+                "best_val_acc": self.state.best_val_acc,
+                **{k: v for k, v in last.items() if k.startswith("val_")},
+                "device": str(self.device),
+                "world_size": self.dist.world,
+            }
+            write_json(self.out / "summary.json", summary)
+        distributed.barrier(self.dist)
+        distributed.teardown(self.dist)
+        return summary
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    val = f"  val acc {r['val_acc']:.2%} loss {r['val_loss']:.3f} ece {r['val_ece']:.4f}" if "val_acc" in r else ""
+    return f"epoch {r['epoch']:>3d}  train loss {r['train_total']:.4f}  {r['train_images_per_s']:,.0f} img/s{val}"
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run described by `cfg`; returns the summary."""
+    return Trainer(cfg, resume).run()
