@@ -67,9 +67,9 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     except OSError as exc:
         raise _io_error(out, exc) from None
     saved = out / "config.json"
-    if saved.is_file() and not resume:
-        if (out / CHECKPOINT).is_file() or (out / "model.safetensors").is_file():
-            raise CdeitError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
+    has_run = (out / CHECKPOINT).is_file() or (out / "model.safetensors").is_file()
+    if saved.is_file() and not resume and has_run:
+        raise CdeitError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
     if resume and saved.is_file():
         old = json.loads(saved.read_text())
         differs = [k for k, v in cfg.to_json().items() if k not in ("workers", "eval_every") and old.get(k) != v]
@@ -156,10 +156,10 @@ class Trainer:
 
         fused = dev.type == "cuda"
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, fused=fused)
-        total = cfg.epochs * self.steps_per_epoch
+        total, warmup = cfg.epochs * self.steps_per_epoch, round(cfg.warmup_epochs * self.steps_per_epoch)
         self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=round(cfg.warmup_epochs * self.steps_per_epoch),
-            warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False,
+            self.optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
+            warmup_prefix=True, t_in_epochs=False,
         )  # fmt: skip
         compile_model = cfg.compile if cfg.compile is not None else dev.type == "cuda"
         if compile_model:

@@ -81,6 +81,7 @@ def train(
     summary = run_training(TrainConfig(**values), resume=resume)
     if summary:
         stdout.print(
-            f"done: {summary['epochs']} epochs, {summary['steps']} steps, val acc {summary.get('val_acc', float('nan')):.2%}, "
+            f"done: {summary['epochs']} epochs, {summary['steps']} steps, "
+            f"val acc {summary.get('val_acc', float('nan')):.2%}, "
             f"{summary['train_images_per_s']:,.0f} train images/s -> {Path(values['out']) / 'model.safetensors'}"
         )
