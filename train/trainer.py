@@ -175,6 +175,10 @@ class Trainer:
 
         return load_teacher_logits(self.cfg.teacher_cache, self.cfg.data, split="train", device=self.device)
 
+    def teacher_logits_for(self, index: torch.Tensor, images_u8: torch.Tensor) -> torch.Tensor | None:
+        """The batch's cached teacher logits (B, C), gathered by sample index on the device."""
+        return self.teacher[index] if self.teacher is not None else None
+
     # ---------------------------------------------------------------- checkpoints
     def _rng_state(self) -> dict[str, torch.Tensor]:
         state = {"torch": torch.get_rng_state(), "mix": self.mix_gen.get_state(), "erase": self.erase_gen.get_state()}
@@ -229,7 +233,7 @@ class Trainer:
 
         cfg = self.cfg
         images_u8, labels, corruption, index = batch
-        teacher = self.teacher[index] if self.teacher is not None else None  # gather by sample index, on device
+        teacher = self.teacher_logits_for(index, images_u8)
         targets = make_targets(labels, corruption, teacher, cfg.distill, cfg.tau, cfg.label_smoothing,
                                num_classes=self.num_classes)  # fmt: skip
         images = self.normalise(images_u8)

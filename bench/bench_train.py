@@ -1,0 +1,152 @@
+"""Training throughput: (a) cdeit's cached-logit trainer, (b) the same student with the teacher run online
+at 224px on every batch (the DeiT / timm way), (c) the same student without distillation.
+
+All three use the same Trainer, data, student, batch and device in one process; (b) only replaces the
+cached-logit gather by a teacher forward on the batch, upsampled on the device. Also reports the share of
+step time the FFCV loader takes (one pass of the loader alone over the same number of batches).
+
+    python bench/bench_train.py --data DATA [--batch-size 128] [--steps 20] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from train.config import TrainConfig  # noqa: E402
+from train.trainer import Trainer  # noqa: E402
+
+
+class OnlineTeacherTrainer(Trainer):
+    """(b): the teacher runs on each batch, upsampled to its input size, under no_grad."""
+
+    teacher_name = "deit3_small_patch16_224"
+
+    def _teacher_logits(self) -> None:
+        import timm
+
+        from precompute.preprocess import DeviceResize, preprocessing_for
+
+        self.online = timm.create_model(self.teacher_name, pretrained=False, num_classes=self.num_classes)
+        self.online = self.online.to(self.device).eval().requires_grad_(False)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            self.online = self.online.to(memory_format=torch.channels_last)
+        self.resize = DeviceResize(preprocessing_for(self.online), self.device, channels_last=cuda)
+        return None
+
+    @torch.no_grad()
+    def teacher_logits_for(self, index: torch.Tensor, images_u8: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.online(self.resize(images_u8)).float()
+
+
+class CachedTrainer(Trainer):
+    """(a): logits gathered by index from a device tensor, exactly as a run with a cache does.
+
+    The table holds random logits of the real shape (N, classes): the gather costs the same.
+    """
+
+    def _teacher_logits(self) -> torch.Tensor:
+        n = self.manifest["splits"]["train"]["count"]
+        return torch.randn(n, self.num_classes, device=self.device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(trainer: Trainer, steps: int, warmup: int) -> float:
+    """Images per second over `steps` training steps after `warmup` steps."""
+    trainer.model.train()
+    it = iter(trainer.train_loader)
+    for _ in range(warmup):
+        trainer.train_step(next(it))
+    _sync(trainer.device)
+    t = time.perf_counter()
+    images = 0
+    for _ in range(steps):
+        batch = next(it)
+        trainer.train_step(batch)
+        images += batch[0].shape[0]
+    _sync(trainer.device)
+    return images / (time.perf_counter() - t)
+
+
+def loader_seconds_per_batch(trainer: Trainer, steps: int) -> float:
+    it = iter(trainer.train_loader)
+    next(it)
+    _sync(trainer.device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    _sync(trainer.device)
+    return (time.perf_counter() - t) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true")
+    args = p.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    common = dict(
+        data=args.data,
+        batch_size=args.batch_size,
+        device=args.device,
+        epochs=1,
+        workers=os.cpu_count() or 2,
+        compile=args.compile,
+    )
+    runs = {
+        "a_cached": (
+            CachedTrainer,
+            TrainConfig(student="deit", distill="hard", teacher_cache="(in memory)", out=str(out / "a"), **common),
+        ),
+        "b_online": (
+            OnlineTeacherTrainer,
+            TrainConfig(student="deit", distill="hard", teacher_cache="(online)", out=str(out / "b"), **common),
+        ),
+        "c_none": (Trainer, TrainConfig(student="deit", distill="none", out=str(out / "c"), **common)),
+    }
+    trainers = {name: cls(cfg) for name, (cls, cfg) in runs.items()}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, so drift of a noisy machine hits all three alike
+        for name, trainer in trainers.items():
+            rates[name].append(measure(trainer, args.steps, args.warmup))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    a = trainers["a_cached"]
+    load = loader_seconds_per_batch(a, args.steps)
+    step = args.batch_size / med["a_cached"]
+    dev = a.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    import timm
+
+    print(
+        f"device={dev} ({name}) torch={torch.__version__} timm={timm.__version__} batch={args.batch_size} "
+        f"steps={args.steps} repeats={args.repeats} autocast_bf16={a.autocast} threads={torch.get_num_threads()}"
+    )
+    for k in runs:
+        print(f"{k:9s} median {med[k]:10,.1f} images/s   runs: {', '.join(f'{r:,.1f}' for r in rates[k])}")
+    print(f"a/b = {med['a_cached'] / med['b_online']:.2f}x   a/c = {med['a_cached'] / med['c_none']:.3f}")
+    print(f"loader share of a step: {load / step:.1%} ({load * 1e3:.2f} ms of {step * 1e3:.1f} ms per batch)")
+
+
+if __name__ == "__main__":
+    main()
