@@ -161,6 +161,9 @@ def make_loader(
 ) -> Loader:
     """An FFCV loader over one split: images come as uint8 NCHW tensors on `device`, ints as int64 vectors.
 
+    Each batch is a tuple of the requested fields in FIELDS order (the file's order), whatever order
+    `fields` lists them in.
+
     Output buffers are reused between batches: clone whatever is kept past the next batch.
     """
     import torch

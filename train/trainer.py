@@ -237,10 +237,10 @@ class Trainer:
         targets = make_targets(labels, corruption, teacher, cfg.distill, cfg.tau, cfg.label_smoothing,
                                num_classes=self.num_classes)  # fmt: skip
         images = self.normalise(images_u8)
+        if self.erasing is not None:  # per-image erasing before batch mixing, in DeiT's order
+            images, targets = self.erasing(images, targets, self.erase_gen)
         images, targets = mix_batch(images, targets, cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob,
                                     cfg.cutmix_alpha, generator=self.mix_gen)  # fmt: skip
-        if self.erasing is not None:
-            images, targets = self.erasing(images, targets, self.erase_gen)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             outputs = self.model(images)
         outputs = {k: v.float() for k, v in outputs.items()}

@@ -1,0 +1,283 @@
+"""Students: ViT, DeiT and CdeiT at 32px, built on timm's VisionTransformer and registered with timm.
+
+`import train.models` registers `vit_tiny_patch4_32`, `deit_tiny_distilled_patch4_32` and
+`cdeit_tiny_patch4_32`, so `timm.create_model("cdeit_tiny_patch4_32", head_strategy="linear")` works.
+All three are one class, `TokenViT`, with one to three prefix tokens (class, distillation, corruption).
+In training mode `forward` returns a dict of per-head logits for the losses; in eval mode it returns the
+inference class logits (paper 2.3 and 3.3). See docs/students.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import timm
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, trunc_normal_
+from torch import nn
+
+from common.atomic import atomic_path
+from common.dataset import CLASSES, CORRUPTIONS
+from common.errors import CdeitError
+
+StudentKind = Literal["vit", "deit", "cdeit"]
+HeadStrategy = Literal["none", "linear", "mlp"]
+STUDENT_KINDS: tuple[str, ...] = get_args(StudentKind)
+HEAD_STRATEGIES: tuple[str, ...] = get_args(HeadStrategy)
+MODEL_NAMES: dict[str, str] = {
+    "vit": "vit_tiny_patch4_32",
+    "deit": "deit_tiny_distilled_patch4_32",
+    "cdeit": "cdeit_tiny_patch4_32",
+}
+TOKENS: dict[str, tuple[str, ...]] = {"vit": ("cls",), "deit": ("cls", "dist"), "cdeit": ("cls", "dist", "corr")}
+DEFAULT_HEAD_STRATEGY: HeadStrategy = "linear"  # strategy 2, the paper's best (4.3)
+# CIFAR-10 training-set statistics, recorded in pretrained_cfg for reference; the trainer owns normalisation.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CONFIG_KEY = "cdeit.model_config"  # safetensors metadata entry holding model_config() as JSON
+
+
+def check_head_strategy(kind: str, head_strategy: str | None) -> HeadStrategy | None:
+    """The head strategy to use for `kind` (cdeit defaults to 'linear'); a bad combination raises CdeitError."""
+    if kind not in STUDENT_KINDS:
+        raise CdeitError(f"student {kind!r} is not one of {', '.join(STUDENT_KINDS)}.")
+    if kind != "cdeit":
+        if head_strategy is not None:
+            raise CdeitError(
+                f"head_strategy {head_strategy!r} only applies to the cdeit student, not {kind!r}; leave it unset."
+            )
+        return None
+    head_strategy = DEFAULT_HEAD_STRATEGY if head_strategy is None else head_strategy
+    if head_strategy not in HEAD_STRATEGIES:
+        raise CdeitError(f"head_strategy {head_strategy!r} is not one of {', '.join(HEAD_STRATEGIES)}.")
+    return head_strategy  # type: ignore[return-value]
+
+
+def corruption_projection(
+    strategy: HeadStrategy, num_corruptions: int, num_classes: int, hidden: int, dd: dict[str, Any] | None = None
+) -> nn.Module:
+    """Corruption logits to class logits: strategy 2 is one linear layer, 3 two layers with GELU (paper 3.3)."""
+    dd = dd or {}
+    if strategy == "linear":
+        return nn.Linear(num_corruptions, num_classes, **dd)
+    return nn.Sequential(nn.Linear(num_corruptions, hidden, **dd), nn.GELU(), nn.Linear(hidden, num_classes, **dd))
+
+
+class TokenViT(VisionTransformer):
+    """A ViT with a class token and optionally a distillation and a corruption token, each with its own head.
+
+    kind 'vit': class token and linear head. 'deit': plus a distillation token and head (timm's
+    VisionTransformerDistilled). 'cdeit': plus a corruption token whose head predicts the image type, and for
+    head strategies 'linear'/'mlp' a projection `corr_to_cls` of the corruption logits into the class space.
+    """
+
+    def __init__(
+        self,
+        kind: StudentKind = "vit",
+        head_strategy: HeadStrategy | None = None,
+        num_corruptions: int = len(CORRUPTIONS),
+        corr_hidden_dim: int = 4 * len(CORRUPTIONS),
+        *,
+        img_size: int | tuple[int, int] = 32,
+        patch_size: int = 4,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        num_classes: int = len(CLASSES),
+        drop_path_rate: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        head_strategy = check_head_strategy(kind, head_strategy)
+        if kwargs.get("dynamic_img_size") or kwargs.get("global_pool", "token") != "token":
+            raise CdeitError("the cdeit students read their prefix tokens: keep global_pool='token', fixed size.")
+        if kwargs.get("reg_tokens") or not kwargs.get("class_token", True):
+            raise CdeitError("the cdeit students have a class token and no register tokens; leave both unset.")
+        weight_init = kwargs.pop("weight_init", "")
+        arch = dict(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+        arch.update(num_classes=num_classes, drop_path_rate=drop_path_rate)
+        super().__init__(**arch, **kwargs, weight_init="skip")
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        self._config = {
+            "head_strategy": head_strategy,
+            "num_corruptions": num_corruptions,
+            "corr_hidden_dim": corr_hidden_dim,
+            **arch,
+            **{k: v for k, v in kwargs.items() if k not in ("device", "dtype")},
+        }
+        self.kind = kind
+        self.head_strategy = head_strategy
+        self.token_names = TOKENS[kind]
+        self.num_corruptions = num_corruptions if kind == "cdeit" else 0
+        self.num_prefix_tokens = len(self.token_names)
+        self.dist_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd)) if kind != "vit" else None
+        self.corr_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd)) if kind == "cdeit" else None
+        embed_len = self.patch_embed.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(torch.empty(1, embed_len, embed_dim, **dd))
+        self.head_dist = nn.Linear(embed_dim, num_classes, **dd) if kind != "vit" else None
+        self.head_corr = nn.Linear(embed_dim, num_corruptions, **dd) if kind == "cdeit" else None
+        self.corr_to_cls = None
+        if head_strategy in ("linear", "mlp"):
+            self.corr_to_cls = corruption_projection(head_strategy, num_corruptions, num_classes, corr_hidden_dim, dd)
+        self.weight_init_mode = "reset" if weight_init == "skip" else weight_init
+        if weight_init != "skip":
+            self.init_weights(needs_reset=False)
+
+    def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
+        for token in (self.dist_token, self.corr_token):
+            if token is not None:
+                trunc_normal_(token, std=0.02)  # as timm's distilled DeiT
+        super().init_weights(mode=mode, needs_reset=needs_reset)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that take no weight decay (timm convention; norms and biases are excluded by their ndim)."""
+        names = {"pos_embed", "cls_token", "dist_token", "corr_token"}
+        return {n for n in names if getattr(self, n, None) is not None}
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        prefix = [self.cls_token, self.dist_token, self.corr_token][: self.num_prefix_tokens]
+        prefix = [t.expand(x.shape[0], -1, -1) for t in prefix]  # each (B, 1, D)
+        if self.no_embed_class:  # position embedding covers patches only: add, then prepend the tokens
+            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+        else:  # original ViT/DeiT: one position embedding per token, prefix tokens included
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+        return self.pos_drop(x)  # (B, T + N, D)
+
+    def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-head logits from the final token embeddings (B, T + N, D): 'cls', 'dist', 'corr', 'corr_to_cls'."""
+        tokens = self.head_drop(features[:, : self.num_prefix_tokens])  # (B, T, D)
+        out = {"cls": self.head(tokens[:, 0])}  # (B, C)
+        if self.head_dist is not None:
+            out["dist"] = self.head_dist(tokens[:, 1])  # (B, C)
+        if self.head_corr is not None:
+            out["corr"] = self.head_corr(tokens[:, 2])  # (B, K)
+        if self.corr_to_cls is not None:
+            out["corr_to_cls"] = self.corr_to_cls(out["corr"])  # (B, C)
+        return out
+
+    def combine(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Inference class logits (B, C): the mean of the class-space heads (cls, dist and corr_to_cls if present)."""
+        parts = [outputs[k] for k in ("cls", "dist", "corr_to_cls") if k in outputs]
+        return parts[0] if len(parts) == 1 else torch.stack(parts).mean(0)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if pre_logits:  # mean of the class-space token embeddings, as timm's distilled DeiT
+            return self.head_drop(x[:, : min(self.num_prefix_tokens, 2)].mean(1))
+        return self.combine(self.heads(x))
+
+    def forward(self, x: torch.Tensor, return_dict: bool | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Normalised images (B, 3, H, W) to a dict of head logits (default in training) or class logits (B, C)."""
+        outputs = self.heads(self.forward_features(x))
+        if self.training if return_dict is None else return_dict:
+            return outputs
+        return self.combine(outputs)
+
+    def forward_tokens(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Final (normed) embedding of each prefix token, name -> (B, D), e.g. for cosine similarities (paper 4.4)."""
+        features = self.forward_features(x)  # (B, T + N, D)
+        return {name: features[:, i] for i, name in enumerate(self.token_names)}
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def model_config(self) -> dict[str, Any]:
+        """Enough to rebuild this model: `timm.create_model(cfg['model_name'], **cfg['kwargs'])`."""
+        return {"model_name": MODEL_NAMES[self.kind], "kwargs": json.loads(json.dumps(self._config))}
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": len(CLASSES),
+        "input_size": (3, 32, 32),
+        "fixed_input_size": True,
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_NAMES.values()})
+
+
+def _create(kind: StudentKind, pretrained: bool, **kwargs: Any) -> TokenViT:
+    variant = MODEL_NAMES[kind]
+    if pretrained:
+        raise CdeitError(f"{variant} has no pretrained weights; train one with `cdeit train` and load its file.")
+    return build_model_with_cfg(TokenViT, variant, pretrained=False, kind=kind, **kwargs)
+
+
+@register_model
+def vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> TokenViT:
+    """Baseline ViT-Tiny at 32px: patch 4, embedding 192, 12 blocks, 3 heads, class token, linear head."""
+    return _create("vit", pretrained, **kwargs)
+
+
+@register_model
+def deit_tiny_distilled_patch4_32(pretrained: bool = False, **kwargs: Any) -> TokenViT:
+    """DeiT-Tiny at 32px with class and distillation tokens; inference averages their heads."""
+    return _create("deit", pretrained, **kwargs)
+
+
+@register_model
+def cdeit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> TokenViT:
+    """CdeiT-Tiny at 32px: class, distillation and corruption tokens; `head_strategy` none | linear | mlp."""
+    return _create("cdeit", pretrained, **kwargs)
+
+
+def build_student(kind: StudentKind, head_strategy: HeadStrategy | None = None, **kwargs: Any) -> TokenViT:
+    """One of the three students by kind; kwargs (depth, drop_path_rate, ...) go to the model."""
+    check_head_strategy(kind, head_strategy)
+    return timm.create_model(MODEL_NAMES[kind], head_strategy=head_strategy, **kwargs)
+
+
+def unwrap(model: nn.Module) -> TokenViT:
+    """The TokenViT inside a torch.compile and/or DistributedDataParallel wrapper."""
+    while not isinstance(model, TokenViT):
+        inner = getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None) if inner is None else inner
+        if not isinstance(inner, nn.Module):
+            raise CdeitError(f"{type(model).__name__} is not a cdeit student; build one with build_student().")
+        model = inner
+    return model
+
+
+def save_safetensors(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the weights and model_config() to a safetensors file, atomically; returns the path."""
+    student = unwrap(model)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
+    metadata = {"format": "pt", CONFIG_KEY: json.dumps(student.model_config())}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> TokenViT:
+    """Rebuild a student from a file written by save_safetensors, in eval mode on `device`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CdeitError(f"model file {path} does not exist; check the path or train a model with `cdeit train`.")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(CONFIG_KEY)
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise CdeitError(f"{path} is not a readable safetensors file ({exc}); save it again with cdeit.") from None
+    if raw is None:
+        raise CdeitError(f"{path} holds no {CONFIG_KEY} entry, so it was not written by cdeit's save_safetensors.")
+    config = json.loads(raw)
+    model = timm.create_model(config["model_name"], **config["kwargs"])
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
