@@ -8,6 +8,7 @@ from common import __version__
 from common.commands import cache as cache_commands
 from common.commands import data as data_commands
 from common.commands import data_download
+from common.commands import evaluate as evaluate_commands
 from common.commands import teacher as teacher_commands
 from common.commands import train as train_commands
 
@@ -23,6 +24,10 @@ app.add_typer(data_commands.app, name="data")
 app.command("precompute-teacher")(teacher_commands.precompute_teacher)
 app.add_typer(cache_commands.app, name="cache")
 app.command("train")(train_commands.train)
+app.command("evaluate")(evaluate_commands.evaluate)
+app.command("compare")(evaluate_commands.compare)
+app.command("predict")(evaluate_commands.predict)
+app.command("export")(evaluate_commands.export)
 
 
 def _version(value: bool) -> None:
