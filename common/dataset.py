@@ -43,6 +43,7 @@ INT_FIELDS = ("label", "corruption", "severity", "index", "source")
 FIELDS = ("image", *INT_FIELDS)
 TEST_SOURCE_OFFSET = 50_000  # source id of CIFAR-10 test image i is TEST_SOURCE_OFFSET + i
 MANIFEST = "manifest.json"
+SOURCES_FILE = "sources.beton"  # one clean image per source photograph (index = row, `source` = its id)
 
 
 def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -226,11 +227,14 @@ def write_dataset(
     meta: dict[str, Any],
     workers: int = 1,
     on_split: Callable[[], None] | None = None,
+    sources: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Pack every split and write `manifest.json` last, so a directory with a manifest is complete.
 
     `meta` holds what the producer knows (split policy, seed, inputs, ...); counts and fingerprints are
-    computed here from the arrays themselves. Returns the manifest.
+    computed here from the arrays themselves. `sources`, if given, is one clean image per source
+    photograph used in the splits (`SOURCES_FILE`, for teachers that look at the clean view).
+    Returns the manifest.
     """
     from common import __version__
     from common.atomic import write_json
@@ -251,6 +255,16 @@ def write_dataset(
         }
         if on_split:
             on_split()
+    extra: dict[str, Any] = {}
+    if sources is not None:
+        path = out_dir / SOURCES_FILE
+        write_beton(path, sources, workers)
+        extra["source_images"] = {
+            "file": SOURCES_FILE,
+            "count": int(len(sources["image"])),
+            "fingerprint": fingerprint(sources["image"], sources["label"]),
+            "beton_bytes": path.stat().st_size,
+        }
     manifest = {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
@@ -259,6 +273,7 @@ def write_dataset(
         "image_shape": list(IMAGE_SHAPE),
         **meta,
         "splits": entries,
+        **extra,
     }
     write_json(out_dir / MANIFEST, manifest)
     return manifest

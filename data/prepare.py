@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from common.console import progress_bar
-from common.dataset import CORRUPTIONS, MANIFEST, SPLITS, load_manifest, write_dataset
+from common.dataset import CORRUPTIONS, MANIFEST, SOURCES_FILE, SPLITS, load_manifest, write_dataset
 from common.errors import CdeitError
 from data.sources import Cifar10, read_cifar10, read_cifar10c
 
@@ -249,6 +249,19 @@ def _run_jobs(cfg, jobs, out, plans, pooled_images, advance) -> None:  # noqa: A
                 advance(len(part))
 
 
+def source_images(plans: dict[str, Plan], c10: Cifar10) -> dict[str, np.ndarray]:
+    """One clean image per source photograph used in any split, sorted by source id."""
+    pooled_images, labels, _ = c10.pooled()
+    source = np.concatenate([p.source for p in plans.values()])
+    pooled = np.concatenate([p.pooled for p in plans.values()])
+    ids, first = np.unique(source, return_index=True)
+    rows = pooled[first]
+    n = len(ids)
+    zeros = np.zeros(n, np.int64)
+    return {"image": pooled_images[rows], "label": labels[rows].astype(np.int64), "corruption": zeros,
+            "severity": zeros, "index": np.arange(n, dtype=np.int64), "source": ids.astype(np.int64)}  # fmt: skip
+
+
 def recipe(cfg: PrepareConfig, types: tuple[str, ...], inputs: dict[str, Any]) -> dict[str, Any]:
     """What defines the dataset: equal recipes give identical datasets (the workers count does not matter)."""
     return {
@@ -275,7 +288,7 @@ def _check_out(out: Path, wanted: dict[str, Any]) -> bool:
     if out.exists() and not out.is_dir():
         raise CdeitError(f"--out {out} is a file; give a directory path.")
     if out.is_dir():
-        ours = {f"{s}.beton" for s in SPLITS}
+        ours = {f"{s}.beton" for s in SPLITS} | {SOURCES_FILE}
         foreign = [p.name for p in out.iterdir() if p.name not in ours and ".tmp-" not in p.name]
         if foreign:
             raise CdeitError(f"--out {out} already holds other files ({foreign[0]}, ...); choose an empty directory.")
@@ -305,8 +318,11 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     with progress_bar("preparing images", total) as advance:
         splits = materialise(cfg, plans, c10, c10c, advance)
     meta = wanted | {"classes": c10.class_names, "config": _config_json(cfg)}
+    sources = source_images(plans, c10)
     with progress_bar("packing .beton files", len(splits), unit="splits") as advance:
-        manifest = write_dataset(cfg.out, splits, meta, workers=cfg.workers, on_split=lambda: advance(1))
+        manifest = write_dataset(
+            cfg.out, splits, meta, workers=cfg.workers, on_split=lambda: advance(1), sources=sources
+        )
     return manifest
 
 

@@ -208,3 +208,18 @@ def test_cli_bad_options_are_one_sentence(raw: Path, tmp_path: Path, args: list[
     result = CliRunner().invoke(app, base + args)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_sources_beton_holds_one_clean_image_per_source(raw: Path, c10c_grouped: Path) -> None:
+    c = read_cifar10(raw)
+    m = load_manifest(c10c_grouped)
+    src = read_split(c10c_grouped / "sources.beton")
+    assert m["source_images"]["count"] == len(src["source"]) == len(np.unique(src["source"]))
+    assert m["source_images"]["fingerprint"] == fingerprint(src["image"], src["label"])
+    used = np.concatenate([read_split(c10c_grouped / f"{s}.beton", fields=("source",))["source"] for s in m["splits"]])
+    assert np.array_equal(np.sort(src["source"]), np.unique(used))
+    assert (src["corruption"] == 0).all() and np.array_equal(src["index"], np.arange(len(src["index"])))
+    for k in range(0, len(src["source"]), 37):
+        s = src["source"][k]
+        clean = c.test_images[s - 50_000] if s >= 50_000 else c.train_images[s]
+        assert np.array_equal(src["image"][k], clean)
