@@ -177,3 +177,57 @@ def test_torchrun_two_cpu_processes(tiny_dataset: Path, tmp_path: Path) -> None:
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.0 <= record["val_acc"] <= 1.0 and record["val_ece"] >= 0
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A teacher cache for the tiny dataset (timm's test_vit, random weights, fitted head)."""
+    from precompute.run import precompute_teacher
+    from tests.precompute.helpers import config
+
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    precompute_teacher(config(tiny_dataset, out, store_features=False))
+    return out
+
+
+def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path, tmp_path: Path) -> None:
+    from common.cache import load_teacher_logits
+    from train.trainer import Trainer
+
+    table = load_teacher_logits(cache, tiny_dataset, "train")
+    trainer = Trainer(_cfg(tiny_dataset, tmp_path / "t", student="deit", distill="hard", teacher_cache=str(cache)))
+    _, _, _, index = next(iter(trainer.train_loader))
+    assert torch.equal(trainer.teacher_logits_for(index, None), table[index])
+    assert not torch.equal(index, torch.arange(len(index)))  # random order: the join is by index, not position
+    for student, distill, part in (("deit", "soft", "train_dist_kl"), ("cdeit", "hard", "train_dist_ce")):
+        out = tmp_path / f"{student}-{distill}"
+        train(_cfg(tiny_dataset, out, student=student, distill=distill, teacher_cache=str(cache), epochs=1))
+        record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert part in record and record["train_total"] > 0
+
+
+def test_cache_for_other_data_or_with_missing_indices_is_refused(
+    tiny_dataset: Path, cache: Path, tmp_path: Path
+) -> None:
+    from common.cache import write_manifest
+    from tests.conftest import make_tiny_dataset
+
+    other = make_tiny_dataset(tmp_path / "other", seed=5)
+    with pytest.raises(CdeitError, match="fingerprint"):
+        train(_cfg(other, tmp_path / "a", student="deit", distill="hard", teacher_cache=str(cache)))
+    holed = tmp_path / "holed"
+    shutil.copytree(cache, holed)
+    sorted(holed.glob("train-*.h5"))[1].unlink()
+    write_manifest(holed)  # a manifest that honestly lists the shards present: 64 train indices are missing
+    with pytest.raises(CdeitError, match="lacks logits for 64 of 220 train indices"):
+        train(_cfg(tiny_dataset, tmp_path / "b", student="deit", distill="hard", teacher_cache=str(holed)))
+
+
+def test_evaluate_reports_the_teacher_beside_the_student(tiny_dataset: Path, cache: Path, tmp_path: Path) -> None:
+    from train.evaluate import evaluate
+
+    train(_cfg(tiny_dataset, tmp_path / "run", student="deit", distill="hard", teacher_cache=str(cache), epochs=1))
+    result = evaluate(tmp_path / "run", teacher_cache=str(cache), device="cpu", batch_size=64, workers=1)
+    teacher = result["teacher"]
+    assert 0 <= teacher["accuracy"] <= 1 and 0 <= teacher["agreement"] <= 1
+    assert set(teacher["per_corruption_accuracy"]) <= set(result["per_corruption"])
