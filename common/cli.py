@@ -8,6 +8,7 @@ from common import __version__
 from common.commands import cache as cache_commands
 from common.commands import data as data_commands
 from common.commands import data_download
+from common.commands import demo as demo_commands
 from common.commands import evaluate as evaluate_commands
 from common.commands import teacher as teacher_commands
 from common.commands import train as train_commands
@@ -28,6 +29,7 @@ app.command("evaluate")(evaluate_commands.evaluate)
 app.command("compare")(evaluate_commands.compare)
 app.command("predict")(evaluate_commands.predict)
 app.command("export")(evaluate_commands.export)
+app.command("demo")(demo_commands.demo)
 
 
 def _version(value: bool) -> None:

@@ -66,15 +66,25 @@ def render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     mask = _masks(labels, u, v).astype(np.float32)
     mask = mask.reshape(n, 32, _SUPERSAMPLE, 32, _SUPERSAMPLE).mean(axis=(2, 4))[..., None]  # (N, 32, 32, 1)
 
-    bg_a, bg_b = rng.uniform(0, 255, (2, n, 1, 1, 3))
+    # background: a gradient between two muted colours; foreground: a saturated colour whose hue is the
+    # class's (k / 10 of the colour wheel, jittered), so both colour and shape tell the class
+    bg_a, bg_b = (_hsv_to_rgb(rng.uniform(0, 1, (n, 3)) * [1, 0.35, 0.6] + [0, 0, 0.2]) for _ in range(2))
     ramp = np.linspace(0, 1, 32)[None, :, None, None]
     direction = rng.integers(0, 2, (n, 1, 1, 1))
     t = np.where(direction == 0, ramp, ramp.transpose(0, 2, 1, 3))
-    background = bg_a + (bg_b - bg_a) * t
-    offset = rng.uniform(70, 140, (n, 1, 1, 3)) * rng.choice([-1, 1], (n, 1, 1, 3))
-    foreground = np.clip((bg_a + bg_b) / 2 + offset, 0, 255)
+    background = bg_a[:, None, None] + (bg_b - bg_a)[:, None, None] * t
+    hue = (labels / 10 + rng.uniform(-0.03, 0.03, n)) % 1.0
+    foreground = _hsv_to_rgb(np.stack([hue, rng.uniform(0.6, 1, n), rng.uniform(0.65, 1, n)], 1))[:, None, None]
     image = background * (1 - mask) + foreground * mask + rng.normal(0, 6, (n, 32, 32, 3))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """(N, 3) HSV in [0, 1] to (N, 3) RGB in [0, 255]."""
+    h, s, v = hsv[:, 0] * 6, hsv[:, 1], hsv[:, 2]
+    k = (np.array([5, 3, 1])[None, :] + h[:, None]) % 6  # the standard closed form
+    rgb = v[:, None] - v[:, None] * s[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1)
+    return rgb * 255
 
 
 def write_synthetic_cifar(

@@ -32,6 +32,7 @@ class HeadFit:
     weight_decay: float = 0.05
     batch_size: int = 1024
     seed: int = 0
+    standardize: bool = False  # fit on z-scored features (train statistics), folded back into the head
 
 
 @dataclass
@@ -68,6 +69,11 @@ def fit_head(
 
     x, y = train[0].to(device, torch.float32), train[1].to(device)
     vx, vy = val[0].to(device, torch.float32), val[1].to(device)
+    mean = torch.zeros(x.shape[1], device=device)
+    std = torch.ones(x.shape[1], device=device)
+    if fit.standardize:  # a linear probe's usual z-scoring; it matters for features of tiny or uneven scale
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
+        x, vx = (x - mean) / std, (vx - mean) / std
     layer = torch.nn.Linear(x.shape[1], num_classes, device=device)
     torch.nn.init.zeros_(layer.weight)
     torch.nn.init.zeros_(layer.bias)
@@ -88,7 +94,13 @@ def fit_head(
             best_acc, best_epoch = acc, epoch
             best = (layer.weight.detach().float().cpu().clone(), layer.bias.detach().float().cpu().clone())
     assert best is not None, "fit_head needs at least one epoch"
-    return best[0], best[1], {"best_epoch": best_epoch, "val_accuracy": best_acc, "val_accuracy_per_epoch": history}
+    weight, bias = best
+    if fit.standardize:  # W (x - m) / s + b  ==  (W / s) x + (b - (W / s) m): a head on the raw features
+        scale = (1.0 / std).cpu().double()
+        weight64 = weight.double() * scale
+        bias = (bias.double() - weight64 @ mean.cpu().double()).float()
+        weight = weight64.float()
+    return weight, bias, {"best_epoch": best_epoch, "val_accuracy": best_acc, "val_accuracy_per_epoch": history}
 
 
 def _accuracy(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

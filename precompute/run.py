@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +29,18 @@ from common.cache import (
     INFO_KEYS,
     LOGITS,
     MANIFEST,
+    SOURCES_SPLIT,
+    TARGETS,
     ShardSpec,
     build_manifest,
+    cache_view,
     plan_shards,
     read_arrays,
     read_cache_manifest,
     read_head_meta,
     sha256_file,
     shard_problem,
+    token_targets_of,
     write_manifest,
     write_shard,
 )
@@ -71,7 +76,11 @@ class PrecomputeConfig:
     seed: int = 0
     workers: int | None = None  # FFCV decoding threads; None: min(8, cores)
     head_epochs: int = 50
+    head_lr: float = 5e-5  # paper 4.1; a random-weight teacher's features need a larger one
+    head_standardize: bool = False  # z-score the features for the fit (folded into the head afterwards)
     splits: tuple[str, ...] = SPLITS
+    view: str = "same"  # same: the teacher sees each sample (the paper); clean: each sample's clean source, once
+    targets: tuple[str, ...] = ("logits",)  # and any of embedding, patches, attention (docs/asymmetric.md)
 
 
 @dataclass
@@ -91,6 +100,33 @@ class Run:
     def compute_dtype(self) -> str:
         return "bfloat16-autocast" if self.device.type == "cuda" else "float32"
 
+    @property
+    def clean(self) -> bool:
+        return self.cfg.view == "clean"
+
+    @property
+    def store_features(self) -> bool:
+        """The `embedding` target is the pre-logit features that --store-features keeps."""
+        return self.cfg.store_features or "embedding" in self.cfg.targets
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The per-patch targets (patches, attention) this run computes beside the features."""
+        return tuple(t for t in TARGETS if t in self.cfg.targets and t in ("patches", "attention"))
+
+    @property
+    def cache_splits(self) -> tuple[str, ...]:
+        """What the cache's rows are: the splits (same view) or the dataset's source photographs (clean view)."""
+        return (SOURCES_SPLIT,) if self.clean else self.cfg.splits
+
+    @property
+    def teacher_grid(self) -> tuple[int, int]:
+        return tuple(self.teacher.model.patch_embed.grid_size)
+
+    def split_entry(self, split: str) -> dict[str, Any]:
+        """The dataset manifest's entry (count, fingerprint) for a split or for sources.beton."""
+        return self.data["source_images"] if split == SOURCES_SPLIT else self.data["splits"][split]
+
     def identity(self) -> dict[str, Any]:
         """The attributes every shard of this cache shares (IDENTITY_KEYS) plus informational provenance."""
         from common import __version__
@@ -109,16 +145,22 @@ class Run:
             "device_type": self.device.type,
             "tool_version": __version__,
         }
+        if self.clean or self.extras:  # the paper's cache (same view, logits [+ features]) carries none of these
+            values |= {"view": self.cfg.view, "token_targets": list(self.extras)}
+        if self.extras:
+            from common.tokens import TARGET_GRID
+
+            values |= {"target_grid": [TARGET_GRID, TARGET_GRID], "teacher_grid": list(self.teacher_grid)}
         return json.loads(json.dumps(values))  # tuples -> lists, as they come back from HDF5 and JSON
 
     def shard_attrs(self, spec: ShardSpec, kind: str, head: LinearHead | None = None) -> dict[str, Any]:
-        split = self.data["splits"][spec.split]
+        split = self.split_entry(spec.split)
         attrs = {"format": CACHE_FORMAT, "format_version": FORMAT_VERSION, "kind": kind}
         attrs |= {"split": spec.split, "shard": spec.shard, "start": spec.start, "stop": spec.stop}
         attrs |= {"split_count": split["count"], "data_fingerprint": split["fingerprint"], **self.identity()}
         if kind == LOGITS:
             assert head is not None
-            return attrs | {"head_hash": head.hash, "store_features": self.cfg.store_features}
+            return attrs | {"head_hash": head.hash, "store_features": self.store_features}
         return attrs | {"feature_dtype": "float16"}
 
 
@@ -129,10 +171,11 @@ def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
     """Run both passes into `cfg.out` and return a summary (images, seconds, images/s, accuracy, manifest)."""
     started = time.perf_counter()
     run = prepare_run(cfg)
-    plan = plan_shards({s: run.data["splits"][s]["count"] for s in cfg.splits}, cfg.shard_size)
+    plan = plan_shards({s: run.split_entry(s)["count"] for s in run.cache_splits}, cfg.shard_size)
     given = given_head(run)
     with process_group(run.env):
         if run.env.rank == 0:
+            check_storage(run, plan)
             check_out_dir(run, given)
         barrier(run.env)
         run.sums = _manifest_sums(cfg.out)
@@ -149,6 +192,8 @@ def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
     manifest = write_manifest(cfg.out, fallback=run.identity())
     summary |= {"seconds": time.perf_counter() - started, "complete": manifest["complete"], "manifest": manifest}
     summary["accuracy"] = {s: v["accuracy"] for s, v in manifest["splits"].items()}
+    if run.clean and manifest["complete"]:
+        summary["accuracy_joined"] = joined_accuracy(run)
     report(run, summary, head)
     return summary
 
@@ -159,22 +204,48 @@ def prepare_run(cfg: PrecomputeConfig) -> Run:
     from precompute.teacher import build_teacher
 
     data = load_manifest(cfg.data)
-    for split in cfg.splits:
-        split_info(data, split, cfg.data)
     _check_options(cfg)
+    for split in ("train", "val") if cfg.view == "clean" and cfg.head is None else cfg.splits:
+        split_info(data, split, cfg.data)
+    if cfg.view == "clean":
+        _check_sources(data, cfg.data)
     env = dist_env()
     device = resolve_device(cfg.device, env)
     batch = resolve_batch_size(cfg, device)
     teacher = build_teacher(cfg.teacher, cfg.checkpoint, cfg.random_weights, cfg.seed)
+    if {"patches", "attention"} & set(cfg.targets):
+        from common.tokens import check_vit
+
+        check_vit(teacher.model, cfg.teacher)
     teacher.model.to(device)
     if device.type == "cuda":
         teacher.model.to(memory_format=_channels_last())
     if teacher.random_weights and env.rank == 0:
         random_weights_banner(teacher)
-    return Run(cfg, data, teacher, device, batch, env, HeadFit(epochs=cfg.head_epochs, seed=cfg.seed))
+    return Run(
+        cfg,
+        data,
+        teacher,
+        device,
+        batch,
+        env,
+        HeadFit(epochs=cfg.head_epochs, lr=cfg.head_lr, seed=cfg.seed, standardize=cfg.head_standardize),
+    )
 
 
 def _check_options(cfg: PrecomputeConfig) -> None:
+    if cfg.view not in ("same", "clean"):
+        raise CdeitError(f"--view {cfg.view!r} is unknown; choose same (the paper's) or clean.")
+    unknown = [t for t in cfg.targets if t not in TARGETS]
+    if unknown:
+        raise CdeitError(f"--targets {unknown[0]!r} is unknown; choose from {','.join(TARGETS)}.")
+    if "logits" not in cfg.targets:
+        raise CdeitError(f"--targets {','.join(cfg.targets)} lacks logits, which every cache holds; add logits.")
+    if cfg.view == "clean" and tuple(cfg.splits) != SPLITS:
+        raise CdeitError(
+            "--splits does not apply to --view clean, whose rows are the dataset's source photographs (sources.beton) "
+            "and serve every split; drop --splits."
+        )
     if not cfg.splits:
         raise CdeitError("--splits is empty; name at least one of train, val, test.")
     if cfg.num_shards < 1 or not 0 <= cfg.shard_index < cfg.num_shards:
@@ -184,9 +255,21 @@ def _check_options(cfg: PrecomputeConfig) -> None:
         )
     if cfg.head_epochs < 1:
         raise CdeitError(f"--head-epochs must be at least 1, got {cfg.head_epochs}.")
-    if cfg.head is None and not {"train", "val"} <= set(cfg.splits):
+    if not cfg.head_lr > 0:
+        raise CdeitError(f"--head-lr must be positive, got {cfg.head_lr}.")
+    if cfg.head is None and cfg.view == "same" and not {"train", "val"} <= set(cfg.splits):
         raise CdeitError(
             "fitting the head needs the train and val splits; add them to --splits or pass --head FILE|none."
+        )
+
+
+def _check_sources(data: dict[str, Any], data_dir: Path) -> None:
+    from common.dataset import SOURCES_FILE
+
+    if "source_images" not in data or not (Path(data_dir) / SOURCES_FILE).is_file():
+        raise CdeitError(
+            f"dataset {data_dir} has no {SOURCES_FILE} (one clean image per source photograph), which --view clean "
+            "needs; rebuild it with the current `cdeit data prepare`."
         )
 
 
@@ -238,6 +321,68 @@ def random_weights_banner(teacher: Teacher) -> None:
     console.print(Panel(text, style="bold yellow", border_style="yellow"))
 
 
+# --------------------------------------------------------------------------------------------- storage
+
+
+def row_bytes(run: Run) -> dict[str, int]:
+    """Bytes per row of each array of the final logit shards."""
+    from common.tokens import TARGET_GRID
+
+    dim, cells = run.teacher.num_features, TARGET_GRID * TARGET_GRID
+    sizes = {"index": 8, "logits": 4 * len(run.data["classes"])}
+    sizes |= {"source": 8} if run.clean else {}
+    sizes |= {"embedding": 2 * dim} if run.store_features else {}
+    sizes |= {"patches": 2 * cells * dim} if "patches" in run.extras else {}
+    sizes |= {"attention": 2 * cells} if "attention" in run.extras else {}
+    return sizes
+
+
+def storage_needed(run: Run, plan: list[ShardSpec]) -> tuple[int, int]:
+    """(bytes of the final cache, peak bytes while it is built) for `plan`.
+
+    Pass 1 writes every feature shard (index, label, corruption, float16 features and extras) before pass 2
+    turns them one by one into logit shards, so the peak is the larger of the two sets plus one shard.
+    """
+    rows, sizes = sum(s.count for s in plan), row_bytes(run)
+    overhead = 64 * 1024 * len(plan)  # HDF5 headers and attributes, generously
+    final = sum(sizes.values())
+    work = 24 + (8 if run.clean else 0) + 2 * run.teacher.num_features + sum(sizes[k] for k in run.extras)
+    biggest = max((s.count for s in plan), default=0) * max(final, work)
+    return rows * final + overhead, rows * max(final, work) + biggest + overhead
+
+
+def check_storage(run: Run, plan: list[ShardSpec]) -> None:
+    """Print what the cache will take and refuse, in one sentence, a choice that does not fit the free disk."""
+    final, peak = storage_needed(run, plan)
+    rows, sizes = sum(s.count for s in plan), row_bytes(run)
+    where = run.cfg.out
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    present = sum(p.stat().st_size for p in run.cfg.out.rglob("*") if p.is_file()) if run.cfg.out.is_dir() else 0
+    free = shutil.disk_usage(where).free
+    parts = ", ".join(f"{k} {_size(v)}" for k, v in sizes.items())
+    console.print(
+        f"storage: {rows:,} rows x {_size(sum(sizes.values()))} ({parts}) = {_size(final)} for the cache, "
+        f"up to {_size(peak)} while it is built; {_size(free)} free on {where}."
+    )
+    if peak - present > free:
+        raise CdeitError(
+            f"the cache needs up to {_size(peak)} while it is built but only {_size(free)} are free on {where}; "
+            "free space, choose another --out, or store fewer --targets (patches take the most)."
+        )
+
+
+def _size(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number readable."""
+    if n < 1024:
+        return f"{n:,.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:,.1f} {unit}"
+
+
 # --------------------------------------------------------------------------------------------- the output directory
 
 
@@ -268,11 +413,17 @@ def _check_same_run(run: Run, existing: dict[str, Any], given: LinearHead | None
     for key in IDENTITY_KEYS:
         if have.get(key) is not None and have[key] != want[key]:
             raise CdeitError(f"{path} holds a cache with {key} {have[key]!r}, but this run has {want[key]!r}; {hint}.")
-    if have.get("store_features") is not None and have["store_features"] != run.cfg.store_features:
+    if have.get("store_features") is not None and have["store_features"] != run.store_features:
         raise CdeitError(f"{path} holds a cache with store_features={have['store_features']}; {hint} or match it.")
-    for split in run.cfg.splits:
+    if (view := cache_view(have)) != run.cfg.view:
+        raise CdeitError(f"{path} holds a {view}-view cache, but this run has --view {run.cfg.view}; {hint}.")
+    if token_targets_of(have) != list(run.extras):
+        held = ",".join(token_targets_of(have)) or "none"
+        raise CdeitError(f"{path} holds a cache with per-patch targets {held}, not {','.join(run.extras) or 'none'}; "
+                         f"{hint} or pass the same --targets.")  # fmt: skip
+    for split in run.cache_splits:
         cached = existing["splits"].get(split, {}).get("fingerprint")
-        if cached and cached != run.data["splits"][split]["fingerprint"]:
+        if cached and cached != run.split_entry(split)["fingerprint"]:
             raise CdeitError(
                 f"{path} was computed for other data (split {split} fingerprint {cached[:19]}...); {hint}."
             )
@@ -289,8 +440,16 @@ def _check_same_run(run: Run, existing: dict[str, Any], given: LinearHead | None
 
 
 def _is_reusable(meta: dict[str, Any], run: Run) -> bool:
+    return meta.get("source") == "fitted" and meta.get("fit") == _fit_settings(run)
+
+
+def _fit_settings(run: Run) -> dict[str, Any]:
+    """What decides the fitted head; a clean-view head is fitted on the clean features of the train sources."""
     fingerprints = {s: e["fingerprint"] for s, e in run.data["splits"].items()}
-    return meta.get("source") == "fitted" and meta.get("fit") == fit_settings(run.fit, run.teacher, fingerprints)
+    settings = fit_settings(run.fit, run.teacher, fingerprints)
+    if run.clean:
+        settings |= {"view": "clean", "sources": run.split_entry(SOURCES_SPLIT)["fingerprint"]}
+    return settings
 
 
 def _manifest_sums(path: Path) -> dict[str, str]:
@@ -338,18 +497,35 @@ def _head_meta(run: Run, source: str) -> dict[str, Any]:
 
 def fit_if_ready(run: Run, plan: list[ShardSpec]) -> LinearHead | None:
     """Fit the head when the features of every train and val shard are here (else a slice: return None)."""
-    need = [s for s in plan if s.split in ("train", "val")]
+    need = plan if run.clean else [s for s in plan if s.split in ("train", "val")]
     if not all(s.path(run.cfg.out, FEATURES).is_file() for s in need):
         return None
-    train, val = (_split_features(run, [s for s in need if s.split == split]) for split in ("train", "val"))
+    if run.clean:
+        train, val = _source_features(run, need)
+    else:
+        train, val = (_split_features(run, [s for s in need if s.split == split]) for split in ("train", "val"))
     console.print(f"fitting the {len(run.data['classes'])}-way head on {len(train[1]):,} train features ...")
     weight, bias, result = fit_head(train, val, len(run.data["classes"]), run.fit, run.device)
-    fingerprints = {s: e["fingerprint"] for s, e in run.data["splits"].items()}
-    meta = _head_meta(run, "fitted") | {"fit": fit_settings(run.fit, run.teacher, fingerprints), "result": result}
+    meta = _head_meta(run, "fitted") | {"fit": _fit_settings(run), "result": result}
     console.print(
         f"head fitted: val accuracy {result['val_accuracy']:.2%} at epoch {result['best_epoch']}/{run.fit.epochs}"
     )
     return LinearHead(weight, bias, meta | {"device_type": run.device.type})
+
+
+def _source_features(run: Run, specs: list[ShardSpec]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Clean view: (features, labels) of the source photographs used in train, and of those used in val."""
+    import torch
+
+    from common.dataset import beton_path, read_split
+
+    arrays = [read_arrays(s.path(run.cfg.out, FEATURES), ("features", "label", "source")) for s in specs]
+    features, labels, source = (np.concatenate([a[k] for a in arrays]) for k in ("features", "label", "source"))
+    parts = []
+    for split in ("train", "val"):
+        used = np.isin(source, read_split(beton_path(run.cfg.data, split), fields=("source",))["source"])
+        parts.append((torch.from_numpy(features[used]), torch.from_numpy(labels[used])))
+    return parts[0], parts[1]
 
 
 def _split_features(run: Run, specs: list[ShardSpec]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,8 +574,9 @@ def pass_features(run: Run, plan: list[ShardSpec], head: LinearHead | None) -> t
     start = time.perf_counter()
     with progress_bar("teacher features", sum(s.count for s in todo)) as advance:
         images = compute_feature_shards(
-            run.teacher, resize, cfg.data, todo, cfg.out, run.shard_attrs, run.batch_size, run.device, workers, advance
-        )
+            run.teacher, resize, cfg.data, todo, cfg.out, run.shard_attrs, run.batch_size, run.device, workers, advance,
+            extras=run.extras, with_source=run.clean,
+        )  # fmt: skip
     return images, time.perf_counter() - start
 
 
@@ -436,8 +613,11 @@ def write_logit_shard(run: Run, spec: ShardSpec, head: LinearHead) -> None:
     )
     attrs["count_by_corruption"] = np.bincount(arrays["corruption"], minlength=k).astype(np.int64).tolist()
     out_arrays = {"index": arrays["index"], "logits": logits}
-    if run.cfg.store_features:
+    if run.clean:  # rows keyed by source id
+        out_arrays = {"index": arrays["index"], "source": arrays["source"], "logits": logits}
+    if run.store_features:
         out_arrays["features"] = arrays["features"]
+    out_arrays |= {k: arrays[k] for k in run.extras}
     write_shard(spec.path(run.cfg.out, LOGITS), out_arrays, attrs)
 
 
@@ -456,6 +636,9 @@ def report(run: Run, summary: dict[str, Any], head: LinearHead | None) -> None:
         )
     elif manifest["splits"]:
         out.print(accuracy_table(manifest))
+    if summary.get("accuracy_joined"):
+        joined = ", ".join(f"{s} {a:.2%}" for s, a in summary["accuracy_joined"].items())
+        out.print(f"clean view: the teacher's accuracy on each split's samples, seeing their clean sources: {joined}")
     rate = f"{summary['images_per_s']:,.1f} images/s" if summary["images"] else "nothing to compute"
     state = "complete" if summary["complete"] else "incomplete"
     who = f"rank 0 of {run.env.world}: " if run.env.world > 1 else ""
@@ -466,6 +649,19 @@ def report(run: Run, summary: dict[str, Any], head: LinearHead | None) -> None:
     )
     if run.teacher.random_weights:
         console.print("[bold yellow]the cache holds logits of a teacher with RANDOM WEIGHTS.[/]")
+
+
+def joined_accuracy(run: Run) -> dict[str, float]:
+    """Clean view: per split, how often the teacher is right about a sample when it sees that sample's clean source."""
+    from common.cache import load_teacher_logits
+    from common.dataset import beton_path, read_split
+
+    result = {}
+    for split in run.data["splits"]:
+        logits = load_teacher_logits(run.cfg.out, run.cfg.data, split, "cpu", checksums=False)
+        labels = read_split(beton_path(run.cfg.data, split), fields=("label",))["label"]
+        result[split] = float((logits.argmax(1).numpy() == labels).mean()) if len(labels) else float("nan")
+    return result
 
 
 def accuracy_table(manifest: dict[str, Any]) -> Any:

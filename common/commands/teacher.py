@@ -1,4 +1,4 @@
-"""`cdeit precompute-teacher`: run the frozen teacher once over the dataset and cache its logits."""
+"""`cdeit precompute-teacher`: run the frozen teacher once over the dataset (or its clean sources) and cache it."""
 
 from __future__ import annotations
 
@@ -43,7 +43,25 @@ def precompute_teacher(
     seed: Annotated[int, typer.Option(help="Seed of the head fit (and of --random-weights).")] = 0,
     workers: Annotated[int | None, typer.Option(help="Image decoding threads. Default: min(8, cores).")] = None,
     head_epochs: Annotated[int, typer.Option(help="Epochs of the head fit over the cached features.")] = 50,
+    head_lr: Annotated[float, typer.Option(help="AdamW learning rate of the head fit (paper: 5e-5).")] = 5e-5,
+    head_standardize: Annotated[
+        bool, typer.Option(help="Fit the head on z-scored features (folded back into the head).")
+    ] = False,
     splits: Annotated[str, typer.Option(help="Comma-separated splits to cache.")] = "train,val,test",
+    view: Annotated[
+        str,
+        typer.Option(
+            help="same: the teacher sees every sample (the paper); clean: it sees each sample's clean source image, "
+            "once per source, and the cache is keyed by source id (needs DATA/sources.beton)."
+        ),
+    ] = "same",
+    targets: Annotated[
+        str,
+        typer.Option(
+            help="What to store, comma-separated: logits (always), embedding (pre-logit, = --store-features), "
+            "patches (final patch tokens pooled to 8x8), attention (last block's class-token map, 8x8)."
+        ),
+    ] = "logits",
 ) -> None:
     """Cache the teacher's logits of every image: features, a fitted 10-way head, logits in HDF5 shards."""
     from precompute.run import PrecomputeConfig
@@ -53,7 +71,9 @@ def precompute_teacher(
         PrecomputeConfig(
             data=data, out=out, teacher=teacher, checkpoint=checkpoint, random_weights=random_weights, head=head,
             batch_size=batch_size, shard_size=shard_size, store_features=store_features, shard_index=shard_index,
-            num_shards=num_shards, device=device, seed=seed, workers=workers, head_epochs=head_epochs,
-            splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
+            num_shards=num_shards, device=device, seed=seed, workers=workers, head_epochs=head_epochs, head_lr=head_lr,
+            head_standardize=head_standardize,
+            splits=tuple(s.strip() for s in splits.split(",") if s.strip()), view=view,
+            targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
         )
     )  # fmt: skip

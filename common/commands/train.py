@@ -12,6 +12,21 @@ from common.console import friendly_errors
 _T1 = "Table 1"
 
 
+def parse_model_kwargs(text: str) -> dict:
+    """`--model-kwargs` JSON to a dict, or one sentence saying what is wrong."""
+    import json
+
+    from common.errors import CdeitError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise CdeitError(f"--model-kwargs {text!r} is not a JSON object; write e.g. '{{\"depth\": 6}}'.")
+    return value
+
+
 @friendly_errors
 def train(
     ctx: typer.Context,
@@ -55,21 +70,26 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
     eval_batch_size: Annotated[int, typer.Option(help="Batch size of validation.")] = 1024,
     model_kwargs: Annotated[str, typer.Option(help="Extra model arguments as JSON, e.g. '{\"depth\": 6}'.")] = "{}",
+    align: Annotated[
+        str,
+        typer.Option(
+            help="Align the student with the cached teacher features, e.g. embedding=1.0,patches=1.0,attention=1.0 "
+            "(needs a cache made with --targets; see docs/asymmetric.md). Default: none (the paper)."
+        ),
+    ] = "",
+    align_metric: Annotated[
+        str, typer.Option(help="cosine | mse: distance of the projected embedding and patch features.")
+    ] = "cosine",
 ) -> None:
     """Train a ViT / DeiT / CdeiT student; the teacher never runs, its cached logits are joined by index."""
     import dataclasses
-    import json
 
     from common.console import out as stdout
-    from common.errors import CdeitError
-    from train.config import TrainConfig
+    from train.config import TrainConfig, parse_align
 
-    try:
-        kwargs_obj = json.loads(model_kwargs)
-    except json.JSONDecodeError:
-        raise CdeitError(f"--model-kwargs {model_kwargs!r} is not JSON; write e.g. '{{\"depth\": 6}}'.") from None
     given = dict(locals())
-    given["model_kwargs"] = kwargs_obj
+    given["model_kwargs"] = parse_model_kwargs(model_kwargs)
+    given["align"] = parse_align(align)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: given[k] for k in fields}
     if config is not None:
