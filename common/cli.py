@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import typer
+import os
+
+# torch's OpenMP threads spin after each parallel region by default; beside FFCV's loader threads on a
+# small CPU that halves training throughput (measured: 22 vs 38 images/s on 2 cores). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer  # noqa: E402
 
 from common import __version__
 from common.commands import cache as cache_commands

@@ -73,7 +73,7 @@ def run_demo(
 
     _stage(f"4/5 students: ViT, DeiT (hard), CdeiT (hard, strategy 2), {epochs} epochs each, teacher never runs")
     runs = [
-        _student(out / "runs" / name, student, distill, data, cache, epochs, device)
+        _student(out / "runs" / name, student, distill, data, cache, epochs, device, model_kwargs or {})
         for name, student, distill in STUDENTS
     ]
 
