@@ -48,6 +48,13 @@ IDENTITY_KEYS = (
 )
 LOGIT_IDENTITY_KEYS = (*IDENTITY_KEYS, "head_hash", "store_features")
 INFO_KEYS = ("weights_source", "device_type", "resize", "tool_version")  # provenance that may differ per shard
+# Written only by caches that differ from the paper's (a clean view or per-patch targets): a shard without them is a
+# same-view shard with logits (and its pre-logit `features` when store_features), as every cache before them.
+VIEW_KEYS = ("view", "token_targets", "target_grid", "teacher_grid")
+VIEWS = ("same", "clean")  # same: the teacher saw each sample itself; clean: its clean source image
+TARGETS = ("logits", "embedding", "patches", "attention")  # what a cache can hold, in canonical order
+TARGET_DATASETS = {"logits": "logits", "embedding": "features", "patches": "patches", "attention": "attention"}
+SOURCES_SPLIT = "sources"  # the rows of a clean-view cache: DATA/sources.beton, one per source photograph
 TEST_PAUSE_ENV = "CDEIT_TEST_SHARD_PAUSE_S"  # tests only: seconds to wait before a finished shard is renamed
 
 
@@ -85,6 +92,24 @@ def plan_shards(counts: Mapping[str, int], shard_size: int) -> list[ShardSpec]:
         for split, n in counts.items()
         for k, start in enumerate(range(0, n, shard_size))
     ]
+
+
+def cache_view(attrs: Mapping[str, Any]) -> str:
+    """The view of a cache (its manifest provenance) or shard (its attributes): `same` unless written `clean`."""
+    return attrs.get("view") or "same"
+
+
+def cache_targets(attrs: Mapping[str, Any]) -> list[str]:
+    """What a cache (manifest provenance) or logit shard (attributes) holds, in TARGETS order."""
+    if attrs.get("targets"):
+        return list(attrs["targets"])
+    held = {"logits", *(["embedding"] if attrs.get("store_features") else []), *(attrs.get("token_targets") or [])}
+    return [t for t in TARGETS if t in held]
+
+
+def token_targets_of(attrs: Mapping[str, Any]) -> list[str]:
+    """The per-patch targets (patches, attention) of a cache or shard."""
+    return [t for t in cache_targets(attrs) if t in ("patches", "attention")]
 
 
 # --------------------------------------------------------------------------------------------- hashing
@@ -188,7 +213,7 @@ def shard_problem(path: Path, spec: ShardSpec, kind: str, expect: Mapping[str, A
         return f"{path.name} has other {', '.join(wrong)} than this run"
     if not np.array_equal(arrays.get("index"), np.arange(spec.start, spec.stop)):
         return f"{path.name} does not hold indices {spec.start}..{spec.stop - 1}"
-    for name in ("logits", "features"):
+    for name in ("logits", "features", "patches", "attention"):
         if name in arrays and not np.isfinite(arrays[name]).all():
             return f"{path.name} holds NaN or infinite {name}"
     return None
@@ -294,6 +319,7 @@ def build_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | N
         provenance |= _common_values(everything, IDENTITY_KEYS, str(cache_dir))
         provenance |= _common_values(logit_attrs, ("head_hash", "store_features"), str(cache_dir))
         provenance |= {k: everything[0].get(k) for k in INFO_KEYS}
+        provenance |= _common_values(everything, VIEW_KEYS, str(cache_dir))
     splits = {}
     for split in sorted({a["split"] for a in everything}, key=_split_order):
         split_attrs = [a for a in everything if a["split"] == split]
@@ -305,13 +331,20 @@ def build_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | N
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
         "complete": bool(splits) and all(s["complete"] for s in splits.values()),
-        "provenance": {k: provenance.get(k) for k in (*LOGIT_IDENTITY_KEYS, *INFO_KEYS) if k in provenance},
+        "provenance": _provenance(provenance),
         "head": read_head_meta(cache_dir),
         "dataset": {"classes": classes, "num_classes": len(classes), "corruptions": provenance.get("corruptions")},
         "splits": splits,
         "shards": [_record(cache_dir, p, a) for p, a in zip(logit_files, logit_attrs, strict=True)],
         "feature_shards": [_record(cache_dir, p, a) for p, a in zip(feature_files, feature_attrs, strict=True)],
     }
+
+
+def _provenance(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's provenance: identity and info keys, then the view and targets (always spelled out)."""
+    provenance = {k: values.get(k) for k in (*LOGIT_IDENTITY_KEYS, *INFO_KEYS) if k in values}
+    provenance |= {"view": cache_view(values), "targets": cache_targets(values)}
+    return provenance | {k: values[k] for k in ("target_grid", "teacher_grid") if values.get(k) is not None}
 
 
 def write_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -394,6 +427,7 @@ def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     provenance = manifest["provenance"]
     seen = {split: np.zeros(info["count"], np.int64) for split, info in manifest["splits"].items()}
+    sources: list[np.ndarray] = []  # clean view: the source id of every row
     for entry in manifest["shards"]:
         path = cache_dir / entry["file"]
         if not path.is_file():
@@ -404,6 +438,8 @@ def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
             problems.append(f"shard {entry['file']} cannot be read as HDF5 ({type(exc).__name__}).")
             continue
         wrong = [k for k in LOGIT_IDENTITY_KEYS if k in provenance and attrs.get(k) != provenance[k]]
+        wrong += ["view"] if cache_view(attrs) != cache_view(provenance) else []
+        wrong += ["targets"] if token_targets_of(attrs) != token_targets_of(provenance) else []
         if wrong:
             problems.append(f"shard {entry['file']} disagrees with the manifest on {', '.join(wrong)}.")
         problems += _check_values(entry["file"], arrays, manifest)
@@ -413,12 +449,24 @@ def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
             problems.append(f"shard {entry['file']} holds indices outside 0..{len(counts) - 1}.")
         elif counts is not None:
             np.add.at(counts, index, 1)
+        if cache_view(provenance) == "clean":
+            problems += _check_sources(entry["file"], arrays, index, sources)
+    if len(sources) and len(np.unique(np.concatenate(sources))) < sum(map(len, sources)):
+        problems.append("some source ids occur in more than one row of the clean-view cache.")
     for split, counts in seen.items():
         if (missing := int((counts == 0).sum())) > 0:
             problems.append(f"split {split}: {missing:,} of {len(counts):,} indices have no logits.")
         if (repeated := int((counts > 1).sum())) > 0:
             problems.append(f"split {split}: {repeated:,} indices occur more than once.")
     return problems
+
+
+def _check_sources(name: str, arrays: Mapping[str, np.ndarray], index: np.ndarray, sources: list) -> list[str]:
+    source = arrays.get("source")
+    if source is None or source.shape != index.shape:
+        return [f"shard {name} of a clean-view cache has no `source` id per row."]
+    sources.append(source)
+    return []
 
 
 def _check_values(name: str, arrays: Mapping[str, np.ndarray], manifest: Mapping[str, Any]) -> list[str]:
@@ -428,7 +476,7 @@ def _check_values(name: str, arrays: Mapping[str, np.ndarray], manifest: Mapping
     if logits is None or logits.ndim != 2 or logits.shape[1] != classes:
         shape = None if logits is None else logits.shape
         problems.append(f"shard {name} has logits of shape {shape}, expected (N, {classes}).")
-    for key in ("logits", "features"):
+    for key in ("logits", "features", "patches", "attention"):
         if key in arrays and (bad := int((~np.isfinite(arrays[key])).sum())) > 0:
             problems.append(f"shard {name}: {bad:,} {key} values are NaN or infinite.")
     return problems
@@ -460,8 +508,10 @@ def _check_data(manifest: Mapping[str, Any], data_dir: str | os.PathLike) -> lis
     if list(data.get("classes", [])) != list(manifest["dataset"]["classes"]):
         problems.append(f"the cache's classes differ from those of dataset {data_dir}.")
     for split, info in manifest["splits"].items():
-        entry = data.get("splits", {}).get(split)
-        if entry is None:
+        entry = data.get("source_images") if split == SOURCES_SPLIT else data.get("splits", {}).get(split)
+        if entry is None and split == SOURCES_SPLIT:
+            problems.append(f"dataset {data_dir} has no {SOURCES_SPLIT}.beton, which the clean-view cache needs.")
+        elif entry is None:
             problems.append(f"dataset {data_dir} has no split {split!r}, which the cache holds.")
         elif entry["fingerprint"] != info["fingerprint"]:
             problems.append(
@@ -514,6 +564,12 @@ def _check_joinable(paths: Sequence[Path], manifests: Sequence[Mapping[str, Any]
                 what = {"teacher": "teachers", "weights_hash": "teacher weights", "head_hash": "heads"}.get(key, key)
                 raise CdeitError(
                     f"{first_path} and {path} differ in {key} ({a} vs {b}); cannot mix {what} in one cache."
+                )
+        for what, of in (("view", cache_view), ("per-patch targets", token_targets_of)):
+            if of(first["provenance"]) != of(m["provenance"]):
+                raise CdeitError(
+                    f"{first_path} and {path} differ in {what} ({of(first['provenance'])} vs {of(m['provenance'])}); "
+                    "cannot mix them in one cache."
                 )
         for split in set(first["splits"]) & set(m["splits"]):
             a, b = first["splits"][split]["fingerprint"], m["splits"][split]["fingerprint"]
@@ -572,6 +628,13 @@ def load_teacher_logits(
 
     cache_dir = Path(cache_dir)
     manifest = read_cache_manifest(cache_dir)
+    if cache_view(manifest["provenance"]) != "same":  # rows keyed by source: join them to the split's samples
+        targets = load_teacher_targets(cache_dir, data, split, device, ("logits",), checksums)
+        if targets.split_source is None:
+            raise CdeitError(
+                f"cache {cache_dir} is keyed by source id; pass the dataset directory (not its manifest) to join it."
+            )
+        return targets.gather(None, targets.split_source)["logits"]
     data_manifest, data_name = _data_manifest(data)
     info = _reader_split(manifest, data_manifest, split, cache_dir, data_name)
     table = np.full((info["count"], manifest["dataset"]["num_classes"]), np.nan, np.float32)
@@ -642,3 +705,190 @@ def _read_checked(cache_dir: Path, entry: Mapping[str, Any], checksums: bool) ->
     if not np.isfinite(arrays["logits"]).all():
         raise CdeitError(f"shard {path} holds NaN or infinite logits; {hint}.")
     return arrays["index"], arrays["logits"].astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------- targets for training
+
+
+@dataclass
+class TeacherTargets:
+    """Cached teacher outputs on the device and how a batch finds its rows.
+
+    `tensors`: name -> (rows, ...): `logits` float32 (R, classes); `embedding` (R, D), `patches` (R, 64, D) and
+    `attention` (R, 64) float16. Same view: row i is sample i of the split (`rows(index)` is the index).
+    Clean view: one row per source photograph; `row_of_source` (max id + 1,) int64 maps a source id to its row
+    (-1 where the cache has none), so a batch's join is one gather on the device. `split_source` (N,) holds
+    the split's source ids (clean view, when the dataset directory was given).
+    """
+
+    view: str
+    tensors: dict[str, torch.Tensor]
+    row_of_source: torch.Tensor | None = None
+    split_source: torch.Tensor | None = None
+
+    @property
+    def key(self) -> str:
+        """The sample field the rows are keyed by."""
+        return "source" if self.view == "clean" else "index"
+
+    def rows(self, index: torch.Tensor | None, source: torch.Tensor | None = None) -> torch.Tensor:
+        """The table rows of a batch: its `index` (same view) or the rows of its `source` ids (clean view)."""
+        if self.row_of_source is None:
+            if index is None:
+                raise CdeitError("a same-view cache is joined by sample index: pass the batch's `index` field.")
+            return index
+        if source is None:
+            raise CdeitError("a clean-view cache is joined by source id: load the batch's `source` field and pass it.")
+        return self.row_of_source[source]
+
+    def gather(
+        self, index: torch.Tensor | None, source: torch.Tensor | None = None, names: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The batch's rows of every table (or of `names`), as stored (float16 features: cast them to compute)."""
+        rows = self.rows(index, source)
+        return {k: self.tensors[k][rows] for k in (self.tensors if names is None else names)}
+
+
+def load_teacher_targets(
+    cache_dir: str | os.PathLike,
+    data: str | os.PathLike | Mapping[str, Any],
+    split: str = "train",
+    device: str | torch.device = "cpu",
+    targets: Sequence[str] = ("logits",),
+    checksums: bool = True,
+) -> TeacherTargets:
+    """The cache's `targets` (logits, embedding, patches, attention) for one split, ready to join on `device`.
+
+    A same-view cache gives one row per sample of `split` (joined by index, as `load_teacher_logits`); a
+    clean-view cache one row per source photograph of the dataset's sources.beton (joined by source id).
+    Refuses, one sentence each, targets the cache lacks, a view it cannot join, and everything
+    `load_teacher_logits` refuses.
+    """
+    import torch
+
+    cache_dir = Path(cache_dir)
+    manifest = read_cache_manifest(cache_dir)
+    provenance, view = manifest["provenance"], cache_view(manifest["provenance"])
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise CdeitError(f"teacher target {unknown[0]!r} is unknown; choose from {', '.join(TARGETS)}.")
+    missing = [t for t in targets if t not in cache_targets(provenance)]
+    if missing:
+        held = cache_targets(provenance)
+        want = ",".join(t for t in TARGETS if t in {*held, *targets})
+        raise CdeitError(
+            f"cache {cache_dir} holds no {' or '.join(missing)} targets (it holds {', '.join(held)}); "
+            f"recompute it with `cdeit precompute-teacher --view {view} --targets {want}`."
+        )
+    data_manifest, data_name = _data_manifest(data)
+    if view == "same":
+        info = _reader_split(manifest, data_manifest, split, cache_dir, data_name)
+        tables, _ = _read_tables(cache_dir, manifest, split, info["count"], targets, checksums)
+        return TeacherTargets("same", {k: torch.from_numpy(v).to(device) for k, v in tables.items()})
+    if view != "clean":
+        raise CdeitError(
+            f"cache {cache_dir} has view {view!r}, which this cdeit cannot join to samples; "
+            "recompute it with `cdeit precompute-teacher --view same` or `--view clean`."
+        )
+    info = _reader_sources(manifest, data_manifest, split, cache_dir, data_name)
+    tables, ids = _read_tables(cache_dir, manifest, SOURCES_SPLIT, info["count"], targets, checksums, ("source",))
+    source = ids["source"]
+    if len(np.unique(source)) != len(source) or (len(source) and source.min() < 0):
+        raise CdeitError(f"cache {cache_dir} repeats source ids or holds negative ones; run `cdeit cache verify`.")
+    lookup = np.full(int(source.max()) + 1 if len(source) else 0, -1, np.int64)
+    lookup[source] = np.arange(len(source))
+    split_source = _split_sources(data, split)
+    if split_source is not None:
+        outside = split_source >= len(lookup)
+        absent = int(outside.sum() + (lookup[split_source[~outside]] < 0).sum())
+        if absent:
+            raise CdeitError(
+                f"cache {cache_dir} has no row for {absent:,} {split} samples' source photographs; recompute it "
+                f"with `cdeit precompute-teacher --view clean` for {data_name}."
+            )
+    return TeacherTargets(
+        "clean",
+        {k: torch.from_numpy(v).to(device) for k, v in tables.items()},
+        row_of_source=torch.from_numpy(lookup).to(device),
+        split_source=None if split_source is None else torch.from_numpy(split_source).to(device),
+    )
+
+
+def _reader_sources(
+    manifest: Mapping[str, Any], data: Mapping[str, Any], split: str, cache_dir: Path, data_name: str
+) -> Mapping[str, Any]:
+    """The cache's source rows after checking they are this dataset's sources.beton (and the split exists)."""
+    from common.dataset import split_info
+
+    split_info(data, split, data_name)
+    classes, cached_classes = list(data.get("classes", [])), manifest["dataset"]["classes"]
+    if classes != cached_classes:
+        raise CdeitError(f"cache {cache_dir} was computed for classes {cached_classes}, not {classes} of {data_name}.")
+    info, entry = manifest["splits"].get(SOURCES_SPLIT), data.get("source_images")
+    if entry is None:
+        raise CdeitError(
+            f"{data_name} has no {SOURCES_SPLIT}.beton (one clean image per source photograph), which the clean-view "
+            f"cache {cache_dir} is keyed by; rebuild the dataset with the current `cdeit data prepare`."
+        )
+    if info is None:
+        raise CdeitError(f"cache {cache_dir} is marked clean-view but holds no source rows; run `cdeit cache verify`.")
+    if info["fingerprint"] != entry["fingerprint"]:
+        raise CdeitError(
+            f"cache {cache_dir} holds the teacher's outputs for other source images than {data_name}'s "
+            f"{SOURCES_SPLIT}.beton; recompute it with `cdeit precompute-teacher --view clean` for this dataset."
+        )
+    return info
+
+
+def _split_sources(data: str | os.PathLike | Mapping[str, Any], split: str) -> np.ndarray | None:
+    """The `source` field of a split in index order (None when only a manifest was given)."""
+    if isinstance(data, Mapping):
+        return None
+    from common.dataset import beton_path, read_split
+
+    return read_split(beton_path(data, split), fields=("source",))["source"].astype(np.int64)
+
+
+def _read_tables(
+    cache_dir: Path,
+    manifest: Mapping[str, Any],
+    split: str,
+    count: int,
+    targets: Sequence[str],
+    checksums: bool,
+    keys: Sequence[str] = (),
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every row of `split` for each target (row = `index`), plus the integer `keys` per row; checks coverage."""
+    hint = f"run `cdeit cache verify {cache_dir}`"
+    tables: dict[str, np.ndarray] = {}
+    ints = {k: np.zeros(count, np.int64) for k in keys}
+    filled = np.zeros(count, np.int64)
+    for entry in (e for e in manifest["shards"] if e["split"] == split):
+        path = cache_dir / entry["file"]
+        if not path.is_file():
+            raise CdeitError(f"shard {path} listed in the cache manifest is missing; {hint}.")
+        if path.stat().st_size != entry["bytes"] or (checksums and sha256_file(path) != entry["sha256"]):
+            raise CdeitError(f"shard {path} does not match its checksum in the manifest; {hint}.")
+        names = [TARGET_DATASETS[t] for t in targets]
+        try:
+            arrays = read_arrays(path, ("index", *keys, *names))
+        except KeyError:
+            raise CdeitError(f"shard {path} lacks some of {', '.join(names)}; {hint}.") from None
+        index = arrays["index"]
+        for target, name in zip(targets, names, strict=True):
+            values = arrays[name]
+            if not np.isfinite(values).all():
+                raise CdeitError(f"shard {path} holds NaN or infinite {name}; {hint}.")
+            if target not in tables:
+                dtype = np.float32 if target == "logits" else np.float16
+                tables[target] = np.zeros((count, *values.shape[1:]), dtype)
+            tables[target][index] = values
+        for k in keys:
+            ints[k][index] = arrays[k]
+        np.add.at(filled, index, 1)
+    if (missing := int((filled == 0).sum())) or (filled > 1).any():
+        raise CdeitError(
+            f"cache {cache_dir} lacks rows for {missing:,} of {count:,} {split} indices (or repeats some); "
+            "finish it with `cdeit precompute-teacher` (or merge the missing slices) and run `cdeit cache verify`."
+        )
+    return tables, ints

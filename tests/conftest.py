@@ -39,6 +39,72 @@ def make_tiny_dataset(out: Path, sizes: tuple[int, int, int] = (220, 110, 110), 
     return out
 
 
+def make_sourced_dataset(
+    out: Path, sources: tuple[int, int, int] = (40, 20, 20), variants: int = 3, seed: int = 0
+) -> Path:
+    """A dataset whose samples share source photographs, with DATA/sources.beton (one clean image per source).
+
+    Each source appears `variants` times in its split: clean, then brightened copies typed as corruptions
+    1, 2, ...; sample order is shuffled, and source ids have gaps, so a join by source differs from any by
+    position or index.
+    """
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(1234).integers(0, 256, (len(CLASSES), 1, 1, 3))
+    splits, clean = {}, {}
+    for k, (name, n) in enumerate(zip(("train", "val", "test"), sources, strict=True)):
+        ids = 1000 * (k + 1) + 3 * np.arange(n)  # gaps between ids
+        label = ids % len(CLASSES)
+        images = np.clip(base[label] + rng.normal(0, 40, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+        clean.update({int(i): (img, int(y)) for i, img, y in zip(ids, images, label, strict=True)})
+        rows = rng.permutation(n * variants)
+        src, var = rows % n, rows // n  # (N,): source position and variant of each sample
+        shifted = np.clip(images[src].astype(np.int64) + 25 * var[:, None, None, None], 0, 255).astype(np.uint8)
+        splits[name] = {
+            "image": shifted, "label": label[src].astype(np.int64), "corruption": var.astype(np.int64),
+            "severity": np.where(var == 0, 0, 1).astype(np.int64), "index": np.arange(n * variants, dtype=np.int64),
+            "source": ids[src].astype(np.int64),
+        }  # fmt: skip
+    order = sorted(clean)
+    table = {
+        "image": np.stack([clean[i][0] for i in order]), "label": np.array([clean[i][1] for i in order], np.int64),
+        "corruption": np.zeros(len(order), np.int64), "severity": np.zeros(len(order), np.int64),
+        "index": np.arange(len(order), dtype=np.int64), "source": np.array(order, np.int64),
+    }  # fmt: skip
+    write_dataset(out, splits, {"split_policy": "grouped", "seed": seed, "corruption_source": "test"}, sources=table)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sourced_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only dataset with shared sources and sources.beton (copy it before modifying)."""
+    return make_sourced_dataset(tmp_path_factory.mktemp("sourced") / "data")
+
+
+ALL_TARGETS = ("logits", "embedding", "patches", "attention")
+
+
+@pytest.fixture(scope="session")
+def clean_cache(tmp_path_factory: pytest.TempPathFactory, sourced_dataset: Path) -> Path:
+    """A clean-view cache of `sourced_dataset` with every target (timm's test_vit, random weights)."""
+    from precompute.run import precompute_teacher
+    from tests.precompute.helpers import config
+
+    out = tmp_path_factory.mktemp("clean") / "cache"
+    precompute_teacher(config(sourced_dataset, out, view="clean", targets=ALL_TARGETS, store_features=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def same_feature_cache(tmp_path_factory: pytest.TempPathFactory, sourced_dataset: Path) -> Path:
+    """A same-view cache of `sourced_dataset` with every target."""
+    from precompute.run import precompute_teacher
+    from tests.precompute.helpers import config
+
+    out = tmp_path_factory.mktemp("same") / "cache"
+    precompute_teacher(config(sourced_dataset, out, targets=ALL_TARGETS, store_features=False))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only tiny dataset shared by the whole session (copy it before modifying)."""

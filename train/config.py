@@ -16,6 +16,24 @@ HeadStrategyName = Literal["none", "linear", "mlp"]
 STUDENTS = ("vit", "deit", "cdeit")
 DISTILLS = ("none", "soft", "hard")
 HEAD_STRATEGIES = ("none", "linear", "mlp")
+ALIGN_TARGETS = ("embedding", "patches", "attention")  # docs/asymmetric.md
+ALIGN_METRICS = ("cosine", "mse")
+
+
+def parse_align(text: str) -> dict[str, float]:
+    """`--align embedding=1.0,patches=0.5` to {name: weight}, or one sentence saying what is wrong."""
+    weights: dict[str, float] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = (x.strip() for x in item.partition("="))
+        if not sep:
+            raise CdeitError(f"--align item {item!r} has no weight; write name=weight, e.g. embedding=1.0.")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise CdeitError(f"--align weight {value!r} of {name} is not a number; write e.g. {name}=1.0.") from None
+    return weights
 
 
 @dataclass
@@ -55,6 +73,9 @@ class TrainConfig:
     eval_every: int = 1  # validate every N epochs (and always after the last)
     eval_batch_size: int = 1024
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"depth": 2} for tests
+    # asymmetric, multi-level distillation (docs/asymmetric.md); empty: the paper's recipe
+    align: dict[str, float] = field(default_factory=dict)  # embedding | patches | attention -> loss weight
+    align_metric: str = "cosine"  # embedding and patches: cosine distance or mse on the projected features
 
     @property
     def lr(self) -> float:
@@ -93,7 +114,22 @@ class TrainConfig:
             raise CdeitError("--mixup-prob and --cutmix-prob must add up to at most 1.")
         if self.precision not in ("bf16", "fp32"):
             raise CdeitError(f"--precision {self.precision!r} is unknown; choose bf16 or fp32.")
+        self._validate_align()
         return self
+
+    def _validate_align(self) -> None:
+        for name, weight in self.align.items():
+            if name not in ALIGN_TARGETS:
+                raise CdeitError(f"--align {name!r} is unknown; choose from {', '.join(ALIGN_TARGETS)}.")
+            if not (isinstance(weight, int | float) and 0 < weight < float("inf")):
+                raise CdeitError(f"--align weight of {name} must be a positive number, not {weight!r}.")
+        if self.align_metric not in ALIGN_METRICS:
+            raise CdeitError(f"--align-metric {self.align_metric!r} is unknown; choose {' or '.join(ALIGN_METRICS)}.")
+        if self.align and not self.teacher_cache:
+            raise CdeitError(
+                "--align needs --teacher-cache CACHE holding the teacher's feature targets "
+                "(`cdeit precompute-teacher --targets logits,embedding,patches,attention`)."
+            )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

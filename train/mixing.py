@@ -31,8 +31,10 @@ class Targets:
 
     label: (B, C) smoothed one-hot labels. teacher: (B, C) tempered teacher probabilities softmax(z_t / tau)
     for soft distillation, one-hot argmax(z_t) for hard, None without a teacher. corruption: (B, K) one-hot
-    image type (0 = clean), or None. After mix_batch: `mode`, `weight` (the share of each sample's own
-    targets, 1.0 when unmixed) and `perm` (B,) (the partner each sample was mixed with).
+    image type (0 = clean), or None. features: the teacher's feature targets for the alignment loss, by name
+    (`embedding` (B, D), `patches` (B, 64, D), `attention` (B, 64), float32), or None. After mix_batch: `mode`,
+    `weight` (the share of each sample's own targets, 1.0 when unmixed) and `perm` (B,) (the partner each
+    sample was mixed with); the features are mixed with the same weight and pairing as everything else.
     """
 
     label: torch.Tensor
@@ -43,6 +45,7 @@ class Targets:
     mode: MixMode = "none"
     weight: float = 1.0
     perm: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] | None = None
 
     def distributions(self) -> dict[str, torch.Tensor]:
         """The target tensors present, by name."""
@@ -66,8 +69,12 @@ def make_targets(
     num_classes: int = len(CLASSES),
     num_corruptions: int = len(CORRUPTIONS),
     corruption_smoothing: float = 0.0,
+    features: dict[str, torch.Tensor] | None = None,
 ) -> Targets:
-    """Targets of an unaugmented batch: smoothed labels, teacher targets for `distill`, one-hot corruption types."""
+    """Targets of an unaugmented batch: smoothed labels, teacher targets for `distill`, one-hot corruption types.
+
+    `features`: the cached teacher feature targets of the batch (embedding, patches, attention), kept as float32.
+    """
     if distill not in DISTILL_TYPES:
         raise CdeitError(f"distillation type {distill!r} is not one of {', '.join(DISTILL_TYPES)}.")
     teacher = None
@@ -82,7 +89,8 @@ def make_targets(
         teacher = teacher_targets(teacher_logits, distill, tau)
     corr = None if corruption is None else smoothed_one_hot(corruption, num_corruptions, corruption_smoothing)
     label = smoothed_one_hot(labels, num_classes, smoothing)
-    return Targets(label, teacher, corr, distill=distill, tau=tau if distill == "soft" else None)
+    feats = {k: v.float() for k, v in features.items()} if features else None
+    return Targets(label, teacher, corr, distill=distill, tau=tau if distill == "soft" else None, features=feats)
 
 
 def teacher_targets(teacher_logits: torch.Tensor, distill: Literal["soft", "hard"], tau: float) -> torch.Tensor:
@@ -113,8 +121,14 @@ def cutmix_box(
 
 
 def mix_targets(targets: Targets, weight: float, perm: torch.Tensor, mode: MixMode) -> Targets:
-    """Every target distribution mixed as weight * own + (1 - weight) * partner's, with one pairing `perm`."""
-    mixed = {k: v * weight + v[perm] * (1.0 - weight) for k, v in targets.distributions().items()}
+    """Every target (distributions and teacher features) mixed as weight * own + (1 - weight) * partner's.
+
+    One pairing `perm` and one weight for all of them. Under CutMix the features are mixed with the box's area
+    share too, not patch by patch (the box is not aligned to the patch grid).
+    """
+    mixed: dict = {k: v * weight + v[perm] * (1.0 - weight) for k, v in targets.distributions().items()}
+    if targets.features:
+        mixed["features"] = {k: v * weight + v[perm] * (1.0 - weight) for k, v in targets.features.items()}
     return replace(targets, **mixed, mode=mode, weight=weight, perm=perm)
 
 

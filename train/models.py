@@ -171,12 +171,71 @@ class TokenViT(VisionTransformer):
             return self.head_drop(x[:, : min(self.num_prefix_tokens, 2)].mean(1))
         return self.combine(self.heads(x))
 
-    def forward(self, x: torch.Tensor, return_dict: bool | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Normalised images (B, 3, H, W) to a dict of head logits (default in training) or class logits (B, C)."""
+    def forward(
+        self, x: torch.Tensor, return_dict: bool | None = None, features: tuple[str, ...] = ()
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Normalised images (B, 3, H, W) to a dict of head logits (default in training) or class logits (B, C).
+
+        `features` (any of 'embedding', 'patches', 'attention') adds what the alignment loss compares with the
+        teacher, from the same forward: `feat_embedding` (B, D), `feat_patches` (B, N, D), `feat_attention`
+        (B, N) (see `align_features`); the dict is then returned in any mode.
+        """
+        if features:
+            return self.forward_with_features(x, features)
         outputs = self.heads(self.forward_features(x))
         if self.training if return_dict is None else return_dict:
             return outputs
         return self.combine(outputs)
+
+    def forward_with_features(self, x: torch.Tensor, features: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Head logits plus the requested alignment features, in one forward (see `forward`)."""
+        if "attention" in features:
+            tokens, normed = self._features_and_last_input(x)
+        else:
+            tokens, normed = self.forward_features(x), None
+        return self.heads(tokens) | self.align_features(tokens, normed, features)
+
+    def align_features(
+        self, tokens: torch.Tensor, normed: torch.Tensor | None, features: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """The student's side of the alignment from its final tokens (B, T + N, D).
+
+        `feat_embedding`: the final (normed) class token, the class head's input (B, D). `feat_patches`: the
+        final patch tokens (B, N, D). `feat_attention`: the class token's attention over the patches in the
+        last block, averaged over heads and renormalised over the patches (B, N); needs `normed`, the last
+        block's norm1 output (B, T + N, D).
+        """
+        from common.tokens import cls_attention
+
+        out = {}
+        if "embedding" in features:
+            out["feat_embedding"] = tokens[:, 0]
+        if "patches" in features:
+            out["feat_patches"] = tokens[:, self.num_prefix_tokens :]
+        if "attention" in features:
+            assert normed is not None, "the attention map needs the last block's input"
+            out["feat_attention"] = cls_attention(self.blocks[-1].attn, normed, self.num_prefix_tokens)
+        return out
+
+    def _features_and_last_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward_features, with the last block written out to keep its normed input (B, T + N, D).
+
+        timm's fused attention does not return its map, so the map is recomputed from this input
+        (common.tokens.cls_attention). Same operations in the same order as timm's Block: same values.
+        """
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        for block in self.blocks[:-1]:
+            x = block(x)
+        last = self.blocks[-1]
+        normed = last.norm1(x)
+        x = x + last.drop_path1(last.ls1(last.attn(normed)))
+        x = x + last.drop_path2(last.ls2(last.mlp(last.norm2(x))))
+        return self.norm(x), normed
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The patch grid (H, W): 8x8 for 32px images and patch 4."""
+        return tuple(self.patch_embed.grid_size)
 
     def forward_tokens(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Final (normed) embedding of each prefix token, name -> (B, D), e.g. for cosine similarities (paper 4.4)."""

@@ -1,8 +1,10 @@
 """`cdeit train`: train a ViT / DeiT / CdeiT student from packed images and cached teacher logits.
 
 The teacher is never built here. Its logits are loaded once into a device tensor (N, classes) and
-gathered with each batch's `index` field; Mixup, random erasing and normalisation run on whole batches
-on the device. Checkpoints are atomic and hold every RNG state, so a killed run resumes exactly.
+gathered with each batch's `index` field (or, for a clean-view cache, its `source` field); with `--align`
+its feature targets are gathered the same way and compared with the student's (train/align.py). Mixup,
+random erasing and normalisation run on whole batches on the device. Checkpoints are atomic and hold
+every RNG state, so a killed run resumes exactly.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,11 @@ from common.dataset import beton_path, load_manifest, make_loader
 from common.errors import CdeitError
 from common.metrics import ece_bin_stats, ece_from_stats
 from train import distributed
-from train.config import TrainConfig
+from train.config import ALIGN_TARGETS, TrainConfig
+
+if TYPE_CHECKING:
+    from common.cache import TeacherTargets
+    from train.align import Alignment
 
 CHECKPOINT = "checkpoints/last.pt"
 TRAIN_FIELDS = ("image", "label", "corruption", "index")
@@ -71,7 +77,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     if saved.is_file() and not resume and has_run:
         raise CdeitError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
     if resume and saved.is_file():
-        old = json.loads(saved.read_text())
+        old = TrainConfig().to_json() | json.loads(saved.read_text())  # settings added since take their defaults
         differs = [k for k, v in cfg.to_json().items() if k not in ("workers", "eval_every") and old.get(k) != v]
         if differs:
             raise CdeitError(f"--resume with other settings than {saved} ({', '.join(differs)}); use the same options.")
@@ -144,18 +150,27 @@ class Trainer:
         self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
         self.erase_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + 500 + self.dist.rank)
 
+        self.teacher_table: TeacherTargets | None = None  # set for a clean-view cache or --align
+        self.teacher = self._teacher_logits()
+        by_source = self.teacher_table is not None and self.teacher_table.view == "clean"
         self.train_loader = make_loader(
             beton_path(cfg.data, "train"), cfg.batch_size // self.dist.world, "random", str(dev),
-            fields=TRAIN_FIELDS, drop_last=True, distributed=self.dist.enabled, seed=cfg.seed, workers=cfg.workers,
+            fields=(*TRAIN_FIELDS, "source") if by_source else TRAIN_FIELDS, drop_last=True,
+            distributed=self.dist.enabled, seed=cfg.seed, workers=cfg.workers,
         )  # fmt: skip
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             n = self.manifest["splits"]["train"]["count"]
             raise CdeitError(f"--batch-size {cfg.batch_size} is larger than the {n} training images; lower it.")
-        self.teacher = self._teacher_logits()
+        self.alignment = self._alignment()
+        self.align_fn = self.alignment
 
         fused = dev.type == "cuda"
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, fused=fused)
+        groups = param_groups(self.model, cfg.weight_decay)
+        if self.alignment is not None:  # the projections train with the student (decay on their matrices)
+            for group, extra in zip(groups, self.alignment.param_groups(cfg.weight_decay), strict=True):
+                group["params"] += extra["params"]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
         total, warmup = cfg.epochs * self.steps_per_epoch, round(cfg.warmup_epochs * self.steps_per_epoch)
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
@@ -167,17 +182,57 @@ class Trainer:
         if self.dist.enabled:
             ids = [dev.index] if dev.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            if self.alignment is not None:  # its own DDP: the projections' gradients are averaged too
+                self.align_fn = torch.nn.parallel.DistributedDataParallel(self.alignment, device_ids=ids)
 
     def _teacher_logits(self) -> torch.Tensor | None:
-        if self.cfg.distill == "none":
+        """The train split's cached logits (N, C), or None; sets `teacher_table` for a clean view or --align."""
+        cfg = self.cfg
+        if cfg.distill == "none" and not cfg.align:
             return None
-        from common.cache import load_teacher_logits
+        from common.cache import cache_view, load_teacher_logits, load_teacher_targets, read_cache_manifest
 
-        return load_teacher_logits(self.cfg.teacher_cache, self.cfg.data, split="train", device=self.device)
+        view = cache_view(read_cache_manifest(cfg.teacher_cache)["provenance"])
+        if view == "same" and not cfg.align:  # the paper's recipe: one (N, classes) table gathered by index
+            return load_teacher_logits(cfg.teacher_cache, cfg.data, split="train", device=self.device)
+        names = (("logits",) if cfg.distill != "none" else ()) + tuple(k for k in ALIGN_TARGETS if k in cfg.align)
+        self.teacher_table = load_teacher_targets(cfg.teacher_cache, cfg.data, "train", self.device, names)
+        return self.teacher_table.tensors.get("logits")
 
-    def teacher_logits_for(self, index: torch.Tensor, images_u8: torch.Tensor) -> torch.Tensor | None:
-        """The batch's cached teacher logits (B, C), gathered by sample index on the device."""
+    def _alignment(self) -> Alignment | None:
+        """The alignment terms and their projections (student width -> teacher width), or None without --align."""
+        if not self.cfg.align:
+            return None
+        from train.align import Alignment
+
+        assert self.teacher_table is not None
+        tables, cells = self.teacher_table.tensors, self.raw_model.grid_size[0] * self.raw_model.grid_size[1]
+        for name in ("patches", "attention"):
+            if name in self.cfg.align and tables[name].shape[1] != cells:
+                raise CdeitError(
+                    f"--align {name} compares the teacher's {tables[name].shape[1]}-cell grid with this student's "
+                    f"{cells} patches; use a student with an 8x8 patch grid (32px images, patch 4)."
+                )
+        dims = {k: tables[k].shape[-1] for k in ("embedding", "patches") if k in self.cfg.align}
+        return Alignment(self.cfg.align, self.cfg.align_metric, self.raw_model.embed_dim, dims).to(self.device)
+
+    def teacher_logits_for(
+        self, index: torch.Tensor, images_u8: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The batch's cached teacher logits (B, C), gathered on the device by sample index (or source id)."""
+        if self.teacher_table is not None:
+            if "logits" not in self.teacher_table.tensors:
+                return None
+            return self.teacher_table.gather(index, source, ("logits",))["logits"]
         return self.teacher[index] if self.teacher is not None else None
+
+    def teacher_features_for(
+        self, index: torch.Tensor, source: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor] | None:
+        """The batch's cached feature targets for the alignment (float16 as stored), or None without --align."""
+        if self.alignment is None or self.teacher_table is None:
+            return None
+        return self.teacher_table.gather(index, source, self.alignment.names)
 
     # ---------------------------------------------------------------- checkpoints
     def _rng_state(self) -> dict[str, torch.Tensor]:
@@ -198,6 +253,8 @@ class Trainer:
             "state": self.state.__dict__,
             "config": self.cfg.to_json(),
         }
+        if self.alignment is not None:  # the projections: training-only, never part of the student
+            payload["alignment"] = self.alignment.state_dict()
         path = self.out / CHECKPOINT
         try:
             with atomic_path(path) as tmp:
@@ -216,6 +273,10 @@ class Trainer:
                 f"checkpoint {path} could not be read ({type(exc).__name__}); delete it to start over."
             ) from None
         self.raw_model.load_state_dict(payload["model"])
+        if self.alignment is not None:
+            if "alignment" not in payload:
+                raise CdeitError(f"checkpoint {path} holds no alignment projections; resume with the run's --align.")
+            self.alignment.load_state_dict(payload["alignment"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         rng = payload["rng"]
@@ -232,19 +293,30 @@ class Trainer:
         from train.mixing import make_targets, mix_batch
 
         cfg = self.cfg
-        images_u8, labels, corruption, index = batch
-        teacher = self.teacher_logits_for(index, images_u8)
+        images_u8, labels, corruption, index, *rest = batch  # plus `source` when the cache is keyed by source
+        source = rest[0] if rest else None
+        if source is None:
+            teacher = self.teacher_logits_for(index, images_u8)
+        else:
+            teacher = self.teacher_logits_for(index, images_u8, source)
         targets = make_targets(labels, corruption, teacher, cfg.distill, cfg.tau, cfg.label_smoothing,
-                               num_classes=self.num_classes)  # fmt: skip
+                               num_classes=self.num_classes,
+                               features=self.teacher_features_for(index, source))  # fmt: skip
         images = self.normalise(images_u8)
         if self.erasing is not None:  # per-image erasing before batch mixing, in DeiT's order
             images, targets = self.erasing(images, targets, self.erase_gen)
         images, targets = mix_batch(images, targets, cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob,
                                     cfg.cutmix_alpha, generator=self.mix_gen)  # fmt: skip
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            outputs = self.model(images)
+            if self.alignment is None:
+                outputs = self.model(images)
+            else:  # the alignment features come out of the same forward
+                outputs = self.model(images, features=self.alignment.names)
         outputs = {k: v.float() for k, v in outputs.items()}
         parts = self.loss_fn(outputs, targets)
+        if self.alignment is not None:
+            aligned = self.align_fn(outputs, targets.features)
+            parts = {**parts, **aligned, "total": parts["total"] + aligned["total"]}
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         if cfg.clip_grad:
@@ -341,6 +413,12 @@ class Trainer:
                 f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
                 f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}"
             )
+            if self.teacher_table is not None:
+                aligned = ", ".join(f"{k} x{w:g}" for k, w in cfg.align.items()) or "none"
+                console.print(
+                    f"teacher: {self.teacher_table.view}-view cache joined by {self.teacher_table.key}; "
+                    f"alignment: {aligned} ({cfg.align_metric})"
+                )
         remaining = (cfg.epochs - self.state.epoch) * self.steps_per_epoch
         with progress_bar("training", remaining, unit="steps") as advance:
             for epoch in range(self.state.epoch, cfg.epochs):
@@ -392,6 +470,8 @@ class Trainer:
                 "device": str(self.device),
                 "world_size": self.dist.world,
             }
+            if self.teacher_table is not None:  # beyond the paper's recipe: say which view and alignment
+                summary |= {"teacher_view": self.teacher_table.view, "align": self.cfg.align}
             write_json(self.out / "summary.json", summary)
         distributed.barrier(self.dist)
         distributed.teardown(self.dist)

@@ -40,7 +40,8 @@ def info_lines(m: dict[str, Any]) -> list[str]:
         ("preprocessing", f"{p.get('input_size')} {p.get('interpolation')}, mean {p.get('mean')}, std {p.get('std')}"),
         ("compute", f"{p.get('compute_dtype')} on {p.get('device_type')}, shard size {p.get('shard_size')}"),
         ("classes", f"{m['dataset']['num_classes']}: {', '.join(m['dataset']['classes'])}"),
-        ("dtype", "logits float32" + (", features float16" if p.get("store_features") else "")),
+        ("view", VIEW_TEXT.get(p.get("view") or "same", p.get("view"))),
+        ("targets", _targets_text(p)),
         ("shards", f"{len(shards)} with logits, {len(m['feature_shards'])} with features only"),
         ("size on disk", f"{m['bytes_on_disk'] / 2**20:,.1f} MiB"),
         ("complete", "yes" if m["complete"] else "no"),
@@ -53,6 +54,22 @@ def info_lines(m: dict[str, Any]) -> list[str]:
             f"teacher accuracy {acc}, fingerprint {s['fingerprint']}"
         )
     return lines
+
+
+VIEW_TEXT = {
+    "same": "same (the teacher saw each sample itself; rows joined by sample index)",
+    "clean": "clean (the teacher saw each sample's clean source image; rows keyed by source id, joined by source)",
+}
+
+
+def _targets_text(p: dict[str, Any]) -> str:
+    from common.cache import cache_targets
+
+    dtypes = {"logits": "float32", "embedding": "float16", "patches": "float16", "attention": "float16"}
+    text = ", ".join(f"{t} {dtypes[t]}" for t in cache_targets(p))
+    grid = p.get("target_grid")
+    return text + (f" (per-patch targets on the {grid[0]}x{grid[1]} grid, teacher grid {p.get('teacher_grid')})"
+                   if grid else "")  # fmt: skip
 
 
 @app.command("verify")
