@@ -231,3 +231,34 @@ def test_evaluate_reports_the_teacher_beside_the_student(tiny_dataset: Path, cac
     teacher = result["teacher"]
     assert 0 <= teacher["accuracy"] <= 1 and 0 <= teacher["agreement"] <= 1
     assert set(teacher["per_corruption_accuracy"]) <= set(result["per_corruption"])
+
+
+@pytest.mark.slow
+def test_distillation_from_a_better_teacher_beats_no_distillation(tmp_path: Path) -> None:
+    """Train labels with 80% noise: a teacher whose head was fitted and selected on clean validation
+    labels is far better than the labels, and a student distilled from it beats one trained on labels."""
+    import numpy as np
+
+    from common.dataset import write_dataset
+    from precompute.run import PrecomputeConfig, precompute_teacher
+    from tests.conftest import tiny_split
+
+    train_split = tiny_split(880, 0)
+    rng = np.random.default_rng(0)
+    noisy = rng.random(880) < 0.8
+    train_split["label"] = np.where(noisy, rng.integers(0, 10, 880), train_split["label"])
+    splits = {"train": train_split, "val": tiny_split(220, 1, 10_000), "test": tiny_split(220, 2, 20_000)}
+    data = tmp_path / "data"
+    write_dataset(data, splits, {"split_policy": "grouped", "seed": 0})
+    precompute_teacher(
+        PrecomputeConfig(data=data, out=tmp_path / "cache", teacher="test_vit", random_weights=True, batch_size=32,
+                         shard_size=256, head_epochs=100, head_lr=1e-2, head_standardize=True, workers=1)
+    )  # fmt: skip
+    teacher_val = json.loads((tmp_path / "cache" / "manifest.json").read_text())["splits"]["val"]["accuracy"]
+    acc = {}
+    for student, distill in (("vit", "none"), ("deit", "hard")):
+        cfg = _cfg(data, tmp_path / student, student=student, distill=distill, epochs=2, lr_per_512=1e-2,
+                   warmup_epochs=1, teacher_cache=str(tmp_path / "cache") if distill != "none" else None)  # fmt: skip
+        acc[student] = train(cfg)["val_acc"]
+    assert teacher_val > acc["vit"] + 0.15  # the teacher is better than the student
+    assert acc["deit"] > acc["vit"] + 0.15, acc
