@@ -11,7 +11,7 @@ def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 4
     centres = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))  # the same classes in every split
-    x = (centres[y] + 0.5 * torch.randn(n, 16, generator=g)) * 3e-4 + 5e-3  # tiny scale, offset: like collapsed features
+    x = (centres[y] + 0.5 * torch.randn(n, 16, generator=g)) * 3e-4 + 5e-3  # tiny and offset, as collapsed features
     return x, y
 
 
@@ -21,7 +21,8 @@ def test_folded_head_equals_the_standardised_fit_and_learns_tiny_features() -> N
     weight, bias, info = fit_head(train, val, 4, fit, torch.device("cpu"))
     x = val[0]
     mean, std = train[0].mean(0), train[0].std(0)
-    assert torch.allclose(x @ weight.T + bias, ((x - mean) / std) @ (weight * std).T + (bias + weight @ mean), atol=1e-3)
+    standardised = ((x - mean) / std) @ (weight * std).T + (bias + weight @ mean)
+    assert torch.allclose(x @ weight.T + bias, standardised, atol=1e-3)
     raw_acc = ((x @ weight.T + bias).argmax(1) == val[1]).float().mean().item()
     assert raw_acc == info["val_accuracy"] > 0.9
     plain = fit_head(train, val, 4, HeadFit(epochs=40, lr=5e-5, batch_size=128), torch.device("cpu"))

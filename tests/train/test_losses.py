@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,6 +12,8 @@ from common.errors import CdeitError
 from train.losses import build_loss, soft_target_ce, tempered_kl
 from train.mixing import Targets, make_targets, mix_with
 from train.models import build_student
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 B, C, K, EPS = 4, 10, 11, 0.1
 
@@ -45,15 +46,6 @@ def kl(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> float:
 
 
 # --- fixtures -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on 2 shared cores, torch's default threads spin against other work (20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from torch import nn
 from common.errors import CdeitError
 from train.models import MODEL_NAMES, TokenViT, build_student, load_safetensors, save_safetensors
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = {"depth": 1, "embed_dim": 48, "num_heads": 3}
 VARIANTS = [("vit", None), ("deit", None), ("cdeit", "none"), ("cdeit", "linear"), ("cdeit", "mlp")]
 KEYS = {
@@ -23,15 +24,6 @@ KEYS = {
     ("cdeit", "linear"): {"cls", "dist", "corr", "corr_to_cls"},
     ("cdeit", "mlp"): {"cls", "dist", "corr", "corr_to_cls"},
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on 2 shared cores, torch's default threads spin against other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
