@@ -338,10 +338,9 @@ class Trainer:
             n_images += batch[0].shape[0]
             if advance and (i % 10 == 9 or i == self.steps_per_epoch - 1):  # sync with the device rarely
                 rate = n_images * self.dist.world / (time.perf_counter() - start)
-                advance(
-                    10 if i % 10 == 9 else (i % 10) + 1,
-                    info=f"{rate:,.0f} img/s loss {(sums['total'] / (i + 1)).item():.3f}",
-                )
+                means = (torch.stack([sums[k] for k in sorted(sums)]) / (i + 1)).tolist()  # one sync for all parts
+                loss = " ".join(f"{k} {v:.3f}" for k, v in zip(sorted(sums), means, strict=True))
+                advance(10 if i % 10 == 9 else (i % 10) + 1, info=f"{rate:,.0f} img/s  {loss}")
         seconds = time.perf_counter() - start
         self.state.train_seconds += seconds
         self.state.train_images += n_images * self.dist.world
