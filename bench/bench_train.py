@@ -47,7 +47,9 @@ class OnlineTeacherTrainer(Trainer):
         return None
 
     @torch.no_grad()
-    def teacher_logits_for(self, index: torch.Tensor, images_u8: torch.Tensor) -> torch.Tensor:
+    def teacher_logits_for(
+        self, index: torch.Tensor, images_u8: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.online(self.resize(images_u8)).float()
 

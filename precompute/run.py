@@ -46,6 +46,7 @@ from common.cache import (
 )
 from common.console import console, out, progress_bar
 from common.dataset import SPLITS
+from common.device import resolve_device
 from common.errors import CdeitError
 from precompute.distributed import DistEnv, assign_shards, barrier, dist_env, process_group
 from precompute.head import HeadFit, LinearHead, fit_head, fit_settings, load_head, save_head
@@ -210,7 +211,7 @@ def prepare_run(cfg: PrecomputeConfig) -> Run:
     if cfg.view == "clean":
         _check_sources(data, cfg.data)
     env = dist_env()
-    device = resolve_device(cfg.device, env)
+    device = resolve_device(cfg.device, env.local_rank)
     batch = resolve_batch_size(cfg, device)
     teacher = build_teacher(cfg.teacher, cfg.checkpoint, cfg.random_weights, cfg.seed)
     if {"patches", "attention"} & set(cfg.targets):
@@ -277,24 +278,6 @@ def _channels_last() -> Any:
     import torch
 
     return torch.channels_last
-
-
-def resolve_device(name: str, env: DistEnv) -> torch.device:
-    """`auto` is the local rank's GPU when CUDA is available, else the CPU."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CdeitError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CdeitError(f"--device {name} asks for CUDA but no CUDA device is visible; use --device cpu or auto.")
-        device = torch.device("cuda", env.local_rank if device.index is None else device.index)
-        torch.cuda.set_device(device)
-    return device
 
 
 def resolve_batch_size(cfg: PrecomputeConfig, device: torch.device) -> int:

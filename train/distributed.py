@@ -29,12 +29,17 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_rank() -> int:
+    """This process's GPU slot on its machine under torchrun (0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def setup(device_kind: str) -> Dist:
     """Join the torchrun process group (NCCL on GPUs, Gloo on CPUs) when WORLD_SIZE > 1."""
     world = world_size()
     if world <= 1:
         return Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = int(os.environ["RANK"]), local_rank()
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":

@@ -233,7 +233,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
              teacher_cache: str | None = None, device: str = "auto", batch_size: int = 1024,
              workers: int = 2) -> dict[str, Any]:  # fmt: skip
     """Evaluate a run on a split; writes RUN/eval/<split>.json, <split>-predictions.npz, report.md and plots."""
-    from train.trainer import resolve_device
+    from common.device import resolve_device
 
     run = Run.open(run_dir)
     data = data or run.config["data"]

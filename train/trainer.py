@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from common.atomic import atomic_path, write_json
 from common.console import console, progress_bar
 from common.dataset import beton_path, load_manifest, make_loader
+from common.device import resolve_device
 from common.errors import CdeitError
 from common.metrics import ece_bin_stats, ece_from_stats
 from train import distributed
@@ -42,18 +43,6 @@ class State:
     best_val_acc: float = -1.0
     train_seconds: float = 0.0
     train_images: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CdeitError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CdeitError(f"--device {name} asks for CUDA but none is available; use --device cpu.")
-    return dev
 
 
 def _io_error(path: Path, exc: OSError) -> CdeitError:
@@ -113,15 +102,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg = cfg.validate()
         self.resume = resume
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, distributed.local_rank())
         world = distributed.world_size()
         if cfg.batch_size % world:
             raise CdeitError(
                 f"--batch-size {cfg.batch_size} does not divide over {world} processes; use a multiple of {world}."
             )
         self.dist = distributed.setup(self.device.type)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
         self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
         self.manifest = load_manifest(cfg.data)
         self.num_classes = len(self.manifest["classes"])
@@ -295,10 +282,7 @@ class Trainer:
         cfg = self.cfg
         images_u8, labels, corruption, index, *rest = batch  # plus `source` when the cache is keyed by source
         source = rest[0] if rest else None
-        if source is None:
-            teacher = self.teacher_logits_for(index, images_u8)
-        else:
-            teacher = self.teacher_logits_for(index, images_u8, source)
+        teacher = self.teacher_logits_for(index, images_u8, source)
         targets = make_targets(labels, corruption, teacher, cfg.distill, cfg.tau, cfg.label_smoothing,
                                num_classes=self.num_classes,
                                features=self.teacher_features_for(index, source))  # fmt: skip

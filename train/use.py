@@ -60,7 +60,8 @@ def load_image_32(path: Path) -> np.ndarray:
 @torch.no_grad()
 def predict_files(model: str | Path, paths: list[Path], device: str = "cpu") -> list[dict[str, Any]]:
     """One result per path: class, confidence (and corruption type for CdeiT), or an error sentence."""
-    from train.trainer import Normalise, resolve_device
+    from common.device import resolve_device
+    from train.trainer import Normalise
 
     dev = resolve_device(device)
     student, classes = load_student(model, dev)
