@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.corruptions import NAMES, SEVERITIES, corrupt  # noqa: E402
-from data.synthetic import render  # noqa: E402
+from cdeit.data.corruptions import NAMES, SEVERITIES, corrupt  # noqa: E402
+from cdeit.data.synthetic import render  # noqa: E402
 
 
 def images_per_second(images: np.ndarray, name: str, severity: int, repeats: int, seed: int) -> float:

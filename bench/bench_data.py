@@ -46,7 +46,7 @@ def _tree_rss_bytes(root_pid: int) -> int:
 
 
 def bench_prepare(args: argparse.Namespace) -> None:
-    cmd = [sys.executable, "-m", "common.cli", "data", "prepare", "--cifar10", args.cifar10, "--corruptions",
+    cmd = [sys.executable, "-m", "cdeit.common.cli", "data", "prepare", "--cifar10", args.cifar10, "--corruptions",
            "generate", "--out", args.out, "--per-class-per-type", args.per_class_per_type, "--workers",
            str(args.workers)]  # fmt: skip
     start = time.perf_counter()
@@ -74,7 +74,7 @@ def bench_read(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from common.dataset import beton_path, make_loader, read_split
+    from cdeit.common.dataset import beton_path, make_loader, read_split
 
     path = beton_path(args.data, args.split)
     arrays = read_split(path, fields=("image", "label"))

@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from precompute.distributed import DistEnv  # noqa: E402
-from precompute.features import extract_features  # noqa: E402
-from precompute.preprocess import DeviceResize  # noqa: E402
-from precompute.run import BATCH_CPU, BATCH_CUDA, resolve_device  # noqa: E402
-from precompute.teacher import build_teacher  # noqa: E402
+from cdeit.precompute.distributed import DistEnv  # noqa: E402
+from cdeit.precompute.features import extract_features  # noqa: E402
+from cdeit.precompute.preprocess import DeviceResize  # noqa: E402
+from cdeit.precompute.run import BATCH_CPU, BATCH_CUDA, resolve_device  # noqa: E402
+from cdeit.precompute.teacher import build_teacher  # noqa: E402
 
 FULL_DATASET = 539_000  # 495k train + 22k val + 22k test images
 

@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `cdeit` command li
 
 import torch  # noqa: E402
 
-from train.config import TrainConfig  # noqa: E402
-from train.trainer import Trainer  # noqa: E402
+from cdeit.train.config import TrainConfig  # noqa: E402
+from cdeit.train.trainer import Trainer  # noqa: E402
 
 
 class OnlineTeacherTrainer(Trainer):
@@ -36,7 +36,7 @@ class OnlineTeacherTrainer(Trainer):
     def _teacher_logits(self) -> None:
         import timm
 
-        from precompute.preprocess import DeviceResize, preprocessing_for
+        from cdeit.precompute.preprocess import DeviceResize, preprocessing_for
 
         self.online = timm.create_model(self.teacher_name, pretrained=False, num_classes=self.num_classes)
         self.online = self.online.to(self.device).eval().requires_grad_(False)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.errors import CdeitError
+from cdeit.common.errors import CdeitError
 
 if TYPE_CHECKING:
     import torch
@@ -168,7 +168,7 @@ def write_shard(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs
     """Write one shard under a temporary name, flush it and rename it: a shard with its final name is complete."""
     import h5py
 
-    from common.atomic import atomic_path
+    from cdeit.common.atomic import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +297,7 @@ def read_head_meta(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def _split_order(split: str) -> tuple[int, str]:
-    from common.dataset import SPLITS
+    from cdeit.common.dataset import SPLITS
 
     return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
@@ -307,7 +307,7 @@ def build_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | N
 
     `fallback` is the provenance to record while no shard exists yet (a fresh run's first manifest).
     """
-    from common import __version__
+    from cdeit.common import __version__
 
     cache_dir = Path(cache_dir)
     logit_files, feature_files = _shard_files(cache_dir, LOGITS), _shard_files(cache_dir, FEATURES)
@@ -349,7 +349,7 @@ def _provenance(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild CACHE/manifest.json from the shards present and return it."""
-    from common.atomic import write_json
+    from cdeit.common.atomic import write_json
 
     manifest = build_manifest(cache_dir, fallback)
     write_json(Path(cache_dir) / MANIFEST, manifest)
@@ -498,7 +498,7 @@ def _check_head(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
 
 
 def _check_data(manifest: Mapping[str, Any], data_dir: str | os.PathLike) -> list[str]:
-    from common.dataset import load_manifest
+    from cdeit.common.dataset import load_manifest
 
     try:
         data = load_manifest(data_dir)
@@ -526,7 +526,7 @@ def _check_data(manifest: Mapping[str, Any], data_dir: str | os.PathLike) -> lis
 
 def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
     """Join caches (slices computed on different machines) into `out`, refusing to mix runs; returns the manifest."""
-    from common.atomic import remove_stale_tmp
+    from cdeit.common.atomic import remove_stale_tmp
 
     out = Path(out)
     paths = [Path(s) for s in sources]
@@ -601,7 +601,7 @@ def _copy_verified(src_dir: Path, out: Path, entry: Mapping[str, Any]) -> None:
 
 
 def _copy_file(src: Path, dst: Path) -> None:
-    from common.atomic import atomic_path
+    from cdeit.common.atomic import atomic_path
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
@@ -654,7 +654,7 @@ def load_teacher_logits(
 def _data_manifest(data: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     if isinstance(data, Mapping):
         return data, "the dataset"
-    from common.dataset import load_manifest
+    from cdeit.common.dataset import load_manifest
 
     return load_manifest(data), f"dataset {data}"
 
@@ -663,7 +663,7 @@ def _reader_split(
     manifest: Mapping[str, Any], data: Mapping[str, Any], split: str, cache_dir: Path, data_name: str
 ) -> Mapping[str, Any]:
     """The cache's entry for `split` after checking it belongs to this dataset, its classes and this split."""
-    from common.dataset import split_info
+    from cdeit.common.dataset import split_info
 
     data_split = split_info(data, split, data_name)
     classes, cached_classes = list(data.get("classes", [])), manifest["dataset"]["classes"]
@@ -818,7 +818,7 @@ def _reader_sources(
     manifest: Mapping[str, Any], data: Mapping[str, Any], split: str, cache_dir: Path, data_name: str
 ) -> Mapping[str, Any]:
     """The cache's source rows after checking they are this dataset's sources.beton (and the split exists)."""
-    from common.dataset import split_info
+    from cdeit.common.dataset import split_info
 
     split_info(data, split, data_name)
     classes, cached_classes = list(data.get("classes", [])), manifest["dataset"]["classes"]
@@ -844,7 +844,7 @@ def _split_sources(data: str | os.PathLike | Mapping[str, Any], split: str) -> n
     """The `source` field of a split in index order (None when only a manifest was given)."""
     if isinstance(data, Mapping):
         return None
-    from common.dataset import beton_path, read_split
+    from cdeit.common.dataset import beton_path, read_split
 
     return read_split(beton_path(data, split), fields=("source",))["source"].astype(np.int64)
 

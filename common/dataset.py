@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from common.errors import CdeitError
+from cdeit.common.errors import CdeitError
 
 if TYPE_CHECKING:  # ffcv and torch are imported lazily: the command line must start fast
     from ffcv.loader import Loader
@@ -126,7 +126,7 @@ def write_beton(path: str | os.PathLike, arrays: dict[str, np.ndarray], workers:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
-    from common.atomic import atomic_path
+    from cdeit.common.atomic import atomic_path
 
     check_arrays(arrays)
     fields = {"image": RGBImageField(write_mode="raw")} | {f: IntField() for f in INT_FIELDS}
@@ -236,8 +236,8 @@ def write_dataset(
     photograph used in the splits (`SOURCES_FILE`, for teachers that look at the clean view).
     Returns the manifest.
     """
-    from common import __version__
-    from common.atomic import write_json
+    from cdeit.common import __version__
+    from cdeit.common.atomic import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from common.errors import CdeitError
+from cdeit.common.errors import CdeitError
 
 if TYPE_CHECKING:
     import torch

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from common.dataset import CORRUPTIONS, beton_path, load_manifest, read_split
-from common.errors import CdeitError
+from cdeit.common.dataset import CORRUPTIONS, beton_path, load_manifest, read_split
+from cdeit.common.errors import CdeitError
 
 
 def audit(data_dir: str | Path) -> dict[str, Any]:
@@ -41,8 +41,8 @@ def show(data_dir: str | Path, out_png: str | Path, split: str = "test", severit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.atomic import atomic_path
-    from common.dataset import split_info
+    from cdeit.common.atomic import atomic_path
+    from cdeit.common.dataset import split_info
 
     if not 1 <= severity <= 5:
         raise CdeitError(f"--severity {severity} is out of range; choose 1..5.")

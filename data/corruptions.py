@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, sparse
 
-from common.dataset import CORRUPTIONS
-from common.errors import CdeitError
+from cdeit.common.dataset import CORRUPTIONS
+from cdeit.common.errors import CdeitError
 
 NAMES: tuple[str, ...] = CORRUPTIONS[1:]  # the fixed order of image types 1..10
 SEVERITIES = (1, 2, 3, 4, 5)

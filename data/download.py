@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.console import console, progress_bar
-from common.errors import CdeitError
+from cdeit.common.console import console, progress_bar
+from cdeit.common.errors import CdeitError
 
 PARTS_DIR = ".downloads"
 CHUNK_BYTES = 1 << 20

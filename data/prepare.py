@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from common.console import progress_bar
-from common.dataset import CORRUPTIONS, MANIFEST, SOURCES_FILE, SPLITS, load_manifest, write_dataset
-from common.errors import CdeitError
-from data.sources import Cifar10, read_cifar10, read_cifar10c
+from cdeit.common.console import progress_bar
+from cdeit.common.dataset import CORRUPTIONS, MANIFEST, SOURCES_FILE, SPLITS, load_manifest, write_dataset
+from cdeit.common.errors import CdeitError
+from cdeit.data.sources import Cifar10, read_cifar10, read_cifar10c
 
 PAPER_SIZES = (4500, 200, 200)  # images per class per type for train / val / test (paper 3.4)
 SEVERITIES = 5
@@ -182,7 +182,7 @@ def _add_c10c(rows, s, t, y, pooled, sev, sources, n_train, n_test) -> None:  # 
 
 
 def _corrupt_job(images: np.ndarray, name: str, severity: int, seed: list[int]) -> np.ndarray:
-    from data.corruptions import corrupt
+    from cdeit.data.corruptions import corrupt
 
     return corrupt(images, name, severity, np.random.default_rng(np.random.SeedSequence(seed)))
 
@@ -307,7 +307,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if not cfg.generate:
         c10c, c10c_sums = read_cifar10c(cfg.cifar10c, [t for t in types if t != "clean"], c10.test_labels)
     elif any(t in ("frost",) for t in types):
-        from data.corruptions import frost_photos
+        from cdeit.data.corruptions import frost_photos
 
         frost_photos()  # fail now, not after minutes of work, if the photographs are missing
     wanted = recipe(cfg, types, {"cifar10": c10.checksums, "cifar10c": c10c_sums})

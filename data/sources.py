@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.dataset import TEST_SOURCE_OFFSET
-from common.errors import CdeitError
+from cdeit.common.dataset import TEST_SOURCE_OFFSET
+from cdeit.common.errors import CdeitError
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -121,7 +121,7 @@ def read_cifar10(path: str | Path) -> Cifar10:
 
 
 def _class_names(path: Path) -> list[str]:
-    from common.dataset import CLASSES
+    from cdeit.common.dataset import CLASSES
 
     if not path.is_file():
         return list(CLASSES)

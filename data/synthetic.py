@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_path
+from cdeit.common.atomic import atomic_path
 
 SYNTHETIC_CLASSES = (
     "disc",

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from common.cache import ShardSpec
+from cdeit.common.cache import ShardSpec
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.cache import FEATURES, ShardSpec, write_shard
-from common.errors import CdeitError
+from cdeit.common.cache import FEATURES, ShardSpec, write_shard
+from cdeit.common.errors import CdeitError
 
 if TYPE_CHECKING:
     import torch
 
-    from precompute.preprocess import DeviceResize
-    from precompute.teacher import Teacher
+    from cdeit.precompute.preprocess import DeviceResize
+    from cdeit.precompute.teacher import Teacher
 
 LOADER_FIELDS = ("image", "label", "corruption", "index")  # the order make_loader yields them in
 
@@ -50,7 +50,7 @@ def extract_targets(
     """
     import torch
 
-    from common.tokens import cls_attention, pool_map, pool_patches
+    from cdeit.common.tokens import cls_attention, pool_map, pool_patches
 
     if not extras:
         return {"features": extract_features(teacher, resize, images, amp)}
@@ -147,7 +147,7 @@ def compute_feature_shards(
     `extras` (patches, attention) are computed in the same forward; `with_source` keeps each row's `source`
     id (the clean view, whose rows are the dataset's source photographs).
     """
-    from common.tokens import TARGET_GRID
+    from cdeit.common.tokens import TARGET_GRID
 
     done = 0
     amp = device.type == "cuda"
@@ -181,7 +181,7 @@ def _batches(
     workers: int,
     with_source: bool = False,
 ) -> Iterator[Sequence[torch.Tensor]]:
-    from common.dataset import beton_path, make_loader
+    from cdeit.common.dataset import beton_path, make_loader
 
     indices = np.concatenate([np.arange(s.start, s.stop) for s in group])
     fields = (*LOADER_FIELDS, "source") if with_source else LOADER_FIELDS

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.errors import CdeitError
+from cdeit.common.errors import CdeitError
 
 if TYPE_CHECKING:
     import torch
 
-    from precompute.teacher import Teacher
+    from cdeit.precompute.teacher import Teacher
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class LinearHead:
 
     @property
     def hash(self) -> str:
-        from common.cache import tensor_hash
+        from cdeit.common.cache import tensor_hash
 
         return tensor_hash({"weight": self.weight, "bias": self.bias})
 
@@ -123,7 +123,7 @@ def save_head(path: str | os.PathLike, head: LinearHead) -> None:
     """Write the head as safetensors (tensors `weight`, `bias`; metadata as JSON strings), atomically."""
     from safetensors.torch import save_file
 
-    from common.atomic import atomic_path
+    from cdeit.common.atomic import atomic_path
 
     meta = {k: json.dumps(v) for k, v in head.meta.items()}
     with atomic_path(path) as tmp:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from common.errors import CdeitError
+from cdeit.common.errors import CdeitError
 
 if TYPE_CHECKING:
     import torch

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.cache import (
+from cdeit.common.cache import (
     CACHE_FORMAT,
     FEATURES,
     FEATURES_DIR,
@@ -44,44 +44,19 @@ from common.cache import (
     write_manifest,
     write_shard,
 )
-from common.console import console, out, progress_bar
-from common.dataset import SPLITS
-from common.device import resolve_device
-from common.errors import CdeitError
-from precompute.distributed import DistEnv, assign_shards, barrier, dist_env, process_group
-from precompute.head import HeadFit, LinearHead, fit_head, fit_settings, load_head, save_head
-from precompute.teacher import DEFAULT_TEACHER, Teacher
+from cdeit.common.console import console, out, progress_bar
+from cdeit.common.dataset import SPLITS
+from cdeit.common.device import resolve_device
+from cdeit.common.errors import CdeitError
+from cdeit.precompute.config import PrecomputeConfig
+from cdeit.precompute.distributed import DistEnv, assign_shards, barrier, dist_env, process_group
+from cdeit.precompute.head import HeadFit, LinearHead, fit_head, fit_settings, load_head, save_head
+from cdeit.precompute.teacher import Teacher
 
 if TYPE_CHECKING:
     import torch
 
 BATCH_CUDA, BATCH_CPU = 1024, 64
-
-
-@dataclass
-class PrecomputeConfig:
-    """The options of `cdeit precompute-teacher`."""
-
-    data: Path
-    out: Path
-    teacher: str = DEFAULT_TEACHER
-    checkpoint: Path | None = None
-    random_weights: bool = False
-    head: str | None = None  # None: fit on the train features (paper 4.1); "none": the teacher's own; else a file
-    batch_size: int | None = None  # None: 1024 on CUDA, 64 on CPU
-    shard_size: int = 16384
-    store_features: bool = False  # keep float16 features next to the logits in the final shards
-    shard_index: int = 0
-    num_shards: int = 1
-    device: str = "auto"  # auto: cuda (cuda:LOCAL_RANK under torchrun) when available, else cpu
-    seed: int = 0
-    workers: int | None = None  # FFCV decoding threads; None: min(8, cores)
-    head_epochs: int = 50
-    head_lr: float = 5e-5  # paper 4.1; a random-weight teacher's features need a larger one
-    head_standardize: bool = False  # z-score the features for the fit (folded into the head afterwards)
-    splits: tuple[str, ...] = SPLITS
-    view: str = "same"  # same: the teacher sees each sample (the paper); clean: each sample's clean source, once
-    targets: tuple[str, ...] = ("logits",)  # and any of embedding, patches, attention (docs/asymmetric.md)
 
 
 @dataclass
@@ -130,7 +105,7 @@ class Run:
 
     def identity(self) -> dict[str, Any]:
         """The attributes every shard of this cache shares (IDENTITY_KEYS) plus informational provenance."""
-        from common import __version__
+        from cdeit.common import __version__
 
         t = self.teacher
         values = {
@@ -149,7 +124,7 @@ class Run:
         if self.clean or self.extras:  # the paper's cache (same view, logits [+ features]) carries none of these
             values |= {"view": self.cfg.view, "token_targets": list(self.extras)}
         if self.extras:
-            from common.tokens import TARGET_GRID
+            from cdeit.common.tokens import TARGET_GRID
 
             values |= {"target_grid": [TARGET_GRID, TARGET_GRID], "teacher_grid": list(self.teacher_grid)}
         return json.loads(json.dumps(values))  # tuples -> lists, as they come back from HDF5 and JSON
@@ -201,8 +176,8 @@ def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
 
 def prepare_run(cfg: PrecomputeConfig) -> Run:
     """Check the options against the dataset, pick the device and batch size, and build the teacher."""
-    from common.dataset import load_manifest, split_info
-    from precompute.teacher import build_teacher
+    from cdeit.common.dataset import load_manifest, split_info
+    from cdeit.precompute.teacher import build_teacher
 
     data = load_manifest(cfg.data)
     _check_options(cfg)
@@ -215,7 +190,7 @@ def prepare_run(cfg: PrecomputeConfig) -> Run:
     batch = resolve_batch_size(cfg, device)
     teacher = build_teacher(cfg.teacher, cfg.checkpoint, cfg.random_weights, cfg.seed)
     if {"patches", "attention"} & set(cfg.targets):
-        from common.tokens import check_vit
+        from cdeit.common.tokens import check_vit
 
         check_vit(teacher.model, cfg.teacher)
     teacher.model.to(device)
@@ -265,7 +240,7 @@ def _check_options(cfg: PrecomputeConfig) -> None:
 
 
 def _check_sources(data: dict[str, Any], data_dir: Path) -> None:
-    from common.dataset import SOURCES_FILE
+    from cdeit.common.dataset import SOURCES_FILE
 
     if "source_images" not in data or not (Path(data_dir) / SOURCES_FILE).is_file():
         raise CdeitError(
@@ -309,7 +284,7 @@ def random_weights_banner(teacher: Teacher) -> None:
 
 def row_bytes(run: Run) -> dict[str, int]:
     """Bytes per row of each array of the final logit shards."""
-    from common.tokens import TARGET_GRID
+    from cdeit.common.tokens import TARGET_GRID
 
     dim, cells = run.teacher.num_features, TARGET_GRID * TARGET_GRID
     sizes = {"index": 8, "logits": 4 * len(run.data["classes"])}
@@ -371,7 +346,7 @@ def _size(n: float) -> str:
 
 def check_out_dir(run: Run, given: LinearHead | None) -> None:
     """Resume silently into a cache of the same run; refuse one of another teacher, data or head."""
-    from common.atomic import remove_stale_tmp
+    from cdeit.common.atomic import remove_stale_tmp
 
     path = run.cfg.out
     if path.exists() and not path.is_dir():
@@ -448,7 +423,7 @@ def _manifest_sums(path: Path) -> dict[str, str]:
 
 def given_head(run: Run) -> LinearHead | None:
     """The head named by --head: a file, the teacher's own classifier (`none`), or None to fit one."""
-    from precompute.teacher import own_head
+    from cdeit.precompute.teacher import own_head
 
     choice, classes = run.cfg.head, len(run.data["classes"])
     if choice is None:
@@ -500,7 +475,7 @@ def _source_features(run: Run, specs: list[ShardSpec]) -> tuple[tuple[torch.Tens
     """Clean view: (features, labels) of the source photographs used in train, and of those used in val."""
     import torch
 
-    from common.dataset import beton_path, read_split
+    from cdeit.common.dataset import beton_path, read_split
 
     arrays = [read_arrays(s.path(run.cfg.out, FEATURES), ("features", "label", "source")) for s in specs]
     features, labels, source = (np.concatenate([a[k] for a in arrays]) for k in ("features", "label", "source"))
@@ -540,8 +515,8 @@ def shard_complete(run: Run, spec: ShardSpec, kind: str, head: LinearHead | None
 
 def pass_features(run: Run, plan: list[ShardSpec], head: LinearHead | None) -> tuple[int, float]:
     """Pass 1 over this process's shards that have neither logits nor features yet; returns (images, seconds)."""
-    from precompute.features import compute_feature_shards
-    from precompute.preprocess import DeviceResize
+    from cdeit.precompute.features import compute_feature_shards
+    from cdeit.precompute.preprocess import DeviceResize
 
     cfg, env = run.cfg, run.env
     mine = assign_shards(plan, cfg.shard_index, cfg.num_shards, env.rank, env.world)
@@ -636,8 +611,8 @@ def report(run: Run, summary: dict[str, Any], head: LinearHead | None) -> None:
 
 def joined_accuracy(run: Run) -> dict[str, float]:
     """Clean view: per split, how often the teacher is right about a sample when it sees that sample's clean source."""
-    from common.cache import load_teacher_logits
-    from common.dataset import beton_path, read_split
+    from cdeit.common.cache import load_teacher_logits
+    from cdeit.common.dataset import beton_path, read_split
 
     result = {}
     for split in run.data["splits"]:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.errors import CdeitError
-from precompute.preprocess import Preprocessing, preprocessing_for
+from cdeit.common.errors import CdeitError
+from cdeit.precompute.preprocess import Preprocessing, preprocessing_for
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,7 @@ def build_teacher(
     import torch
     from timm.layers import set_fused_attn
 
-    from common.cache import tensor_hash
+    from cdeit.common.cache import tensor_hash
 
     if checkpoint is not None and random_weights:
         raise CdeitError("--checkpoint and --random-weights exclude each other; pass one of them.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.dataset import CLASSES, CORRUPTIONS, write_dataset
+from cdeit.common.dataset import CLASSES, CORRUPTIONS, write_dataset
 
 
 def tiny_split(n: int, seed: int, source_offset: int = 0) -> dict[str, np.ndarray]:
@@ -86,7 +86,7 @@ ALL_TARGETS = ("logits", "embedding", "patches", "attention")
 @pytest.fixture(scope="session")
 def clean_cache(tmp_path_factory: pytest.TempPathFactory, sourced_dataset: Path) -> Path:
     """A clean-view cache of `sourced_dataset` with every target (timm's test_vit, random weights)."""
-    from precompute.run import precompute_teacher
+    from cdeit.precompute.run import precompute_teacher
     from tests.precompute.helpers import config
 
     out = tmp_path_factory.mktemp("clean") / "cache"
@@ -97,7 +97,7 @@ def clean_cache(tmp_path_factory: pytest.TempPathFactory, sourced_dataset: Path)
 @pytest.fixture(scope="session")
 def same_feature_cache(tmp_path_factory: pytest.TempPathFactory, sourced_dataset: Path) -> Path:
     """A same-view cache of `sourced_dataset` with every target."""
-    from precompute.run import precompute_teacher
+    from cdeit.precompute.run import precompute_teacher
     from tests.precompute.helpers import config
 
     out = tmp_path_factory.mktemp("same") / "cache"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common.cli import app
-from common.dataset import fingerprint, read_split
+from cdeit.common.cli import app
+from cdeit.common.dataset import fingerprint, read_split
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = '{"depth": 2, "embed_dim": 48, "num_heads": 2}'
@@ -20,7 +20,7 @@ ARGS = ["--teacher", "test_vit", "--per-class-per-type", "6,2,2", "--epochs", "1
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    import common.commands.demo as demo_module
+    import cdeit.common.demo as demo_module
 
     demo_module.hub_reachable = lambda timeout=3.0: False  # no network in CI: the announced random teacher
     out = tmp_path_factory.mktemp("e2e") / "demo"

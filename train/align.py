@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import CdeitError
-from train.config import ALIGN_METRICS, ALIGN_TARGETS
+from cdeit.common.errors import CdeitError
+from cdeit.train.config import ALIGN_METRICS, ALIGN_TARGETS
 
 PROJECTED = ("embedding", "patches")  # compared after a linear projection to the teacher's width
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from common.errors import CdeitError
+from cdeit.common.errors import CdeitError
 
 Student = Literal["vit", "deit", "cdeit"]
 DistillKind = Literal["none", "soft", "hard"]

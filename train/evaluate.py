@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.atomic import atomic_path, write_json
-from common.console import progress_bar
-from common.dataset import CORRUPTIONS, FIELDS, beton_path, load_manifest, make_loader, read_split, split_info
-from common.errors import CdeitError
-from common.metrics import ECE_BINS
+from cdeit.common.atomic import atomic_path, write_json
+from cdeit.common.console import progress_bar
+from cdeit.common.dataset import CORRUPTIONS, FIELDS, beton_path, load_manifest, make_loader, read_split, split_info
+from cdeit.common.errors import CdeitError
+from cdeit.common.metrics import ECE_BINS
 
 PRED_FIELDS = FIELDS  # batches come in the file's field order: image, label, corruption, severity, index, source
 
@@ -44,7 +44,7 @@ class Run:
         return cls(path, json.loads(cfg_file.read_text()), model_file)
 
     def load_model(self, device: torch.device) -> Any:
-        from train.models import load_safetensors
+        from cdeit.train.models import load_safetensors
 
         return load_safetensors(self.model_file, device)
 
@@ -54,7 +54,7 @@ class Run:
 def predict(model: Any, data_dir: str | Path, split: str, device: torch.device, batch_size: int = 1024,
             workers: int = 2) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-sample outputs over a split: class probabilities, corruption-head probabilities, token cosines."""
-    from train.trainer import Normalise
+    from cdeit.train.trainer import Normalise
 
     manifest = load_manifest(data_dir)
     n = split_info(manifest, split, data_dir)["count"]
@@ -188,7 +188,7 @@ def compute_metrics(pred: dict[str, np.ndarray], classes: list[str]) -> dict[str
 
 def mce_report(pred: dict[str, np.ndarray], baseline: dict[str, np.ndarray]) -> dict[str, Any]:
     """mCE (Eq. 10) with the model's and the baseline's errors per corruption and severity."""
-    from common.metrics import corruption_errors, mce
+    from cdeit.common.metrics import corruption_errors, mce
 
     errors, base = error_table(pred), error_table(baseline)
     if not errors:
@@ -233,7 +233,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
              teacher_cache: str | None = None, device: str = "auto", batch_size: int = 1024,
              workers: int = 2) -> dict[str, Any]:  # fmt: skip
     """Evaluate a run on a split; writes RUN/eval/<split>.json, <split>-predictions.npz, report.md and plots."""
-    from common.device import resolve_device
+    from cdeit.common.device import resolve_device
 
     run = Run.open(run_dir)
     data = data or run.config["data"]
@@ -262,7 +262,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
         result["baseline"] = str(base_run.path)
         result["mce"] = mce_report(pred, base_pred)
     if teacher_cache:
-        from common.cache import load_teacher_logits
+        from cdeit.common.cache import load_teacher_logits
 
         logits = load_teacher_logits(teacher_cache, data, split=split, device="cpu").numpy()
         result["teacher"] = teacher_report(pred, logits)
@@ -274,7 +274,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
         s = json.loads(summary.read_text())
         result["training"] = {k: s.get(k) for k in ("parameters", "train_images_per_s", "train_seconds", "steps")}
     write_json(out_dir / f"{split}.json", result)
-    from train.report import write_plots, write_report
+    from cdeit.train.report import write_plots, write_report
 
     plots = write_plots(result, out_dir, split, manifest["classes"])
     write_report(result, out_dir / "report.md", plots)

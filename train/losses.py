@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import CdeitError
-from train.mixing import DISTILL_TYPES, Distill, Targets
-from train.models import HeadStrategy, StudentKind, check_head_strategy
+from cdeit.common.errors import CdeitError
+from cdeit.train.mixing import DISTILL_TYPES, Distill, Targets
+from cdeit.train.models import HeadStrategy, StudentKind, check_head_strategy
 
 Outputs = dict[str, torch.Tensor]
 Parts = dict[str, torch.Tensor]

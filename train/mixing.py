@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from scipy.special import betaincinv
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 
-from common.dataset import CLASSES, CORRUPTIONS
-from common.errors import CdeitError
+from cdeit.common.dataset import CLASSES, CORRUPTIONS
+from cdeit.common.errors import CdeitError
 
 Distill = Literal["none", "soft", "hard"]
 MixMode = Literal["none", "mixup", "cutmix"]

@@ -1,6 +1,6 @@
 """Students: ViT, DeiT and CdeiT at 32px, built on timm's VisionTransformer and registered with timm.
 
-`import train.models` registers `vit_tiny_patch4_32`, `deit_tiny_distilled_patch4_32` and
+`import cdeit.train.models` registers `vit_tiny_patch4_32`, `deit_tiny_distilled_patch4_32` and
 `cdeit_tiny_patch4_32`, so `timm.create_model("cdeit_tiny_patch4_32", head_strategy="linear")` works.
 All three are one class, `TokenViT`, with one to three prefix tokens (class, distillation, corruption).
 In training mode `forward` returns a dict of per-head logits for the losses; in eval mode it returns the
@@ -22,9 +22,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, trunc_normal_
 from torch import nn
 
-from common.atomic import atomic_path
-from common.dataset import CLASSES, CORRUPTIONS
-from common.errors import CdeitError
+from cdeit.common.atomic import atomic_path
+from cdeit.common.dataset import CLASSES, CORRUPTIONS
+from cdeit.common.errors import CdeitError
 
 StudentKind = Literal["vit", "deit", "cdeit"]
 HeadStrategy = Literal["none", "linear", "mlp"]
@@ -205,7 +205,7 @@ class TokenViT(VisionTransformer):
         last block, averaged over heads and renormalised over the patches (B, N); needs `normed`, the last
         block's norm1 output (B, T + N, D).
         """
-        from common.tokens import cls_attention
+        from cdeit.common.tokens import cls_attention
 
         out = {}
         if "embedding" in features:

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_path
-from common.dataset import CORRUPTIONS
-from common.errors import CdeitError
+from cdeit.common.atomic import atomic_path
+from cdeit.common.dataset import CORRUPTIONS
+from cdeit.common.errors import CdeitError
 
 
 def _pct(x: float | None) -> str:

@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from common.atomic import atomic_path, write_json
-from common.console import console, progress_bar
-from common.dataset import beton_path, load_manifest, make_loader
-from common.device import resolve_device
-from common.errors import CdeitError
-from common.metrics import ece_bin_stats, ece_from_stats
-from train import distributed
-from train.config import ALIGN_TARGETS, TrainConfig
+from cdeit.common.atomic import atomic_path, write_json
+from cdeit.common.console import console, progress_bar
+from cdeit.common.dataset import beton_path, load_manifest, make_loader
+from cdeit.common.device import resolve_device
+from cdeit.common.errors import CdeitError
+from cdeit.common.metrics import ece_bin_stats, ece_from_stats
+from cdeit.train import distributed
+from cdeit.train.config import ALIGN_TARGETS, TrainConfig
 
 if TYPE_CHECKING:
-    from common.cache import TeacherTargets
-    from train.align import Alignment
+    from cdeit.common.cache import TeacherTargets
+    from cdeit.train.align import Alignment
 
 CHECKPOINT = "checkpoints/last.pt"
 TRAIN_FIELDS = ("image", "label", "corruption", "index")
@@ -121,9 +121,9 @@ class Trainer:
     def _build(self) -> None:
         from timm.scheduler import CosineLRScheduler
 
-        from train.losses import build_loss
-        from train.mixing import RandomErasing
-        from train.models import build_student
+        from cdeit.train.losses import build_loss
+        from cdeit.train.mixing import RandomErasing
+        from cdeit.train.models import build_student
 
         cfg, dev = self.cfg, self.device
         kwargs = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path, drop_rate=cfg.dropout)
@@ -177,7 +177,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.distill == "none" and not cfg.align:
             return None
-        from common.cache import cache_view, load_teacher_logits, load_teacher_targets, read_cache_manifest
+        from cdeit.common.cache import cache_view, load_teacher_logits, load_teacher_targets, read_cache_manifest
 
         view = cache_view(read_cache_manifest(cfg.teacher_cache)["provenance"])
         if view == "same" and not cfg.align:  # the paper's recipe: one (N, classes) table gathered by index
@@ -190,7 +190,7 @@ class Trainer:
         """The alignment terms and their projections (student width -> teacher width), or None without --align."""
         if not self.cfg.align:
             return None
-        from train.align import Alignment
+        from cdeit.train.align import Alignment
 
         assert self.teacher_table is not None
         tables, cells = self.teacher_table.tensors, self.raw_model.grid_size[0] * self.raw_model.grid_size[1]
@@ -277,7 +277,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        from train.mixing import make_targets, mix_batch
+        from cdeit.train.mixing import make_targets, mix_batch
 
         cfg = self.cfg
         images_u8, labels, corruption, index, *rest = batch  # plus `source` when the cache is keyed by source
@@ -425,7 +425,7 @@ class Trainer:
     def _save_model(self, name: str) -> None:
         if not self.dist.main:
             return
-        from train.models import save_safetensors
+        from cdeit.train.models import save_safetensors
 
         try:
             save_safetensors(self.raw_model, self.out / name)

@@ -8,16 +8,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic import write_json
-from common.dataset import CORRUPTIONS
-from common.errors import CdeitError
+from cdeit.common.atomic import write_json
+from cdeit.common.dataset import CORRUPTIONS
+from cdeit.common.errors import CdeitError
 
 
 def load_student(model: str | Path, device: torch.device) -> tuple[Any, list[str]]:
     """A student from a run directory (its model.safetensors) or a `.safetensors` file; with class names."""
     import json
 
-    from train.models import load_safetensors
+    from cdeit.train.models import load_safetensors
 
     path = Path(model)
     file = path / "model.safetensors" if path.is_dir() else path
@@ -27,7 +27,7 @@ def load_student(model: str | Path, device: torch.device) -> tuple[Any, list[str
     classes = None
     config = (path if path.is_dir() else path.parent) / "config.json"
     if path.is_dir() and config.is_file():
-        from common.dataset import load_manifest
+        from cdeit.common.dataset import load_manifest
 
         data = json.loads(config.read_text()).get("data")
         try:
@@ -60,8 +60,8 @@ def load_image_32(path: Path) -> np.ndarray:
 @torch.no_grad()
 def predict_files(model: str | Path, paths: list[Path], device: str = "cpu") -> list[dict[str, Any]]:
     """One result per path: class, confidence (and corruption type for CdeiT), or an error sentence."""
-    from common.device import resolve_device
-    from train.trainer import Normalise
+    from cdeit.common.device import resolve_device
+    from cdeit.train.trainer import Normalise
 
     dev = resolve_device(device)
     student, classes = load_student(model, dev)
@@ -94,9 +94,9 @@ def export(run: str | Path, to: str | Path) -> tuple[Path, Path]:
     """Write the student as safetensors (config in its metadata) plus `<to>.json` with the model config.
 
     `timm.create_model(cfg["model_name"], **cfg["kwargs"])` then `load_state_dict` rebuilds it after
-    `import train.models`. Training-only modules (alignment projections) are not part of the student.
+    `import cdeit.train.models`. Training-only modules (alignment projections) are not part of the student.
     """
-    from train.models import save_safetensors
+    from cdeit.train.models import save_safetensors
 
     student, classes = load_student(run, torch.device("cpu"))
     to = Path(to)

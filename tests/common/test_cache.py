@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from common.cache import (
+from cdeit.common.cache import (
     CACHE_FORMAT,
     FORMAT_VERSION,
     HEAD_FILE,
@@ -33,9 +33,9 @@ from common.cache import (
     write_manifest,
     write_shard,
 )
-from common.cli import app
-from common.dataset import load_manifest
-from common.errors import CdeitError
+from cdeit.common.cli import app
+from cdeit.common.dataset import load_manifest
+from cdeit.common.errors import CdeitError
 
 SHARD = 50
 

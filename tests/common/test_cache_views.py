@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.cache import (
+from cdeit.common.cache import (
     load_teacher_logits,
     load_teacher_targets,
     merge_caches,
@@ -18,8 +18,8 @@ from common.cache import (
     read_cache_manifest,
     verify_cache,
 )
-from common.dataset import read_split
-from common.errors import CdeitError
+from cdeit.common.dataset import read_split
+from cdeit.common.errors import CdeitError
 from tests.conftest import ALL_TARGETS, make_sourced_dataset
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.metrics import accuracy, ece, ece_bin_stats, ece_from_stats, mce
+from cdeit.common.metrics import accuracy, ece, ece_bin_stats, ece_from_stats, mce
 
 
 def _ece_direct(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage, stats
 
-from common.dataset import CORRUPTIONS
-from common.errors import CdeitError
-from data import corruptions as C
-from data.corruptions import NAMES, corrupt
+from cdeit.common.dataset import CORRUPTIONS
+from cdeit.common.errors import CdeitError
+from cdeit.data import corruptions as C
+from cdeit.data.corruptions import NAMES, corrupt
 
 RANDOM = ("motion_blur", "fog", "frost", "snow", "shot_noise", "gaussian_noise")
 DETERMINISTIC = ("brightness", "defocus_blur", "zoom_blur", "jpeg_compression")

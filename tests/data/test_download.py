@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common.cli import app
-from common.errors import CdeitError
-from data.download import PARTS_DIR, RELEASES, Settings, download_datasets
-from data.sources import read_cifar10, read_cifar10c
+from cdeit.common.cli import app
+from cdeit.common.errors import CdeitError
+from cdeit.data.download import PARTS_DIR, RELEASES, Settings, download_datasets
+from cdeit.data.sources import read_cifar10, read_cifar10c
 
 pytestmark = pytest.mark.network
 

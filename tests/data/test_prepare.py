@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common.cli import app
-from common.dataset import CORRUPTIONS, fingerprint, load_manifest, read_split
-from common.errors import CdeitError
-from data.audit import audit
-from data.prepare import PrepareConfig, prepare
-from data.sources import read_cifar10
-from data.synthetic import write_synthetic_cifar
+from cdeit.common.cli import app
+from cdeit.common.dataset import CORRUPTIONS, fingerprint, load_manifest, read_split
+from cdeit.common.errors import CdeitError
+from cdeit.data.audit import audit
+from cdeit.data.prepare import PrepareConfig, prepare
+from cdeit.data.sources import read_cifar10
+from cdeit.data.synthetic import write_synthetic_cifar
 from tests.conftest import write_fake_cifar10c
 
 SIZES = (30, 5, 5)
@@ -126,7 +126,7 @@ def test_foreign_files_in_out_are_refused(raw: Path, tmp_path: Path) -> None:
 
 
 def test_killed_run_leaves_no_manifest_and_rerun_completes(raw: Path, tmp_path: Path, monkeypatch) -> None:
-    import common.dataset as dataset
+    import cdeit.common.dataset as dataset
 
     calls = {"n": 0}
     real = dataset.write_beton

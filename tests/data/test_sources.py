@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import CdeitError
-from data.sources import read_cifar10, read_cifar10c
-from data.synthetic import SYNTHETIC_CLASSES, render, write_synthetic_cifar
+from cdeit.common.errors import CdeitError
+from cdeit.data.sources import read_cifar10, read_cifar10c
+from cdeit.data.synthetic import SYNTHETIC_CLASSES, render, write_synthetic_cifar
 from tests.conftest import write_fake_cifar10c
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from precompute.run import precompute_teacher
+from cdeit.precompute.run import precompute_teacher
 from tests.precompute.helpers import config
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from precompute.run import PrecomputeConfig
+from cdeit.precompute.config import PrecomputeConfig
 
 # 220/110/110 images in shards of 64 (two batches of 32): 4 + 2 + 2 shards, the last of each split ragged.
 OPTIONS: dict[str, Any] = dict(

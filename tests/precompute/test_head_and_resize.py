@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.cache import plan_shards
-from common.errors import CdeitError
-from precompute.distributed import assign_shards, dist_env
-from precompute.head import HeadFit, LinearHead, fit_head, load_head, save_head
-from precompute.preprocess import DeviceResize, Preprocessing
+from cdeit.common.cache import plan_shards
+from cdeit.common.errors import CdeitError
+from cdeit.precompute.distributed import assign_shards, dist_env
+from cdeit.precompute.head import HeadFit, LinearHead, fit_head, load_head, save_head
+from cdeit.precompute.preprocess import DeviceResize, Preprocessing
 
 TEACHER = SimpleNamespace(name="stub", num_features=16, weights_hash="sha256:t")
 

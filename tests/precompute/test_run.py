@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.cache import (
+from cdeit.common.cache import (
     FEATURES_DIR,
     HEAD_FILE,
     TEST_PAUSE_ENV,
@@ -25,10 +25,10 @@ from common.cache import (
     read_cache_manifest,
     verify_cache,
 )
-from common.dataset import read_split
-from common.errors import CdeitError
-from precompute.head import LinearHead
-from precompute.run import precompute_teacher
+from cdeit.common.dataset import read_split
+from cdeit.common.errors import CdeitError
+from cdeit.precompute.head import LinearHead
+from cdeit.precompute.run import precompute_teacher
 from tests.precompute.helpers import CLI_ARGS, config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +97,8 @@ def test_refuses_a_cache_of_another_teacher(reference: Reference, tiny_dataset: 
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_the_same_cache(reference: Reference, tiny_dataset: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "common.cli", "precompute-teacher", "--data", str(tiny_dataset), "--out", str(cache)]
+    cli = [sys.executable, "-m", "cdeit.common.cli"]
+    cmd = [*cli, "precompute-teacher", "--data", str(tiny_dataset), "--out", str(cache)]
     env = os.environ | {TEST_PAUSE_ENV: "0.4"}  # each finished shard waits 0.4 s under its temporary name
     with open(tmp_path / "log.txt", "wb") as log:
         proc = subprocess.Popen([*cmd, *CLI_ARGS], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -172,7 +173,7 @@ def test_checks_options_before_computing(tiny_dataset: Path, tmp_path: Path) -> 
 def test_cli_turns_a_mistake_into_one_red_sentence(tiny_dataset: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from common.cli import app
+    from cdeit.common.cli import app
 
     args = ["precompute-teacher", "--data", str(tiny_dataset), "--out", str(tmp_path / "c"), *CLI_ARGS]
     result = CliRunner().invoke(app, [*args, "--batch-size", "48"])

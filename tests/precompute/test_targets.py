@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from common.cache import read_arrays, read_cache_manifest, verify_cache
-from common.cli import app
-from common.dataset import read_split
-from common.errors import CdeitError
-from common.tokens import cls_attention, pool_map, pool_patches
-from precompute.features import extract_features, extract_targets
-from precompute.preprocess import DeviceResize
-from precompute.run import precompute_teacher
-from precompute.teacher import build_teacher
+from cdeit.common.cache import read_arrays, read_cache_manifest, verify_cache
+from cdeit.common.cli import app
+from cdeit.common.dataset import read_split
+from cdeit.common.errors import CdeitError
+from cdeit.common.tokens import cls_attention, pool_map, pool_patches
+from cdeit.precompute.features import extract_features, extract_targets
+from cdeit.precompute.preprocess import DeviceResize
+from cdeit.precompute.run import precompute_teacher
+from cdeit.precompute.teacher import build_teacher
 from tests.conftest import ALL_TARGETS
 from tests.precompute.helpers import config
 
@@ -134,7 +134,7 @@ def test_clean_view_refuses_splits(sourced_dataset: Path, tmp_path: Path) -> Non
 def test_storage_is_printed_and_a_full_disk_refused(
     sourced_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    import precompute.run as run_module
+    import cdeit.precompute.run as run_module
 
     class Usage:
         free = 100_000  # bytes: less than 240 rows x 8 KiB of patches

@@ -10,8 +10,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from common.errors import CdeitError
-from precompute.teacher import build_teacher, own_head
+from cdeit.common.errors import CdeitError
+from cdeit.precompute.teacher import build_teacher, own_head
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from common.cache import load_teacher_targets, read_arrays, read_cache_manifest
-from common.cli import app
-from common.dataset import read_split
-from common.errors import CdeitError
-from common.tokens import cls_attention
-from train.align import Alignment, attention_kl, feature_distance
-from train.config import TrainConfig, parse_align
-from train.mixing import RandomErasing, make_targets, mix_with
-from train.models import build_student
-from train.trainer import Trainer
+from cdeit.common.cache import load_teacher_targets, read_arrays, read_cache_manifest
+from cdeit.common.cli import app
+from cdeit.common.dataset import read_split
+from cdeit.common.errors import CdeitError
+from cdeit.common.tokens import cls_attention
+from cdeit.train.align import Alignment, attention_kl, feature_distance
+from cdeit.train.config import TrainConfig, parse_align
+from cdeit.train.mixing import RandomErasing, make_targets, mix_with
+from cdeit.train.models import build_student
+from cdeit.train.trainer import Trainer
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
 ALL = {"embedding": 1.0, "patches": 0.5, "attention": 2.0}

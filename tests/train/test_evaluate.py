@@ -12,13 +12,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from common.cli import app
-from common.dataset import CORRUPTIONS
-from common.errors import CdeitError
-from common.metrics import ece
-from train.config import TrainConfig
-from train.evaluate import compute_metrics, error_table, mce_report
-from train.trainer import train
+from cdeit.common.cli import app
+from cdeit.common.dataset import CORRUPTIONS
+from cdeit.common.errors import CdeitError
+from cdeit.common.metrics import ece
+from cdeit.train.config import TrainConfig
+from cdeit.train.evaluate import compute_metrics, error_table, mce_report
+from cdeit.train.trainer import train
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -137,8 +137,8 @@ def test_predict_classifies_and_reports_bad_files(runs: dict[str, Path], tmp_pat
 def test_export_rebuilds_with_timm(runs: dict[str, Path], tmp_path: Path) -> None:
     import timm
 
-    import train.models  # noqa: F401  (registers the students)
-    from train.models import load_safetensors
+    import cdeit.train.models  # noqa: F401  (registers the students)
+    from cdeit.train.models import load_safetensors
 
     result = CliRunner().invoke(app, ["export", str(runs["cdeit"]), "--to", str(tmp_path / "cdeit.safetensors")])
     assert result.exit_code == 0, result.output
@@ -150,7 +150,7 @@ def test_export_rebuilds_with_timm(runs: dict[str, Path], tmp_path: Path) -> Non
     reference = load_safetensors(runs["cdeit"] / "model.safetensors")
     assert torch.allclose(model(x), reference(x))
     with pytest.raises(CdeitError, match="should end in .safetensors"):
-        from train.use import export
+        from cdeit.train.use import export
 
         export(runs["cdeit"], tmp_path / "model.pt")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.errors import CdeitError
-from train.losses import build_loss, soft_target_ce, tempered_kl
-from train.mixing import Targets, make_targets, mix_with
-from train.models import build_student
+from cdeit.common.errors import CdeitError
+from cdeit.train.losses import build_loss, soft_target_ce, tempered_kl
+from cdeit.train.mixing import Targets, make_targets, mix_with
+from cdeit.train.models import build_student
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

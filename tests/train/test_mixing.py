@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.errors import CdeitError
-from train.mixing import RandomErasing, Targets, make_targets, mix_batch, mix_with, sample_beta
+from cdeit.common.errors import CdeitError
+from cdeit.train.mixing import RandomErasing, Targets, make_targets, mix_batch, mix_with, sample_beta
 
 B = 8
 

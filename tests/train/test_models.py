@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from common.errors import CdeitError
-from train.models import MODEL_NAMES, TokenViT, build_student, load_safetensors, save_safetensors
+from cdeit.common.errors import CdeitError
+from cdeit.train.models import MODEL_NAMES, TokenViT, build_student, load_safetensors, save_safetensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,7 +81,7 @@ def test_corruption_token_takes_part_in_attention(images: torch.Tensor) -> None:
 
 
 def test_create_model_with_kwargs() -> None:
-    import train.models  # noqa: F401  (registers the students)
+    import cdeit.train.models  # noqa: F401  (registers the students)
 
     model = timm.create_model("cdeit_tiny_patch4_32", head_strategy="mlp", depth=2, drop_path_rate=0.0)
     assert isinstance(model, TokenViT) and len(model.blocks) == 2

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from common.cli import app
-from common.errors import CdeitError
-from train.config import TrainConfig
-from train.trainer import train
+from cdeit.common.cli import app
+from cdeit.common.errors import CdeitError
+from cdeit.train.config import TrainConfig
+from cdeit.train.trainer import train
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_dataset: Path,
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     extra = ["--epochs", "3", "--batch-size", "8", "--eval-batch-size", "8"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "common.cli"]
+    cmd = [sys.executable, "-m", "cdeit.common.cli"]
     subprocess.run(cmd + _cli_args(data, ref, *extra), check=True, env=env, cwd=REPO, capture_output=True)
     proc = subprocess.Popen(cmd + _cli_args(data, killed, *extra), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -166,7 +166,7 @@ def test_cli_config_repeats_a_run_and_errors_are_clean(tiny_dataset: Path, tmp_p
 def test_torchrun_two_cpu_processes(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "common.cli"]  # fmt: skip
+                "-m", "cdeit.common.cli"]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(torchrun + _cli_args(tiny_dataset, out, "--epochs", "1"), env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -182,7 +182,7 @@ def test_torchrun_two_cpu_processes(tiny_dataset: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def cache(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A teacher cache for the tiny dataset (timm's test_vit, random weights, fitted head)."""
-    from precompute.run import precompute_teacher
+    from cdeit.precompute.run import precompute_teacher
     from tests.precompute.helpers import config
 
     out = tmp_path_factory.mktemp("cache") / "cache"
@@ -191,8 +191,8 @@ def cache(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path, tmp_path: Path) -> None:
-    from common.cache import load_teacher_logits
-    from train.trainer import Trainer
+    from cdeit.common.cache import load_teacher_logits
+    from cdeit.train.trainer import Trainer
 
     table = load_teacher_logits(cache, tiny_dataset, "train")
     trainer = Trainer(_cfg(tiny_dataset, tmp_path / "t", student="deit", distill="hard", teacher_cache=str(cache)))
@@ -209,7 +209,7 @@ def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path,
 def test_cache_for_other_data_or_with_missing_indices_is_refused(
     tiny_dataset: Path, cache: Path, tmp_path: Path
 ) -> None:
-    from common.cache import write_manifest
+    from cdeit.common.cache import write_manifest
     from tests.conftest import make_tiny_dataset
 
     other = make_tiny_dataset(tmp_path / "other", seed=5)
@@ -224,7 +224,7 @@ def test_cache_for_other_data_or_with_missing_indices_is_refused(
 
 
 def test_evaluate_reports_the_teacher_beside_the_student(tiny_dataset: Path, cache: Path, tmp_path: Path) -> None:
-    from train.evaluate import evaluate
+    from cdeit.train.evaluate import evaluate
 
     train(_cfg(tiny_dataset, tmp_path / "run", student="deit", distill="hard", teacher_cache=str(cache), epochs=1))
     result = evaluate(tmp_path / "run", teacher_cache=str(cache), device="cpu", batch_size=64, workers=1)
@@ -239,8 +239,8 @@ def test_distillation_from_a_better_teacher_beats_no_distillation(tmp_path: Path
     labels is far better than the labels, and a student distilled from it beats one trained on labels."""
     import numpy as np
 
-    from common.dataset import write_dataset
-    from precompute.run import PrecomputeConfig, precompute_teacher
+    from cdeit.common.dataset import write_dataset
+    from cdeit.precompute.run import PrecomputeConfig, precompute_teacher
     from tests.conftest import tiny_split
 
     train_split = tiny_split(880, 0)

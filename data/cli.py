@@ -1,14 +1,15 @@
-"""`cdeit data ...`: download, prepare, audit and show datasets."""
+"""`cdeit data ...`: the data stage's commands (download, prepare, audit, show, synth)."""
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from common.console import friendly_errors
+from cdeit.common.console import friendly_errors
 
 app = typer.Typer(
     help="Build the 11-type dataset (clean + 10 corruptions) into FFCV .beton files.", no_args_is_help=True
@@ -16,7 +17,7 @@ app = typer.Typer(
 
 
 def _triple(text: str) -> tuple[int, int, int]:
-    from common.errors import CdeitError
+    from cdeit.common.errors import CdeitError
 
     try:
         parts = tuple(int(p) for p in text.split(","))
@@ -47,11 +48,11 @@ def prepare_command(
     workers: Annotated[int, typer.Option(help="Processes for corruption generation and packing.")] = 2,
 ) -> None:
     """Build train/val/test .beton files with label, corruption, severity, index and source fields."""
-    from common.console import console
-    from common.console import out as stdout
-    from common.dataset import CORRUPTIONS
-    from common.errors import CdeitError
-    from data.prepare import PrepareConfig, prepare
+    from cdeit.common.console import console
+    from cdeit.common.console import out as stdout
+    from cdeit.common.dataset import CORRUPTIONS
+    from cdeit.common.errors import CdeitError
+    from cdeit.data.prepare import PrepareConfig, prepare
 
     if corruptions not in (None, "generate"):
         raise CdeitError(f"--corruptions {corruptions!r} is not supported; the only value is `generate`.")
@@ -89,8 +90,8 @@ def audit_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Report, per split pair, how many source photographs are shared and how many samples they touch."""
-    from common.console import out as stdout
-    from data.audit import audit
+    from cdeit.common.console import out as stdout
+    from cdeit.data.audit import audit
 
     report = audit(data)
     if as_json:
@@ -118,8 +119,8 @@ def show_command(
     severity: Annotated[int, typer.Option(help="Severity shown for the corrupted rows (1..5).")] = 3,
 ) -> None:
     """Write a PNG grid: rows are the eleven image types, columns the classes."""
-    from common.console import out as stdout
-    from data.audit import show
+    from cdeit.common.console import out as stdout
+    from cdeit.data.audit import show
 
     stdout.print(f"wrote {show(data, out, split, severity)}")
 
@@ -133,10 +134,69 @@ def synth_command(
     seed: Annotated[int, typer.Option(help="Seed of the procedural images.")] = 0,
 ) -> None:
     """Write procedural 10-class images in the official CIFAR-10 layout (the offline default)."""
-    from common.console import out as stdout
-    from common.errors import CdeitError
-    from data.synthetic import write_synthetic_cifar
+    from cdeit.common.console import out as stdout
+    from cdeit.common.errors import CdeitError
+    from cdeit.data.synthetic import write_synthetic_cifar
 
     if train_per_class < 1 or test_per_class < 0:
         raise CdeitError("--train-per-class must be at least 1 and --test-per-class at least 0.")
     stdout.print(f"wrote {write_synthetic_cifar(to, train_per_class, test_per_class, seed)}")
+
+
+class Only(str, enum.Enum):
+    cifar10 = "cifar10"
+    cifar10c = "cifar10c"
+
+
+@app.command("download")
+@friendly_errors
+def download(
+    to: Annotated[Path, typer.Option("--to", help="Directory that receives cifar-10-batches-py/ and CIFAR-10-C/.")],
+    only: Annotated[Only | None, typer.Option("--only", help="Fetch one dataset only (default: both).")] = None,
+    keep_archives: Annotated[
+        bool, typer.Option("--keep-archives", help="Keep the verified .tar.gz / .tar next to the folders.")
+    ] = False,
+    cifar10_url: Annotated[
+        str | None, typer.Option("--cifar10-url", envvar="CDEIT_CIFAR10_URL", help="Mirror of cifar-10-python.tar.gz.")
+    ] = None,
+    cifar10c_url: Annotated[
+        str | None, typer.Option("--cifar10c-url", envvar="CDEIT_CIFAR10C_URL", help="Mirror of CIFAR-10-C.tar.")
+    ] = None,
+    cifar10_md5: Annotated[
+        str | None,
+        typer.Option(
+            "--cifar10-md5",
+            envvar="CDEIT_CIFAR10_MD5",
+            help="Expected MD5 instead of the official one (size from server).",
+        ),
+    ] = None,
+    cifar10c_md5: Annotated[
+        str | None,
+        typer.Option(
+            "--cifar10c-md5",
+            envvar="CDEIT_CIFAR10C_MD5",
+            help="Expected MD5 instead of the official one (size from server).",
+        ),
+    ] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Resume attempts per dropped connection.")] = 3,
+    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds without data before a retry.")] = 30.0,
+) -> None:
+    """Download CIFAR-10 and CIFAR-10-C, resuming partial downloads; verify size and MD5; extract."""
+    from cdeit.common.console import out
+    from cdeit.data.download import Settings, download_datasets
+
+    folders = download_datasets(
+        to,
+        only=[only.value] if only else None,
+        urls={"cifar10": cifar10_url, "cifar10c": cifar10c_url},
+        md5s={"cifar10": cifar10_md5, "cifar10c": cifar10c_md5},
+        keep_archives=keep_archives,
+        settings=Settings(retries=retries, timeout_s=timeout),
+    )
+    for folder in folders.values():
+        out.print(str(folder))
+
+
+def register(root: typer.Typer) -> None:
+    """Entry point `cdeit.commands:data`: adds the `cdeit data` group to the root app."""
+    root.add_typer(app, name="data")

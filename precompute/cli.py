@@ -1,0 +1,182 @@
+"""The precompute stage's commands: `cdeit precompute-teacher` and `cdeit cache info|verify|merge`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cdeit.common.console import friendly_errors
+from cdeit.precompute.teacher import DEFAULT_TEACHER
+
+app = typer.Typer(help="Inspect, verify and merge teacher-logit caches.", no_args_is_help=True)
+
+
+@friendly_errors
+def precompute_teacher(
+    data: Annotated[Path, typer.Option("--data", help="Dataset directory from `cdeit data prepare`.")],
+    out: Annotated[Path, typer.Option("--out", help="Cache directory to create or resume.")],
+    teacher: Annotated[str, typer.Option(help="Any timm model name.")] = DEFAULT_TEACHER,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Teacher weights: .safetensors, or .pth loaded with weights_only=True.")
+    ] = None,
+    random_weights: Annotated[
+        bool, typer.Option("--random-weights", help="Untrained teacher (benchmarks, tests).")
+    ] = False,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="A fitted head.safetensors to reuse, or 'none' for the teacher's own head. "
+            "Default: fit a linear head on the train features (paper 4.1)."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per forward. Default: 1024 on CUDA, 64 on CPU.")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(help="Samples per HDF5 shard (a multiple of the batch size).")] = 16384,
+    store_features: Annotated[
+        bool, typer.Option("--store-features", help="Also keep the float16 pre-logit features in the shards.")
+    ] = False,
+    shard_index: Annotated[int, typer.Option(help="Which slice of the shards this machine computes.")] = 0,
+    num_shards: Annotated[int, typer.Option(help="Number of slices (machines) the shards are split over.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the head fit (and of --random-weights).")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Image decoding threads. Default: min(8, cores).")] = None,
+    head_epochs: Annotated[int, typer.Option(help="Epochs of the head fit over the cached features.")] = 50,
+    head_lr: Annotated[float, typer.Option(help="AdamW learning rate of the head fit (paper: 5e-5).")] = 5e-5,
+    head_standardize: Annotated[
+        bool, typer.Option(help="Fit the head on z-scored features (folded back into the head).")
+    ] = False,
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to cache.")] = "train,val,test",
+    view: Annotated[
+        str,
+        typer.Option(
+            help="same: the teacher sees every sample (the paper); clean: it sees each sample's clean source image, "
+            "once per source, and the cache is keyed by source id (needs DATA/sources.beton)."
+        ),
+    ] = "same",
+    targets: Annotated[
+        str,
+        typer.Option(
+            help="What to store, comma-separated: logits (always), embedding (pre-logit, = --store-features), "
+            "patches (final patch tokens pooled to 8x8), attention (last block's class-token map, 8x8)."
+        ),
+    ] = "logits",
+) -> None:
+    """Cache the teacher's logits of every image: features, a fitted 10-way head, logits in HDF5 shards."""
+    from cdeit.precompute.config import PrecomputeConfig
+    from cdeit.precompute.run import precompute_teacher as run
+
+    run(
+        PrecomputeConfig(
+            data=data, out=out, teacher=teacher, checkpoint=checkpoint, random_weights=random_weights, head=head,
+            batch_size=batch_size, shard_size=shard_size, store_features=store_features, shard_index=shard_index,
+            num_shards=num_shards, device=device, seed=seed, workers=workers, head_epochs=head_epochs, head_lr=head_lr,
+            head_standardize=head_standardize,
+            splits=tuple(s.strip() for s in splits.split(",") if s.strip()), view=view,
+            targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+        )
+    )  # fmt: skip
+
+
+@app.command("info")
+@friendly_errors
+def info(cache: Annotated[Path, typer.Argument(help="Cache directory.")]) -> None:
+    """Print a cache's provenance: teacher, weights and head hashes, data fingerprints, preprocessing, splits."""
+    from cdeit.common.cache import cache_info
+    from cdeit.common.console import out
+
+    manifest = cache_info(cache)
+    for line in info_lines(manifest):
+        out.print(line)
+
+
+def info_lines(m: dict[str, Any]) -> list[str]:
+    """The lines `cdeit cache info` prints."""
+    p, head, shards = m["provenance"], m.get("head") or {}, m["shards"]
+    rows = [
+        ("teacher", f"{p.get('teacher')} ({p.get('weights_source')})"),
+        ("random weights", "YES: logits of an untrained teacher" if p.get("random_weights") else "no"),
+        ("weights hash", p.get("weights_hash")),
+        (
+            "head",
+            f"{head.get('hash', p.get('head_hash'))} ({head.get('source', 'none')})"
+            if head or p.get("head_hash")
+            else "none yet",
+        ),
+        ("preprocessing", f"{p.get('input_size')} {p.get('interpolation')}, mean {p.get('mean')}, std {p.get('std')}"),
+        ("compute", f"{p.get('compute_dtype')} on {p.get('device_type')}, shard size {p.get('shard_size')}"),
+        ("classes", f"{m['dataset']['num_classes']}: {', '.join(m['dataset']['classes'])}"),
+        ("view", VIEW_TEXT.get(p.get("view") or "same", p.get("view"))),
+        ("targets", _targets_text(p)),
+        ("shards", f"{len(shards)} with logits, {len(m['feature_shards'])} with features only"),
+        ("size on disk", f"{m['bytes_on_disk'] / 2**20:,.1f} MiB"),
+        ("complete", "yes" if m["complete"] else "no"),
+    ]
+    lines = [f"{k:<15} {v}" for k, v in rows]
+    for split, s in m["splits"].items():
+        acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.2%}"
+        lines.append(
+            f"split {split:<9} {s['count']:,} images, {s['shards_with_logits']}/{s['num_shards']} shards, "
+            f"teacher accuracy {acc}, fingerprint {s['fingerprint']}"
+        )
+    return lines
+
+
+VIEW_TEXT = {
+    "same": "same (the teacher saw each sample itself; rows joined by sample index)",
+    "clean": "clean (the teacher saw each sample's clean source image; rows keyed by source id, joined by source)",
+}
+
+
+def _targets_text(p: dict[str, Any]) -> str:
+    from cdeit.common.cache import cache_targets
+
+    dtypes = {"logits": "float32", "embedding": "float16", "patches": "float16", "attention": "float16"}
+    text = ", ".join(f"{t} {dtypes[t]}" for t in cache_targets(p))
+    grid = p.get("target_grid")
+    return text + (f" (per-patch targets on the {grid[0]}x{grid[1]} grid, teacher grid {p.get('teacher_grid')})"
+                   if grid else "")  # fmt: skip
+
+
+@app.command("verify")
+@friendly_errors
+def verify(
+    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset directory whose fingerprints the cache must match.")
+    ] = None,
+) -> None:
+    """Check checksums, coverage of every index, finite values and (with --data) fingerprints; exit 1 if wrong."""
+    from cdeit.common.cache import verify_cache
+    from cdeit.common.console import out
+
+    problems = verify_cache(cache, data)
+    if problems:
+        out.print(f"[bold red]{cache}: {len(problems)} problem(s)[/]")
+        for p in problems:
+            out.print(f"  - {p}")
+        raise typer.Exit(1)
+    out.print(f"[green]{cache}: ok[/] (checksums, coverage, finite values{', fingerprints' if data else ''})")
+
+
+@app.command("merge")
+@friendly_errors
+def merge(
+    caches: Annotated[list[Path], typer.Argument(help="Caches (slices) to join.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The merged cache directory.")],
+) -> None:
+    """Join slices computed on different machines into one cache, refusing to mix teachers, heads or data."""
+    from cdeit.common.cache import merge_caches
+    from cdeit.common.console import out
+
+    manifest = merge_caches(caches, out_dir)
+    state = "complete" if manifest["complete"] else "incomplete (run precompute-teacher on it to finish)"
+    out.print(f"merged {len(caches)} caches into {out_dir}: {len(manifest['shards'])} logit shards, {state}.")
+
+
+def register(root: typer.Typer) -> None:
+    """Entry point `cdeit.commands:precompute`: adds `precompute-teacher` and the `cache` group."""
+    root.command("precompute-teacher")(precompute_teacher)
+    root.add_typer(app, name="cache")
