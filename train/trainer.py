@@ -161,7 +161,7 @@ class Trainer:
         total, warmup = cfg.epochs * self.steps_per_epoch, round(cfg.warmup_epochs * self.steps_per_epoch)
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
-            warmup_prefix=True, t_in_epochs=False,
+            warmup_prefix=False, t_in_epochs=False,  # warmup inside the total, cosine to min_lr at the end (DeiT)
         )  # fmt: skip
         compile_model = cfg.compile if cfg.compile is not None else dev.type == "cuda"
         if compile_model:
