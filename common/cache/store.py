@@ -1,0 +1,314 @@
+"""Cache storage: HDF5 shard files and their attributes, checksums, and CACHE/manifest.json built from the shards.
+
+A shard is written under a temporary name and renamed when complete. The manifest is always derived from the
+shards present, so that resume, slices and merge share one code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdeit.common.cache.format import (
+    CACHE_FORMAT,
+    FEATURES,
+    FEATURES_DIR,
+    FLOAT_DATASETS,
+    FORMAT_VERSION,
+    HEAD_FILE,
+    IDENTITY_KEYS,
+    INFO_KEYS,
+    LOGIT_IDENTITY_KEYS,
+    LOGITS,
+    MANIFEST,
+    TEST_PAUSE_ENV,
+    VIEW_KEYS,
+    ShardSpec,
+    cache_targets,
+    cache_view,
+)
+from cdeit.common.errors import CdeitError
+
+# --------------------------------------------------------------------------------------------- hashing
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (the checksum manifest.json records for each shard)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensor_hash(tensors: Mapping[str, Any]) -> str:
+    """sha256 over named tensors in sorted name order (name, dtype, shape and bytes): the weights and head hash."""
+    import torch
+
+    h = hashlib.sha256(b"cdeit-tensors-v1\n")
+    for name in sorted(tensors):
+        t = tensors[name]
+        t = torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- shard files
+
+
+def _to_attr(value: Any) -> Any:
+    import h5py
+
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, list | tuple):
+        if value and all(isinstance(v, str) for v in value):
+            return np.array(value, dtype=h5py.string_dtype())
+        if all(isinstance(v, int | np.integer) for v in value):
+            return np.array(value, dtype=np.int64)
+        return np.array(value, dtype=np.float64)
+    return value
+
+
+def _from_attr(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_from_attr(v) for v in value.tolist()]
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_shard(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+    """Write one shard under a temporary name, flush it and rename it: a shard with its final name is complete."""
+    import h5py
+
+    from cdeit.common.atomic import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for name, value in arrays.items():
+                f.create_dataset(name, data=value, track_times=False)  # no timestamps: same inputs, same bytes
+            for key, value in attrs.items():
+                f.attrs[key] = _to_attr(value)
+        if pause := float(os.environ.get(TEST_PAUSE_ENV, "0") or 0):
+            import time
+
+            time.sleep(pause)
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """A shard's attributes as plain Python values."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: _from_attr(v) for k, v in f.attrs.items()}
+
+
+def read_arrays(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Datasets of a shard as numpy arrays (all of them when `names` is None)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in (names if names is not None else list(f.keys()))}
+
+
+def shard_problem(path: Path, spec: ShardSpec, kind: str, expect: Mapping[str, Any]) -> str | None:
+    """Why the shard at `path` is not a complete, sound shard for `spec` with attributes `expect` (None if it is)."""
+    try:
+        attrs = read_attrs(path)
+        arrays = read_arrays(path)
+    except Exception as exc:  # h5py raises OSError, KeyError, ValueError... for damaged files
+        return f"{path.name} cannot be read ({type(exc).__name__})"
+    want = {"kind": kind, "split": spec.split, "shard": spec.shard, "start": spec.start, "stop": spec.stop, **expect}
+    wrong = [k for k, v in want.items() if attrs.get(k) != _from_attr(_to_attr(v))]
+    if wrong:
+        return f"{path.name} has other {', '.join(wrong)} than this run"
+    if not np.array_equal(arrays.get("index"), np.arange(spec.start, spec.stop)):
+        return f"{path.name} does not hold indices {spec.start}..{spec.stop - 1}"
+    for name in FLOAT_DATASETS:
+        if name in arrays and not np.isfinite(arrays[name]).all():
+            return f"{path.name} holds NaN or infinite {name}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+def shard_files(cache_dir: Path, kind: str) -> list[Path]:
+    """The finished shards of `kind` in a cache directory, by name (temporary files start with a dot)."""
+    base = cache_dir if kind == LOGITS else cache_dir / FEATURES_DIR
+    return sorted(p for p in base.glob("*.h5") if not p.name.startswith("."))
+
+
+def _record(cache_dir: Path, path: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "file": path.relative_to(cache_dir).as_posix(),
+        "split": attrs["split"],
+        "shard": attrs["shard"],
+        "start": attrs["start"],
+        "stop": attrs["stop"],
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def _common_values(attrs: Sequence[Mapping[str, Any]], keys: Iterable[str], where: str) -> dict[str, Any]:
+    """The values of `keys` all shards share, or an error naming the first key on which two shards differ."""
+    values: dict[str, Any] = {}
+    for a in attrs:
+        for k in keys:
+            if k in values and a.get(k) != values[k]:
+                raise CdeitError(
+                    f"shards in {where} disagree on {k} ({values[k]!r} vs {a.get(k)!r}); "
+                    "they come from different runs: keep one run's shards per cache directory."
+                )
+            values.setdefault(k, a.get(k))
+    return values
+
+
+def _split_summary(split_attrs: list[Mapping[str, Any]], logit_attrs: list[Mapping[str, Any]]) -> dict[str, Any]:
+    first = split_attrs[0]
+    n, size = first["split_count"], first["shard_size"]
+    num_shards = -(-n // size)
+    correct = np.sum([a["correct_by_corruption"] for a in logit_attrs], axis=0) if logit_attrs else None
+    seen = np.sum([a["count_by_corruption"] for a in logit_attrs], axis=0) if logit_attrs else None
+    summary: dict[str, Any] = {
+        "count": n,
+        "fingerprint": first["data_fingerprint"],
+        "num_shards": num_shards,
+        "shards_with_logits": len(logit_attrs),
+        "complete": len(logit_attrs) == num_shards,
+        "accuracy": None,
+        "accuracy_by_corruption": {},
+    }
+    if seen is not None and seen.sum() > 0:
+        summary["accuracy"] = float(correct.sum() / seen.sum())
+        names = first["corruptions"]
+        summary["accuracy_by_corruption"] = {
+            names[i]: float(correct[i] / seen[i]) for i in range(len(names)) if seen[i] > 0
+        }
+    return summary
+
+
+def read_head_meta(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The metadata of CACHE/head.safetensors (source, hash, fit settings, accuracy), or None without one."""
+    path = Path(cache_dir) / HEAD_FILE
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    info: dict[str, Any] = {"file": HEAD_FILE, "hash": tensor_hash(tensors)}
+    for k, v in meta.items():
+        try:
+            info[k] = json.loads(v)
+        except json.JSONDecodeError:
+            info[k] = v
+    return info
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    from cdeit.common.dataset import SPLITS
+
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
+
+
+def build_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Derive the manifest from the shards present: provenance, splits, accuracy, and each shard's checksum.
+
+    `fallback` is the provenance to record while no shard exists yet (a fresh run's first manifest).
+    """
+    from cdeit.common import __version__
+
+    cache_dir = Path(cache_dir)
+    logit_files, feature_files = shard_files(cache_dir, LOGITS), shard_files(cache_dir, FEATURES)
+    logit_attrs = [read_attrs(p) for p in logit_files]
+    feature_attrs = [read_attrs(p) for p in feature_files]
+    everything = logit_attrs + feature_attrs
+    provenance = dict(fallback or {})
+    if everything:
+        provenance |= _common_values(everything, IDENTITY_KEYS, str(cache_dir))
+        provenance |= _common_values(logit_attrs, ("head_hash", "store_features"), str(cache_dir))
+        provenance |= {k: everything[0].get(k) for k in INFO_KEYS}
+        provenance |= _common_values(everything, VIEW_KEYS, str(cache_dir))
+    splits = {}
+    for split in sorted({a["split"] for a in everything}, key=_split_order):
+        split_attrs = [a for a in everything if a["split"] == split]
+        _common_values(split_attrs, ("data_fingerprint", "split_count"), f"{cache_dir} (split {split})")
+        splits[split] = _split_summary(split_attrs, [a for a in logit_attrs if a["split"] == split])
+    classes = provenance.get("classes") or []
+    return {
+        "format": CACHE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "complete": bool(splits) and all(s["complete"] for s in splits.values()),
+        "provenance": _provenance(provenance),
+        "head": read_head_meta(cache_dir),
+        "dataset": {"classes": classes, "num_classes": len(classes), "corruptions": provenance.get("corruptions")},
+        "splits": splits,
+        "shards": [_record(cache_dir, p, a) for p, a in zip(logit_files, logit_attrs, strict=True)],
+        "feature_shards": [_record(cache_dir, p, a) for p, a in zip(feature_files, feature_attrs, strict=True)],
+    }
+
+
+def _provenance(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's provenance: identity and info keys, then the view and targets (always spelled out)."""
+    provenance = {k: values.get(k) for k in (*LOGIT_IDENTITY_KEYS, *INFO_KEYS) if k in values}
+    provenance |= {"view": cache_view(values), "targets": cache_targets(values)}
+    return provenance | {k: values[k] for k in ("target_grid", "teacher_grid") if values.get(k) is not None}
+
+
+def write_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild CACHE/manifest.json from the shards present and return it."""
+    from cdeit.common.atomic import write_json
+
+    manifest = build_manifest(cache_dir, fallback)
+    write_json(Path(cache_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def read_cache_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read CACHE/manifest.json; every problem is one sentence naming the file."""
+    cache_dir = Path(cache_dir)
+    path = cache_dir / MANIFEST
+    if not cache_dir.is_dir():
+        raise CdeitError(f"teacher cache {cache_dir} does not exist; build one with `cdeit precompute-teacher`.")
+    if not path.is_file():
+        raise CdeitError(
+            f"{path} is missing, so {cache_dir} is not a teacher cache; build one with `cdeit precompute-teacher`."
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CdeitError(f"{path} is not valid JSON ({exc}); rerun `cdeit precompute-teacher` to rebuild it.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        raise CdeitError(
+            f"{path} is not the manifest of a teacher cache; pass a directory made by `cdeit precompute-teacher`."
+        )
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CdeitError(
+            f"{path} is {manifest.get('format')!r} version {manifest.get('format_version')!r}, but this cdeit reads "
+            f"{CACHE_FORMAT!r} version {FORMAT_VERSION}; recompute the cache with this version."
+        )
+    return manifest
+
+
+def cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest plus the size of the cache on disk (what `cdeit cache info` prints)."""
+    cache_dir = Path(cache_dir)
+    manifest = read_cache_manifest(cache_dir)
+    size = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file())
+    return manifest | {"bytes_on_disk": size}
