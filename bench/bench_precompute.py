@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from cdeit.precompute.distributed import DistEnv  # noqa: E402
+from cdeit.common.device import resolve_device  # noqa: E402
 from cdeit.precompute.features import extract_features  # noqa: E402
 from cdeit.precompute.preprocess import DeviceResize  # noqa: E402
-from cdeit.precompute.run import BATCH_CPU, BATCH_CUDA, resolve_device  # noqa: E402
+from cdeit.precompute.run import BATCH_CPU, BATCH_CUDA  # noqa: E402
 from cdeit.precompute.teacher import build_teacher  # noqa: E402
 
 FULL_DATASET = 539_000  # 495k train + 22k val + 22k test images
@@ -65,7 +65,7 @@ def one_pass(teacher, resize, batches, device: torch.device) -> float:  # noqa: 
 
 def main() -> None:
     args = parse()
-    device = resolve_device(args.device, DistEnv())
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
     torch.set_num_threads(args.threads)
     batch = args.batch_size or (BATCH_CUDA if cuda else BATCH_CPU)

@@ -9,9 +9,7 @@ docs/precompute.md explains slices, torchrun and determinism.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
+import datetime
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,38 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cdeit.common.cache import (
-    CACHE_FORMAT,
-    FEATURES,
-    FEATURES_DIR,
-    FORMAT_VERSION,
-    HEAD_FILE,
-    IDENTITY_KEYS,
-    INFO_KEYS,
-    LOGITS,
-    MANIFEST,
-    SOURCES_SPLIT,
-    TARGETS,
-    ShardSpec,
-    build_manifest,
-    cache_view,
-    plan_shards,
-    read_arrays,
-    read_cache_manifest,
-    read_head_meta,
-    sha256_file,
-    shard_problem,
-    token_targets_of,
-    write_manifest,
-    write_shard,
-)
-from cdeit.common.console import console, out, progress_bar
+from cdeit.common.cache import SOURCES_SPLIT, TARGETS, ShardSpec, plan_shards, provenance, shard_attrs, write_manifest
+from cdeit.common.console import console
 from cdeit.common.dataset import SPLITS
 from cdeit.common.device import resolve_device
+from cdeit.common.distributed import DistEnv, barrier, dist_env, process_group
 from cdeit.common.errors import CdeitError
+from cdeit.common.tokens import TOKEN_TARGETS
 from cdeit.precompute.config import PrecomputeConfig
-from cdeit.precompute.distributed import DistEnv, assign_shards, barrier, dist_env, process_group
-from cdeit.precompute.head import HeadFit, LinearHead, fit_head, fit_settings, load_head, save_head
+from cdeit.precompute.head import HeadFit, LinearHead
+from cdeit.precompute.head_stage import fit_if_ready, given_head, reusable_head
+from cdeit.precompute.passes import pass_features, pass_logits
+from cdeit.precompute.report import joined_accuracy, report
+from cdeit.precompute.resume import check_out_dir, manifest_sums
+from cdeit.precompute.storage import check_storage
 from cdeit.precompute.teacher import Teacher
 
 if TYPE_CHECKING:
@@ -88,7 +68,7 @@ class Run:
     @property
     def extras(self) -> tuple[str, ...]:
         """The per-patch targets (patches, attention) this run computes beside the features."""
-        return tuple(t for t in TARGETS if t in self.cfg.targets and t in ("patches", "attention"))
+        return tuple(t for t in TARGETS if t in self.cfg.targets and t in TOKEN_TARGETS)
 
     @property
     def cache_splits(self) -> tuple[str, ...]:
@@ -104,40 +84,31 @@ class Run:
         return self.data["source_images"] if split == SOURCES_SPLIT else self.data["splits"][split]
 
     def identity(self) -> dict[str, Any]:
-        """The attributes every shard of this cache shares (IDENTITY_KEYS) plus informational provenance."""
-        from cdeit.common import __version__
-
+        """This run's provenance: what every shard of its cache shares (common.cache.format.provenance)."""
         t = self.teacher
-        values = {
-            "teacher": t.name,
-            "weights_hash": t.weights_hash,
-            "random_weights": t.random_weights,
-            **t.preprocessing.attrs(),
-            "compute_dtype": self.compute_dtype,
-            "shard_size": self.cfg.shard_size,
-            "classes": list(self.data["classes"]),
-            "corruptions": list(self.data["corruptions"]),
-            "weights_source": t.weights_source,
-            "device_type": self.device.type,
-            "tool_version": __version__,
-        }
-        if self.clean or self.extras:  # the paper's cache (same view, logits [+ features]) carries none of these
-            values |= {"view": self.cfg.view, "token_targets": list(self.extras)}
-        if self.extras:
-            from cdeit.common.tokens import TARGET_GRID
+        return provenance(
+            teacher=t.name,
+            weights_hash=t.weights_hash,
+            random_weights=t.random_weights,
+            preprocessing=t.preprocessing.attrs(),
+            compute_dtype=self.compute_dtype,
+            shard_size=self.cfg.shard_size,
+            classes=self.data["classes"],
+            corruptions=self.data["corruptions"],
+            weights_source=t.weights_source,
+            device_type=self.device.type,
+            view=self.cfg.view,
+            token_targets=self.extras,
+            teacher_grid=self.teacher_grid if self.extras else (),
+        )
 
-            values |= {"target_grid": [TARGET_GRID, TARGET_GRID], "teacher_grid": list(self.teacher_grid)}
-        return json.loads(json.dumps(values))  # tuples -> lists, as they come back from HDF5 and JSON
-
-    def shard_attrs(self, spec: ShardSpec, kind: str, head: LinearHead | None = None) -> dict[str, Any]:
+    def shard_attrs(
+        self, spec: ShardSpec, kind: str, head: LinearHead | None = None, tally: tuple[list, list] | None = None
+    ) -> dict[str, Any]:
+        """The attributes of one shard of this run (a logit shard names its head and the teacher's `tally`)."""
+        head_hash = head.hash if head is not None else None
         split = self.split_entry(spec.split)
-        attrs = {"format": CACHE_FORMAT, "format_version": FORMAT_VERSION, "kind": kind}
-        attrs |= {"split": spec.split, "shard": spec.shard, "start": spec.start, "stop": spec.stop}
-        attrs |= {"split_count": split["count"], "data_fingerprint": split["fingerprint"], **self.identity()}
-        if kind == LOGITS:
-            assert head is not None
-            return attrs | {"head_hash": head.hash, "store_features": self.store_features}
-        return attrs | {"feature_dtype": "float16"}
+        return shard_attrs(spec, kind, self.identity(), split, head_hash, self.store_features, tally)
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -149,12 +120,12 @@ def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
     run = prepare_run(cfg)
     plan = plan_shards({s: run.split_entry(s)["count"] for s in run.cache_splits}, cfg.shard_size)
     given = given_head(run)
-    with process_group(run.env):
+    with process_group(run.env, timeout=datetime.timedelta(hours=12)):  # ranks wait at barriers for the slowest
         if run.env.rank == 0:
             check_storage(run, plan)
             check_out_dir(run, given)
         barrier(run.env)
-        run.sums = _manifest_sums(cfg.out)
+        run.sums = manifest_sums(cfg.out)
         head = given or reusable_head(run)
         images, seconds = pass_features(run, plan, head)
         barrier(run.env)
@@ -277,364 +248,3 @@ def random_weights_banner(teacher: Teacher) -> None:
         "fine for benchmarks and tests, useless for distillation. The cache records random_weights=true."
     )
     console.print(Panel(text, style="bold yellow", border_style="yellow"))
-
-
-# --------------------------------------------------------------------------------------------- storage
-
-
-def row_bytes(run: Run) -> dict[str, int]:
-    """Bytes per row of each array of the final logit shards."""
-    from cdeit.common.tokens import TARGET_GRID
-
-    dim, cells = run.teacher.num_features, TARGET_GRID * TARGET_GRID
-    sizes = {"index": 8, "logits": 4 * len(run.data["classes"])}
-    sizes |= {"source": 8} if run.clean else {}
-    sizes |= {"embedding": 2 * dim} if run.store_features else {}
-    sizes |= {"patches": 2 * cells * dim} if "patches" in run.extras else {}
-    sizes |= {"attention": 2 * cells} if "attention" in run.extras else {}
-    return sizes
-
-
-def storage_needed(run: Run, plan: list[ShardSpec]) -> tuple[int, int]:
-    """(bytes of the final cache, peak bytes while it is built) for `plan`.
-
-    Pass 1 writes every feature shard (index, label, corruption, float16 features and extras) before pass 2
-    turns them one by one into logit shards, so the peak is the larger of the two sets plus one shard.
-    """
-    rows, sizes = sum(s.count for s in plan), row_bytes(run)
-    overhead = 64 * 1024 * len(plan)  # HDF5 headers and attributes, generously
-    final = sum(sizes.values())
-    work = 24 + (8 if run.clean else 0) + 2 * run.teacher.num_features + sum(sizes[k] for k in run.extras)
-    biggest = max((s.count for s in plan), default=0) * max(final, work)
-    return rows * final + overhead, rows * max(final, work) + biggest + overhead
-
-
-def check_storage(run: Run, plan: list[ShardSpec]) -> None:
-    """Print what the cache will take and refuse, in one sentence, a choice that does not fit the free disk."""
-    final, peak = storage_needed(run, plan)
-    rows, sizes = sum(s.count for s in plan), row_bytes(run)
-    where = run.cfg.out
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    present = sum(p.stat().st_size for p in run.cfg.out.rglob("*") if p.is_file()) if run.cfg.out.is_dir() else 0
-    free = shutil.disk_usage(where).free
-    parts = ", ".join(f"{k} {_size(v)}" for k, v in sizes.items())
-    console.print(
-        f"storage: {rows:,} rows x {_size(sum(sizes.values()))} ({parts}) = {_size(final)} for the cache, "
-        f"up to {_size(peak)} while it is built; {_size(free)} free on {where}."
-    )
-    if peak - present > free:
-        raise CdeitError(
-            f"the cache needs up to {_size(peak)} while it is built but only {_size(free)} are free on {where}; "
-            "free space, choose another --out, or store fewer --targets (patches take the most)."
-        )
-
-
-def _size(n: float) -> str:
-    """Bytes in the largest binary unit that keeps the number readable."""
-    if n < 1024:
-        return f"{n:,.0f} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024
-        if n < 1024 or unit == "GiB":
-            break
-    return f"{n:,.1f} {unit}"
-
-
-# --------------------------------------------------------------------------------------------- the output directory
-
-
-def check_out_dir(run: Run, given: LinearHead | None) -> None:
-    """Resume silently into a cache of the same run; refuse one of another teacher, data or head."""
-    from cdeit.common.atomic import remove_stale_tmp
-
-    path = run.cfg.out
-    if path.exists() and not path.is_dir():
-        raise CdeitError(f"--out {path} is a file; pass a directory for the cache.")
-    path.mkdir(parents=True, exist_ok=True)
-    for d in (path, path / FEATURES_DIR):
-        if d.is_dir():
-            remove_stale_tmp(d)
-    has_shards = any(path.glob("*.h5")) or any((path / FEATURES_DIR).glob("*.h5"))
-    if (path / MANIFEST).is_file() or has_shards:
-        existing = read_cache_manifest(path) if (path / MANIFEST).is_file() else build_manifest(path)
-        _check_same_run(run, existing, given)
-    elif any(path.iterdir()):
-        raise CdeitError(f"--out {path} is not empty and holds no teacher cache; choose a new or empty directory.")
-    else:
-        write_manifest(path, fallback=run.identity())
-
-
-def _check_same_run(run: Run, existing: dict[str, Any], given: LinearHead | None) -> None:
-    path, have, want = run.cfg.out, existing["provenance"], run.identity()
-    hint = "choose another --out, or delete it to start over"
-    for key in IDENTITY_KEYS:
-        if have.get(key) is not None and have[key] != want[key]:
-            raise CdeitError(f"{path} holds a cache with {key} {have[key]!r}, but this run has {want[key]!r}; {hint}.")
-    if have.get("store_features") is not None and have["store_features"] != run.store_features:
-        raise CdeitError(f"{path} holds a cache with store_features={have['store_features']}; {hint} or match it.")
-    if (view := cache_view(have)) != run.cfg.view:
-        raise CdeitError(f"{path} holds a {view}-view cache, but this run has --view {run.cfg.view}; {hint}.")
-    if token_targets_of(have) != list(run.extras):
-        held = ",".join(token_targets_of(have)) or "none"
-        raise CdeitError(f"{path} holds a cache with per-patch targets {held}, not {','.join(run.extras) or 'none'}; "
-                         f"{hint} or pass the same --targets.")  # fmt: skip
-    for split in run.cache_splits:
-        cached = existing["splits"].get(split, {}).get("fingerprint")
-        if cached and cached != run.split_entry(split)["fingerprint"]:
-            raise CdeitError(
-                f"{path} was computed for other data (split {split} fingerprint {cached[:19]}...); {hint}."
-            )
-    meta = read_head_meta(path)
-    if meta is None:
-        return
-    if given is not None and meta["hash"] != given.hash:
-        raise CdeitError(f"{path} holds logits of head {meta['hash'][:19]}..., not of the head you passed; {hint}.")
-    if given is None and not _is_reusable(meta, run):
-        raise CdeitError(
-            f"{path} holds a {meta.get('source', 'given')} head with other settings than this run's fit; "
-            f"pass --head {path / HEAD_FILE} to resume with it, or {hint}."
-        )
-
-
-def _is_reusable(meta: dict[str, Any], run: Run) -> bool:
-    return meta.get("source") == "fitted" and meta.get("fit") == _fit_settings(run)
-
-
-def _fit_settings(run: Run) -> dict[str, Any]:
-    """What decides the fitted head; a clean-view head is fitted on the clean features of the train sources."""
-    fingerprints = {s: e["fingerprint"] for s, e in run.data["splits"].items()}
-    settings = fit_settings(run.fit, run.teacher, fingerprints)
-    if run.clean:
-        settings |= {"view": "clean", "sources": run.split_entry(SOURCES_SPLIT)["fingerprint"]}
-    return settings
-
-
-def _manifest_sums(path: Path) -> dict[str, str]:
-    try:
-        manifest = read_cache_manifest(path)
-    except CdeitError:
-        return {}
-    return {e["file"]: e["sha256"] for e in manifest["shards"] + manifest["feature_shards"]}
-
-
-# --------------------------------------------------------------------------------------------- the head
-
-
-def given_head(run: Run) -> LinearHead | None:
-    """The head named by --head: a file, the teacher's own classifier (`none`), or None to fit one."""
-    from cdeit.precompute.teacher import own_head
-
-    choice, classes = run.cfg.head, len(run.data["classes"])
-    if choice is None:
-        return None
-    if choice.lower() == "none":
-        tensors = own_head(run.teacher)
-        if tensors is None or tensors["weight"].shape[0] != classes:
-            outputs = run.teacher.model.num_classes if run.teacher.head_loaded else "no trained"
-            raise CdeitError(
-                f"--head none uses the teacher's own classifier, but {run.teacher.name} has {outputs} outputs "
-                f"for a dataset of {classes} classes; drop --head to fit a {classes}-way head (paper 4.1)."
-            )
-        return LinearHead(tensors["weight"], tensors["bias"], _head_meta(run, "teacher"))
-    return load_head(Path(choice), run.teacher, classes)
-
-
-def reusable_head(run: Run) -> LinearHead | None:
-    """The head a previous run fitted into this cache with the same settings (resume), if any."""
-    meta = read_head_meta(run.cfg.out)
-    if meta is None or not _is_reusable(meta, run):
-        return None
-    return load_head(run.cfg.out / HEAD_FILE, run.teacher, len(run.data["classes"]))
-
-
-def _head_meta(run: Run, source: str) -> dict[str, Any]:
-    t = run.teacher
-    return {"source": source, "teacher": t.name, "weights_hash": t.weights_hash, "classes": list(run.data["classes"])}
-
-
-def fit_if_ready(run: Run, plan: list[ShardSpec]) -> LinearHead | None:
-    """Fit the head when the features of every train and val shard are here (else a slice: return None)."""
-    need = plan if run.clean else [s for s in plan if s.split in ("train", "val")]
-    if not all(s.path(run.cfg.out, FEATURES).is_file() for s in need):
-        return None
-    if run.clean:
-        train, val = _source_features(run, need)
-    else:
-        train, val = (_split_features(run, [s for s in need if s.split == split]) for split in ("train", "val"))
-    console.print(f"fitting the {len(run.data['classes'])}-way head on {len(train[1]):,} train features ...")
-    weight, bias, result = fit_head(train, val, len(run.data["classes"]), run.fit, run.device)
-    meta = _head_meta(run, "fitted") | {"fit": _fit_settings(run), "result": result}
-    console.print(
-        f"head fitted: val accuracy {result['val_accuracy']:.2%} at epoch {result['best_epoch']}/{run.fit.epochs}"
-    )
-    return LinearHead(weight, bias, meta | {"device_type": run.device.type})
-
-
-def _source_features(run: Run, specs: list[ShardSpec]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Clean view: (features, labels) of the source photographs used in train, and of those used in val."""
-    import torch
-
-    from cdeit.common.dataset import beton_path, read_split
-
-    arrays = [read_arrays(s.path(run.cfg.out, FEATURES), ("features", "label", "source")) for s in specs]
-    features, labels, source = (np.concatenate([a[k] for a in arrays]) for k in ("features", "label", "source"))
-    parts = []
-    for split in ("train", "val"):
-        used = np.isin(source, read_split(beton_path(run.cfg.data, split), fields=("source",))["source"])
-        parts.append((torch.from_numpy(features[used]), torch.from_numpy(labels[used])))
-    return parts[0], parts[1]
-
-
-def _split_features(run: Run, specs: list[ShardSpec]) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    arrays = [read_arrays(s.path(run.cfg.out, FEATURES), ("features", "label")) for s in specs]
-    features = torch.from_numpy(np.concatenate([a["features"] for a in arrays]))
-    return features, torch.from_numpy(np.concatenate([a["label"] for a in arrays]))
-
-
-# --------------------------------------------------------------------------------------------- the two passes
-
-
-def shard_complete(run: Run, spec: ShardSpec, kind: str, head: LinearHead | None = None) -> bool:
-    """Whether the shard exists, matches this run and its manifest checksum; removes it when it does not."""
-    path = spec.path(run.cfg.out, kind)
-    if not path.is_file():
-        return False
-    expect = {k: v for k, v in run.shard_attrs(spec, kind, head).items() if k not in INFO_KEYS}
-    problem = shard_problem(path, spec, kind, expect)
-    rel = path.relative_to(run.cfg.out).as_posix()
-    if problem is None and rel in run.sums and sha256_file(path) != run.sums[rel]:
-        problem = f"{rel} changed since the manifest was written"
-    if problem:
-        console.print(f"[yellow]recomputing {rel}: {problem}.[/]")
-        path.unlink()
-    return problem is None
-
-
-def pass_features(run: Run, plan: list[ShardSpec], head: LinearHead | None) -> tuple[int, float]:
-    """Pass 1 over this process's shards that have neither logits nor features yet; returns (images, seconds)."""
-    from cdeit.precompute.features import compute_feature_shards
-    from cdeit.precompute.preprocess import DeviceResize
-
-    cfg, env = run.cfg, run.env
-    mine = assign_shards(plan, cfg.shard_index, cfg.num_shards, env.rank, env.world)
-    todo = [
-        s for s in mine if not (head and shard_complete(run, s, LOGITS, head)) and not shard_complete(run, s, FEATURES)
-    ]
-    if len(todo) < len(mine):
-        console.print(f"resuming: {len(mine) - len(todo)} of {len(mine)} shards of this process are already done.")
-    if not todo:
-        return 0, 0.0
-    resize = DeviceResize(run.teacher.preprocessing, run.device, channels_last=run.device.type == "cuda")
-    workers = cfg.workers or min(8, os.cpu_count() or 1)
-    start = time.perf_counter()
-    with progress_bar("teacher features", sum(s.count for s in todo)) as advance:
-        images = compute_feature_shards(
-            run.teacher, resize, cfg.data, todo, cfg.out, run.shard_attrs, run.batch_size, run.device, workers, advance,
-            extras=run.extras, with_source=run.clean,
-        )  # fmt: skip
-    return images, time.perf_counter() - start
-
-
-def pass_logits(run: Run, plan: list[ShardSpec], head: LinearHead) -> None:
-    """Pass 2: save the head, then turn every feature shard into its logit shard and drop the feature shard."""
-    path = run.cfg.out / HEAD_FILE
-    meta = read_head_meta(run.cfg.out)
-    if meta is None or meta["hash"] != head.hash:
-        save_head(path, head)
-    todo = [s for s in plan if not shard_complete(run, s, LOGITS, head)]
-    for spec in plan:
-        if spec not in todo:
-            spec.path(run.cfg.out, FEATURES).unlink(missing_ok=True)
-    todo = [s for s in todo if s.path(run.cfg.out, FEATURES).is_file()]
-    with progress_bar("teacher logits", sum(s.count for s in todo)) as advance:
-        for spec in todo:
-            write_logit_shard(run, spec, head)
-            spec.path(run.cfg.out, FEATURES).unlink()
-            advance(spec.count)
-    features_dir = run.cfg.out / FEATURES_DIR
-    if features_dir.is_dir() and not any(features_dir.iterdir()):
-        features_dir.rmdir()
-
-
-def write_logit_shard(run: Run, spec: ShardSpec, head: LinearHead) -> None:
-    """logits = head(features) of one shard, with the teacher's correct answers counted per corruption type."""
-    arrays = read_arrays(spec.path(run.cfg.out, FEATURES))
-    logits = head.logits(arrays["features"])
-    correct = logits.argmax(1) == arrays["label"]
-    k = len(run.data["corruptions"])
-    attrs = run.shard_attrs(spec, LOGITS, head)
-    attrs["correct_by_corruption"] = (
-        np.bincount(arrays["corruption"], weights=correct, minlength=k).astype(np.int64).tolist()
-    )
-    attrs["count_by_corruption"] = np.bincount(arrays["corruption"], minlength=k).astype(np.int64).tolist()
-    out_arrays = {"index": arrays["index"], "logits": logits}
-    if run.clean:  # rows keyed by source id
-        out_arrays = {"index": arrays["index"], "source": arrays["source"], "logits": logits}
-    if run.store_features:
-        out_arrays["features"] = arrays["features"]
-    out_arrays |= {k: arrays[k] for k in run.extras}
-    write_shard(spec.path(run.cfg.out, LOGITS), out_arrays, attrs)
-
-
-# --------------------------------------------------------------------------------------------- the summary
-
-
-def report(run: Run, summary: dict[str, Any], head: LinearHead | None) -> None:
-    """Print teacher accuracy per split and corruption type, then one line of images, seconds and images/s."""
-    manifest, path = summary["manifest"], run.cfg.out
-    if head is None:
-        have = len(manifest["feature_shards"])
-        console.print(
-            f"[bold]{path}[/] holds the features of {have} shards (this slice); no head yet. Merge the slices with "
-            "`cdeit cache merge ... --out MERGED`, then run this command on MERGED to fit the head and write "
-            "the logits."
-        )
-    elif manifest["splits"]:
-        out.print(accuracy_table(manifest))
-    if summary.get("accuracy_joined"):
-        joined = ", ".join(f"{s} {a:.2%}" for s, a in summary["accuracy_joined"].items())
-        out.print(f"clean view: the teacher's accuracy on each split's samples, seeing their clean sources: {joined}")
-    rate = f"{summary['images_per_s']:,.1f} images/s" if summary["images"] else "nothing to compute"
-    state = "complete" if summary["complete"] else "incomplete"
-    who = f"rank 0 of {run.env.world}: " if run.env.world > 1 else ""
-    out.print(
-        f"{who}{summary['images']:,} images in {summary['features_seconds']:.1f} s ({rate}) on {summary['device']}, "
-        f"batch {summary['batch_size']}, {summary['compute_dtype']}; total {summary['seconds']:.1f} s; "
-        f"cache {path} is {state}."
-    )
-    if run.teacher.random_weights:
-        console.print("[bold yellow]the cache holds logits of a teacher with RANDOM WEIGHTS.[/]")
-
-
-def joined_accuracy(run: Run) -> dict[str, float]:
-    """Clean view: per split, how often the teacher is right about a sample when it sees that sample's clean source."""
-    from cdeit.common.cache import load_teacher_logits
-    from cdeit.common.dataset import beton_path, read_split
-
-    result = {}
-    for split in run.data["splits"]:
-        logits = load_teacher_logits(run.cfg.out, run.cfg.data, split, "cpu", checksums=False)
-        labels = read_split(beton_path(run.cfg.data, split), fields=("label",))["label"]
-        result[split] = float((logits.argmax(1).numpy() == labels).mean()) if len(labels) else float("nan")
-    return result
-
-
-def accuracy_table(manifest: dict[str, Any]) -> Any:
-    """Teacher accuracy: one row per corruption type (and all), one column per split."""
-    from rich.table import Table
-
-    splits = manifest["splits"]
-    table = Table(title="teacher accuracy", title_justify="left")
-    table.add_column("images")
-    for split in splits:
-        table.add_column(split, justify="right")
-    rows = ["all", *manifest["dataset"]["corruptions"]]
-    for row in rows:
-        values = [
-            splits[s]["accuracy"] if row == "all" else splits[s]["accuracy_by_corruption"].get(row) for s in splits
-        ]
-        table.add_row(row, *("-" if v is None else f"{v:.2%}" for v in values))
-    return table

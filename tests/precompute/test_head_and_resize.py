@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from cdeit.common.cache import plan_shards
+from cdeit.common.distributed import assign_shards, dist_env
 from cdeit.common.errors import CdeitError
-from cdeit.precompute.distributed import assign_shards, dist_env
 from cdeit.precompute.head import HeadFit, LinearHead, fit_head, load_head, save_head
 from cdeit.precompute.preprocess import DeviceResize, Preprocessing
 

@@ -135,11 +135,13 @@ def test_storage_is_printed_and_a_full_disk_refused(
     sourced_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import cdeit.precompute.run as run_module
+    import cdeit.precompute.storage as storage
+    from cdeit.common.cache import plan_shards
 
     class Usage:
         free = 100_000  # bytes: less than 240 rows x 8 KiB of patches
 
-    monkeypatch.setattr(run_module.shutil, "disk_usage", lambda path: Usage())
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: Usage())
     with pytest.raises(CdeitError, match=r"needs up to .* MiB while it is built but only 97.7 KiB are free"):
         precompute_teacher(config(sourced_dataset, tmp_path / "c", targets=ALL_TARGETS))
     assert not (tmp_path / "c").exists()
@@ -147,6 +149,6 @@ def test_storage_is_printed_and_a_full_disk_refused(
     assert "storage: 240 rows x 8.3 KiB (index 8 B, logits 40 B, embedding 128 B, patches 8.0 KiB" in printed
     Usage.free = 10**9
     run = run_module.prepare_run(config(sourced_dataset, tmp_path / "d", targets=ALL_TARGETS))
-    plan = run_module.plan_shards({s: run.split_entry(s)["count"] for s in run.cache_splits}, 64)
-    final, peak = run_module.storage_needed(run, plan)
+    plan = plan_shards({s: run.split_entry(s)["count"] for s in run.cache_splits}, 64)
+    final, peak = storage.storage_needed(run, plan)
     assert final >= 240 * (8 + 40 + 2 * 64 + 2 * 64 * 64 + 2 * 64) and peak > final
