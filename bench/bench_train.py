@@ -2,7 +2,8 @@
 at 224px on every batch (the DeiT / timm way), (c) the same student without distillation.
 
 All three use the same Trainer, data, student, batch and device in one process; (b) only replaces the
-cached-logit gather by a teacher forward on the batch, upsampled on the device. Also reports the share of
+cached-logit gather by a teacher forward on the batch, upsampled on the device, plugged in through the
+Trainer's `teacher=` extension point (train/teacher_source.py's `TeacherSource`). Also reports the share of
 step time the FFCV loader takes (one pass of the loader alone over the same number of batches).
 
     python bench/bench_train.py --data DATA [--batch-size 128] [--steps 20] [--device auto]
@@ -17,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,45 +26,50 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `cdeit` command li
 
 import torch  # noqa: E402
 
+from cdeit.common.cache import TeacherTargets  # noqa: E402
+from cdeit.common.dataset import load_manifest  # noqa: E402
+from cdeit.common.device import resolve_device  # noqa: E402
 from cdeit.train.config import TrainConfig  # noqa: E402
+from cdeit.train.teacher_source import TeacherSource  # noqa: E402
 from cdeit.train.trainer import Trainer  # noqa: E402
 
+TEACHER = "deit3_small_patch16_224"
 
-class OnlineTeacherTrainer(Trainer):
-    """(b): the teacher runs on each batch, upsampled to its input size, under no_grad."""
 
-    teacher_name = "deit3_small_patch16_224"
+class OnlineTeacher:
+    """(b): a `TeacherSource` (train/teacher_source.py) that runs the teacher on each batch's images, upsampled
+    on the device to its input size, under no_grad (bf16 autocast on CUDA, as the student)."""
 
-    def _teacher_logits(self) -> None:
+    view = "same"  # the teacher sees each sample itself, before augmentation
+    fields = ("image",)
+
+    def __init__(self, name: str, num_classes: int, device: torch.device, autocast: bool):
         import timm
 
         from cdeit.precompute.preprocess import DeviceResize, preprocessing_for
 
-        self.online = timm.create_model(self.teacher_name, pretrained=False, num_classes=self.num_classes)
-        self.online = self.online.to(self.device).eval().requires_grad_(False)
-        cuda = self.device.type == "cuda"
+        self.model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        self.model = self.model.to(device).eval().requires_grad_(False)
+        cuda = device.type == "cuda"
         if cuda:
-            self.online = self.online.to(memory_format=torch.channels_last)
-        self.resize = DeviceResize(preprocessing_for(self.online), self.device, channels_last=cuda)
-        return None
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.resize = DeviceResize(preprocessing_for(self.model), device, channels_last=cuda)
+        self.device, self.autocast = device, autocast
+        self.shapes = {"logits": (num_classes,)}
 
     @torch.no_grad()
-    def teacher_logits_for(
-        self, index: torch.Tensor, images_u8: torch.Tensor, source: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def targets_for(self, batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.online(self.resize(images_u8)).float()
+            logits = self.model(self.resize(batch["image"])).float()
+        return {"logits": logits}
 
 
-class CachedTrainer(Trainer):
+def cached_table(num_samples: int, num_classes: int, device: torch.device) -> TeacherTargets:
     """(a): logits gathered by index from a device tensor, exactly as a run with a cache does.
 
     The table holds random logits of the real shape (N, classes): the gather costs the same.
     """
-
-    def _teacher_logits(self) -> torch.Tensor:
-        n = self.manifest["splits"]["train"]["count"]
-        return torch.randn(n, self.num_classes, device=self.device)
+    return TeacherTargets("same", {"logits": torch.randn(num_samples, num_classes, device=device)})
 
 
 def _sync(device: torch.device) -> None:
@@ -117,18 +124,21 @@ def main() -> None:
         workers=os.cpu_count() or 2,
         compile=args.compile,
     )
-    runs = {
-        "a_cached": (
-            CachedTrainer,
-            TrainConfig(student="deit", distill="hard", teacher_cache="(in memory)", out=str(out / "a"), **common),
-        ),
-        "b_online": (
-            OnlineTeacherTrainer,
-            TrainConfig(student="deit", distill="hard", teacher_cache="(online)", out=str(out / "b"), **common),
-        ),
-        "c_none": (Trainer, TrainConfig(student="deit", distill="none", out=str(out / "c"), **common)),
+    data = load_manifest(args.data)
+    n, classes = data["splits"]["train"]["count"], len(data["classes"])
+    device = resolve_device(args.device)
+    autocast = device.type == "cuda"  # the Trainer's bf16 autocast on CUDA (TrainConfig's default precision)
+    teachers: dict[str, TeacherSource] = {
+        "a_cached": cached_table(n, classes, device),
+        "b_online": OnlineTeacher(TEACHER, classes, device, autocast),
     }
-    trainers = {name: cls(cfg) for name, (cls, cfg) in runs.items()}
+    hard = dict(student="deit", distill="hard", **common)
+    runs = {
+        "a_cached": TrainConfig(teacher_cache="(in memory)", out=str(out / "a"), **hard),
+        "b_online": TrainConfig(teacher_cache="(online)", out=str(out / "b"), **hard),
+        "c_none": TrainConfig(student="deit", distill="none", out=str(out / "c"), **common),
+    }
+    trainers = {name: Trainer(cfg, teacher=teachers.get(name)) for name, cfg in runs.items()}
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved, so drift of a noisy machine hits all three alike
         for name, trainer in trainers.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from cdeit.common import distributed
 from cdeit.common.atomic import atomic_path, write_json
 from cdeit.common.console import console, progress_bar
 from cdeit.common.dataset import beton_path, load_manifest, make_loader
 from cdeit.common.device import resolve_device
 from cdeit.common.errors import CdeitError
 from cdeit.common.metrics import ece_bin_stats, ece_from_stats
-from cdeit.train import distributed
-from cdeit.train.config import ALIGN_TARGETS, TrainConfig
+from cdeit.train.config import TrainConfig
+from cdeit.train.teacher_source import TeacherSource, load_teacher, target_names
 
 if TYPE_CHECKING:
-    from cdeit.common.cache import TeacherTargets
     from cdeit.train.align import Alignment
 
 CHECKPOINT = "checkpoints/last.pt"
@@ -97,24 +98,30 @@ class Normalise(torch.nn.Module):
 
 
 class Trainer:
-    """One training run; `run()` trains (or resumes) to the end and writes the final model."""
+    """One training run; `run()` trains (or resumes) to the end and writes the final model.
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    `teacher` is the extension point for where teacher targets come from (train/teacher_source.py): by default
+    the cache `cfg.teacher_cache`; any `TeacherSource` (an online teacher, a table in memory) replaces it.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, teacher: TeacherSource | None = None):
         self.cfg = cfg.validate()
         self.resume = resume
-        self.device = resolve_device(cfg.device, distributed.local_rank())
-        world = distributed.world_size()
-        if cfg.batch_size % world:
+        env = distributed.dist_env()
+        self.device = resolve_device(cfg.device, env.local_rank)
+        if cfg.batch_size % env.world:
             raise CdeitError(
-                f"--batch-size {cfg.batch_size} does not divide over {world} processes; use a multiple of {world}."
+                f"--batch-size {cfg.batch_size} does not divide over {env.world} processes; "
+                f"use a multiple of {env.world}."
             )
-        self.dist = distributed.setup(self.device.type)
+        self.dist = distributed.setup(env, self.device.type)
         self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
         self.manifest = load_manifest(cfg.data)
         self.num_classes = len(self.manifest["classes"])
         self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
         self.state = State()
         torch.manual_seed(cfg.seed + self.dist.rank)
+        self.teacher = teacher
         self._build()
 
     # ---------------------------------------------------------------- set-up
@@ -137,12 +144,14 @@ class Trainer:
         self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
         self.erase_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + 500 + self.dist.rank)
 
-        self.teacher_table: TeacherTargets | None = None  # set for a clean-view cache or --align
-        self.teacher = self._teacher_logits()
-        by_source = self.teacher_table is not None and self.teacher_table.view == "clean"
+        self.teacher_names = target_names(cfg)  # logits to distil from, then the features --align compares
+        if self.teacher is None:
+            self.teacher = load_teacher(cfg, dev)
+        keys = self.teacher.fields if self.teacher is not None else ()
+        self.batch_fields = (*TRAIN_FIELDS, *(k for k in keys if k not in TRAIN_FIELDS))  # + source: clean view
         self.train_loader = make_loader(
             beton_path(cfg.data, "train"), cfg.batch_size // self.dist.world, "random", str(dev),
-            fields=(*TRAIN_FIELDS, "source") if by_source else TRAIN_FIELDS, drop_last=True,
+            fields=self.batch_fields, drop_last=True,
             distributed=self.dist.enabled, seed=cfg.seed, workers=cfg.workers,
         )  # fmt: skip
         self.steps_per_epoch = len(self.train_loader)
@@ -172,54 +181,34 @@ class Trainer:
             if self.alignment is not None:  # its own DDP: the projections' gradients are averaged too
                 self.align_fn = torch.nn.parallel.DistributedDataParallel(self.alignment, device_ids=ids)
 
-    def _teacher_logits(self) -> torch.Tensor | None:
-        """The train split's cached logits (N, C), or None; sets `teacher_table` for a clean view or --align."""
-        cfg = self.cfg
-        if cfg.distill == "none" and not cfg.align:
-            return None
-        from cdeit.common.cache import cache_view, load_teacher_logits, load_teacher_targets, read_cache_manifest
-
-        view = cache_view(read_cache_manifest(cfg.teacher_cache)["provenance"])
-        if view == "same" and not cfg.align:  # the paper's recipe: one (N, classes) table gathered by index
-            return load_teacher_logits(cfg.teacher_cache, cfg.data, split="train", device=self.device)
-        names = (("logits",) if cfg.distill != "none" else ()) + tuple(k for k in ALIGN_TARGETS if k in cfg.align)
-        self.teacher_table = load_teacher_targets(cfg.teacher_cache, cfg.data, "train", self.device, names)
-        return self.teacher_table.tensors.get("logits")
-
     def _alignment(self) -> Alignment | None:
         """The alignment terms and their projections (student width -> teacher width), or None without --align."""
         if not self.cfg.align:
             return None
         from cdeit.train.align import Alignment
 
-        assert self.teacher_table is not None
-        tables, cells = self.teacher_table.tensors, self.raw_model.grid_size[0] * self.raw_model.grid_size[1]
+        assert self.teacher is not None
+        shapes, cells = self.teacher.shapes, self.raw_model.grid_size[0] * self.raw_model.grid_size[1]
         for name in ("patches", "attention"):
-            if name in self.cfg.align and tables[name].shape[1] != cells:
+            if name in self.cfg.align and shapes[name][0] != cells:
                 raise CdeitError(
-                    f"--align {name} compares the teacher's {tables[name].shape[1]}-cell grid with this student's "
+                    f"--align {name} compares the teacher's {shapes[name][0]}-cell grid with this student's "
                     f"{cells} patches; use a student with an 8x8 patch grid (32px images, patch 4)."
                 )
-        dims = {k: tables[k].shape[-1] for k in ("embedding", "patches") if k in self.cfg.align}
+        dims = {k: shapes[k][-1] for k in ("embedding", "patches") if k in self.cfg.align}
         return Alignment(self.cfg.align, self.cfg.align_metric, self.raw_model.embed_dim, dims).to(self.device)
 
-    def teacher_logits_for(
-        self, index: torch.Tensor, images_u8: torch.Tensor, source: torch.Tensor | None = None
-    ) -> torch.Tensor | None:
-        """The batch's cached teacher logits (B, C), gathered on the device by sample index (or source id)."""
-        if self.teacher_table is not None:
-            if "logits" not in self.teacher_table.tensors:
-                return None
-            return self.teacher_table.gather(index, source, ("logits",))["logits"]
-        return self.teacher[index] if self.teacher is not None else None
+    def teacher_for(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's teacher targets by name (`logits`, the alignment's features as stored), in one batched call
+        on the device; `batch` maps field names (`self.batch_fields`) to the loader's tensors."""
+        if self.teacher is None or not self.teacher_names:
+            return {}
+        return self.teacher.targets_for(batch, self.teacher_names)
 
-    def teacher_features_for(
-        self, index: torch.Tensor, source: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor] | None:
-        """The batch's cached feature targets for the alignment (float16 as stored), or None without --align."""
-        if self.alignment is None or self.teacher_table is None:
-            return None
-        return self.teacher_table.gather(index, source, self.alignment.names)
+    @property
+    def beyond_paper_teacher(self) -> bool:
+        """A clean-view teacher or an alignment: the runs whose console line and summary say so."""
+        return self.teacher is not None and (self.teacher.view != "same" or bool(self.cfg.align))
 
     # ---------------------------------------------------------------- checkpoints
     def _rng_state(self) -> dict[str, torch.Tensor]:
@@ -280,12 +269,11 @@ class Trainer:
         from cdeit.train.mixing import make_targets, mix_batch
 
         cfg = self.cfg
-        images_u8, labels, corruption, index, *rest = batch  # plus `source` when the cache is keyed by source
-        source = rest[0] if rest else None
-        teacher = self.teacher_logits_for(index, images_u8, source)
-        targets = make_targets(labels, corruption, teacher, cfg.distill, cfg.tau, cfg.label_smoothing,
-                               num_classes=self.num_classes,
-                               features=self.teacher_features_for(index, source))  # fmt: skip
+        images_u8, labels, corruption, *_ = batch  # then index, and `source` when the cache is keyed by source
+        teacher = self.teacher_for(dict(zip(self.batch_fields, batch, strict=True)))
+        features = {k: teacher[k] for k in self.alignment.names} if self.alignment is not None else None
+        targets = make_targets(labels, corruption, teacher.get("logits"), cfg.distill, cfg.tau, cfg.label_smoothing,
+                               num_classes=self.num_classes, features=features)  # fmt: skip
         images = self.normalise(images_u8)
         if self.erasing is not None:  # per-image erasing before batch mixing, in DeiT's order
             images, targets = self.erasing(images, targets, self.erase_gen)
@@ -396,10 +384,10 @@ class Trainer:
                 f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
                 f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}"
             )
-            if self.teacher_table is not None:
+            if self.beyond_paper_teacher:
                 aligned = ", ".join(f"{k} x{w:g}" for k, w in cfg.align.items()) or "none"
                 console.print(
-                    f"teacher: {self.teacher_table.view}-view cache joined by {self.teacher_table.key}; "
+                    f"teacher: {self.teacher.view}-view cache joined by {', '.join(self.teacher.fields)}; "
                     f"alignment: {aligned} ({cfg.align_metric})"
                 )
         remaining = (cfg.epochs - self.state.epoch) * self.steps_per_epoch
@@ -453,8 +441,8 @@ class Trainer:
                 "device": str(self.device),
                 "world_size": self.dist.world,
             }
-            if self.teacher_table is not None:  # beyond the paper's recipe: say which view and alignment
-                summary |= {"teacher_view": self.teacher_table.view, "align": self.cfg.align}
+            if self.beyond_paper_teacher:  # beyond the paper's recipe: say which view and alignment
+                summary |= {"teacher_view": self.teacher.view, "align": self.cfg.align}
             write_json(self.out / "summary.json", summary)
         distributed.barrier(self.dist)
         distributed.teardown(self.dist)

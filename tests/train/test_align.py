@@ -118,10 +118,9 @@ def test_trainer_joins_a_clean_view_cache_by_source(clean_cache: Path, sourced_d
     for entry in read_cache_manifest(clean_cache)["shards"]:
         a = read_arrays(clean_cache / entry["file"])
         rows |= {int(s): (a["logits"][i], a["attention"][i]) for i, s in enumerate(a["source"])}
-    logits = trainer.teacher_logits_for(index, None, source)
-    assert np.array_equal(logits.numpy(), np.stack([rows[int(s)][0] for s in source]))
-    features = trainer.teacher_features_for(index, source)
-    assert set(features) == {"embedding", "patches", "attention"}
+    features = trainer.teacher_for({"index": index, "source": source})  # one gather of every target the run uses
+    assert set(features) == {"logits", "embedding", "patches", "attention"}
+    assert np.array_equal(features["logits"].numpy(), np.stack([rows[int(s)][0] for s in source]))
     assert np.array_equal(features["attention"].numpy(), np.stack([rows[int(s)][1] for s in source]))
     assert features["patches"].shape == (32, 64, 64) and features["embedding"].shape == (32, 64)
     split = read_split(sourced_dataset / "train.beton", fields=("source",))["source"]
@@ -138,10 +137,11 @@ def test_trainer_joins_a_clean_view_cache_by_source(clean_cache: Path, sourced_d
 def test_default_run_builds_no_table_or_alignment(same_feature_cache: Path, sourced_dataset: Path,
                                                   tmp_path: Path) -> None:  # fmt: skip
     trainer = Trainer(_cfg(sourced_dataset, tmp_path / "run", teacher_cache=str(same_feature_cache)))
-    assert trainer.teacher_table is None and trainer.alignment is None
+    assert trainer.alignment is None and trainer.teacher.view == "same" and trainer.teacher.fields == ("index",)
+    assert set(trainer.teacher.tensors) == {"logits"}  # the paper's recipe: one logit table, though features exist
     assert len(next(iter(trainer.train_loader))) == 4  # the paper's fields: no source
     table = load_teacher_targets(same_feature_cache, sourced_dataset, "train")
-    assert torch.equal(trainer.teacher, table.tensors["logits"])
+    assert torch.equal(trainer.teacher.tensors["logits"], table.tensors["logits"])
 
 
 def test_checkpoint_restores_the_projections(clean_cache: Path, sourced_dataset: Path, tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path,
     table = load_teacher_logits(cache, tiny_dataset, "train")
     trainer = Trainer(_cfg(tiny_dataset, tmp_path / "t", student="deit", distill="hard", teacher_cache=str(cache)))
     _, _, _, index = next(iter(trainer.train_loader))
-    assert torch.equal(trainer.teacher_logits_for(index, None), table[index])
+    assert torch.equal(trainer.teacher_for({"index": index})["logits"], table[index])
     assert not torch.equal(index, torch.arange(len(index)))  # random order: the join is by index, not position
     for student, distill, part in (("deit", "soft", "train_dist_kl"), ("cdeit", "hard", "train_dist_ce")):
         out = tmp_path / f"{student}-{distill}"
