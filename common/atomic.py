@@ -1,4 +1,5 @@
-"""Write files under a temporary name and rename them when complete, so nothing half-written looks finished."""
+"""Write files under a temporary name and rename them when complete, so nothing half-written looks finished;
+read back the JSON manifests written so, with one sentence for each way a directory is not what it claims."""
 
 from __future__ import annotations
 
@@ -43,3 +44,23 @@ def remove_stale_tmp(directory: str | os.PathLike) -> None:
     for p in Path(directory).glob(".*.tmp-*"):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+def read_manifest_json(directory: str | os.PathLike, what: str, command: str) -> tuple[Path, Any]:
+    """DIRECTORY/manifest.json parsed, and its path; a missing directory or file, or invalid JSON, is a `CdeitError`
+    naming it. `what` says what the directory should be ("a teacher cache"), `command` what builds one."""
+    from cdeit.common.errors import CdeitError
+
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    if not directory.is_dir():
+        raise CdeitError(f"{what} {directory} does not exist; build one with `{command}`.")
+    if not path.is_file():
+        raise CdeitError(f"{path} is missing, so {directory} is not {what}; build one with `{command}`.")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CdeitError(f"{path} is not valid JSON ({exc}); rerun `{command}` to rebuild it.") from None
+    if not isinstance(manifest, dict):
+        raise CdeitError(f"{path} is not the manifest of {what}; pass a directory made by `{command}`.")
+    return path, manifest

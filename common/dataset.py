@@ -9,7 +9,6 @@ original photograph it was made from: CIFAR-10 train image i is i, test image i 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,18 +60,9 @@ def beton_path(data_dir: str | os.PathLike, split: str) -> Path:
 
 def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     """Read and check DATA/manifest.json; every problem is one sentence naming the file."""
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST
-    if not data_dir.is_dir():
-        raise CdeitError(f"dataset directory {data_dir} does not exist; build one with `cdeit data prepare`.")
-    if not path.is_file():
-        raise CdeitError(
-            f"{path} is missing, so {data_dir} is not a cdeit dataset; build one with `cdeit data prepare`."
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CdeitError(f"{path} is not valid JSON ({exc}); rebuild the dataset with `cdeit data prepare`.") from None
+    from cdeit.common.atomic import read_manifest_json
+
+    path, manifest = read_manifest_json(data_dir, "a cdeit dataset", "cdeit data prepare")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CdeitError(

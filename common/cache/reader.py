@@ -124,13 +124,7 @@ def load_teacher_targets(
     lookup = _row_of_source(cache_dir, ids["source"])
     split_source = _split_sources(data, split)
     if split_source is not None:
-        outside = split_source >= len(lookup)
-        absent = int(outside.sum() + (lookup[split_source[~outside]] < 0).sum())
-        if absent:
-            raise CdeitError(
-                f"cache {cache_dir} has no row for {absent:,} {split} samples' source photographs; recompute it "
-                f"with `cdeit precompute-teacher --view clean` for {data_name}."
-            )
+        _check_sources_covered(cache_dir, lookup, split_source, split, data_name)
     return TeacherTargets(
         "clean",
         {k: torch.from_numpy(v).to(device) for k, v in tables.items()},
@@ -262,6 +256,19 @@ def _row_of_source(cache_dir: Path, source: np.ndarray) -> np.ndarray:
     lookup = np.full(int(source.max()) + 1 if len(source) else 0, -1, np.int64)
     lookup[source] = np.arange(len(source))
     return lookup
+
+
+def _check_sources_covered(
+    cache_dir: Path, lookup: np.ndarray, split_source: np.ndarray, split: str, data_name: str
+) -> None:
+    """Refuse a clean-view cache without a row for the source photograph of every sample of the split."""
+    outside = split_source >= len(lookup)
+    absent = int(outside.sum() + (lookup[split_source[~outside]] < 0).sum())
+    if absent:
+        raise CdeitError(
+            f"cache {cache_dir} has no row for {absent:,} {split} samples' source photographs; recompute it "
+            f"with `cdeit precompute-teacher --view clean` for {data_name}."
+        )
 
 
 # --------------------------------------------------------------------------------------------- the tables

@@ -282,18 +282,9 @@ def write_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | N
 
 def read_cache_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """Read CACHE/manifest.json; every problem is one sentence naming the file."""
-    cache_dir = Path(cache_dir)
-    path = cache_dir / MANIFEST
-    if not cache_dir.is_dir():
-        raise CdeitError(f"teacher cache {cache_dir} does not exist; build one with `cdeit precompute-teacher`.")
-    if not path.is_file():
-        raise CdeitError(
-            f"{path} is missing, so {cache_dir} is not a teacher cache; build one with `cdeit precompute-teacher`."
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CdeitError(f"{path} is not valid JSON ({exc}); rerun `cdeit precompute-teacher` to rebuild it.") from None
+    from cdeit.common.atomic import read_manifest_json
+
+    path, manifest = read_manifest_json(cache_dir, "a teacher cache", "cdeit precompute-teacher")
     if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
         raise CdeitError(
             f"{path} is not the manifest of a teacher cache; pass a directory made by `cdeit precompute-teacher`."

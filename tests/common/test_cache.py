@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cdeit.common.cache import (
     CACHE_FORMAT,
+    FEATURES,
     FORMAT_VERSION,
     HEAD_FILE,
     LOGITS,
@@ -24,6 +25,8 @@ from cdeit.common.cache import (
     load_teacher_logits,
     merge_caches,
     plan_shards,
+    provenance,
+    provenance_conflicts,
     read_arrays,
     read_attrs,
     read_cache_manifest,
@@ -33,6 +36,7 @@ from cdeit.common.cache import (
     write_manifest,
     write_shard,
 )
+from cdeit.common.cache import shard_attrs as format_shard_attrs
 from cdeit.common.cli import app
 from cdeit.common.dataset import load_manifest
 from cdeit.common.errors import CdeitError
@@ -131,6 +135,43 @@ def test_manifest_is_derived_from_the_shards(cache: tuple[Path, dict[str, np.nda
     assert m["head"]["hash"] == m["provenance"]["head_hash"]
     for entry in m["shards"]:
         assert entry["sha256"] == sha256_file(path / entry["file"])
+
+
+def test_the_format_writes_the_documented_attributes(tiny_dataset: Path) -> None:
+    data = load_manifest(tiny_dataset)
+    spec = plan_shards({"train": data["splits"]["train"]["count"]}, SHARD)[1]
+    preprocessing = {"input_size": [224, 224], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
+                     "resize": "whole"}  # fmt: skip
+    run = provenance(teacher="synthetic", weights_hash="sha256:w", random_weights=True, preprocessing=preprocessing,
+                     compute_dtype="float32", shard_size=SHARD, classes=data["classes"],
+                     corruptions=data["corruptions"], weights_source="test", device_type="cpu")  # fmt: skip
+    assert "view" not in run and "token_targets" not in run  # the paper's cache carries no view keys
+    tally = ([1] + [0] * 10, [spec.count] + [0] * 10)
+    attrs = format_shard_attrs(spec, LOGITS, run, data["splits"]["train"], "sha256:h", False, tally)
+    assert attrs | {"tool_version": "0"} == shard_attrs(spec, data, "sha256:h")  # the list docs/cache-format.md gives
+    features = format_shard_attrs(spec, FEATURES, run, data["splits"]["train"])
+    assert features["kind"] == FEATURES and features["feature_dtype"] == "float16" and "head_hash" not in features
+    clean = provenance(**{**_provenance_args(run), "view": "clean"})
+    assert clean["view"] == "clean" and clean["token_targets"] == [] and "target_grid" not in clean
+    patches = provenance(**_provenance_args(run), token_targets=("patches",), teacher_grid=(14, 14))
+    assert patches["target_grid"] == [8, 8] and patches["teacher_grid"] == [14, 14]
+
+
+def _provenance_args(run: dict[str, Any]) -> dict[str, Any]:
+    names = ("input_size", "interpolation", "mean", "std", "resize", "tool_version")
+    kept = {k: v for k, v in run.items() if k not in names}
+    return kept | {"preprocessing": {k: run[k] for k in names[:5]}}
+
+
+def test_provenance_conflicts_is_the_one_agreement_check() -> None:
+    a = {"teacher": "t", "weights_hash": "w", "head_hash": "h", "store_features": False}
+    assert provenance_conflicts(a, dict(a)) == []
+    other = a | {"teacher": "u", "head_hash": "g"}
+    assert provenance_conflicts(a, other) == [("teacher", "t", "u"), ("head_hash", "h", "g")]
+    assert provenance_conflicts(a, {"teacher": "t", "weights_hash": "w"}) == []  # a features-only slice: no head yet
+    assert provenance_conflicts(a, a | {"view": "clean"}) == [("view", "same", "clean")]
+    assert provenance_conflicts(a, a | {"token_targets": ["patches"]}) == [("targets", [], ["patches"])]
+    assert provenance_conflicts(a, a | {"teacher": "u"}, keys=("weights_hash",)) == []
 
 
 # --------------------------------------------------------------------------------------------- verify
@@ -276,6 +317,9 @@ def test_reader_refuses_a_damaged_shard(cache: tuple[Path, Any], tiny_dataset: P
 
 def test_reader_refuses_a_directory_that_is_not_a_cache(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(CdeitError, match=f"{MANIFEST} is missing"):
+        load_teacher_logits(tmp_path, tiny_dataset)
+    (tmp_path / MANIFEST).write_text("[1, 2]")  # valid JSON, but no manifest
+    with pytest.raises(CdeitError, match="is not the manifest of a teacher cache"):
         load_teacher_logits(tmp_path, tiny_dataset)
 
 

@@ -1,4 +1,4 @@
-"""The linear head fit (paper 4.1), head files, the device-side resize, and shard assignment."""
+"""The linear head fit (paper 4.1), head files and the device-side resize."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cdeit.common.cache import plan_shards
-from cdeit.common.distributed import assign_shards, dist_env
 from cdeit.common.errors import CdeitError
 from cdeit.precompute.head import HeadFit, LinearHead, fit_head, load_head, save_head
 from cdeit.precompute.preprocess import DeviceResize, Preprocessing
@@ -83,22 +81,3 @@ def test_resize_clamps_the_bicubic_overshoot() -> None:
     low = -torch.tensor(PREP.mean) / torch.tensor(PREP.std)
     assert torch.allclose(x.amax(dim=(0, 2, 3)), top, atol=1e-5)
     assert torch.allclose(x.amin(dim=(0, 2, 3)), low, atol=1e-5)
-
-
-@pytest.mark.parametrize(("machines", "world"), [(1, 1), (2, 1), (1, 3), (3, 2), (4, 4)])
-def test_assign_shards_gives_every_shard_to_exactly_one_process(machines: int, world: int) -> None:
-    plan = plan_shards({"train": 1000, "val": 130, "test": 130}, 100)
-    taken = [s for m in range(machines) for r in range(world) for s in assign_shards(plan, m, machines, r, world)]
-    assert sorted(taken, key=plan.index) == plan
-    sizes = [len(assign_shards(plan, m, machines, r, world)) for m in range(machines) for r in range(world)]
-    assert max(sizes) - min(sizes) <= 1
-
-
-def test_dist_env_reads_torchrun_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    assert (dist_env().rank, dist_env().world, dist_env().local_rank) == (0, 1, 0)
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert (dist_env().rank, dist_env().world, dist_env().local_rank) == (3, 4, 1)

@@ -206,6 +206,37 @@ def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path,
         assert part in record and record["train_total"] > 0
 
 
+class ImageTeacher:
+    """A TeacherSource that reads the batch's images, as an online teacher does: logits from each channel's mean."""
+
+    view, fields, shapes = "same", ("image",), {"logits": (10,)}
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def targets_for(self, batch: dict[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        self.seen.append(len(batch["image"]))
+        means = batch["image"].float().mean(dim=(2, 3))  # (B, 3)
+        return {"logits": torch.cat([means, -means, 2 * means, means[:, :1]], dim=1) / 255}  # (B, 10)
+
+
+def test_any_teacher_source_plugs_in(tiny_dataset: Path, tmp_path: Path) -> None:
+    from cdeit.common.cache import TeacherTargets
+    from cdeit.train.teacher_source import TeacherSource
+    from cdeit.train.trainer import Trainer
+
+    teacher = ImageTeacher()
+    assert isinstance(teacher, TeacherSource) and isinstance(TeacherTargets("same", {}), TeacherSource)
+    cfg = _cfg(tiny_dataset, tmp_path / "t", student="deit", distill="soft", teacher_cache="(given)", epochs=1)
+    trainer = Trainer(cfg, teacher=teacher)
+    assert trainer.teacher is teacher and trainer.batch_fields == ("image", "label", "corruption", "index")
+    batch = next(iter(trainer.train_loader))
+    got = trainer.teacher_for(dict(zip(trainer.batch_fields, batch, strict=True)))["logits"]
+    assert torch.equal(got, teacher.targets_for({"image": batch[0]}, ("logits",))["logits"])
+    parts = trainer.train_step(batch)
+    assert parts["dist_kl"] > 0 and teacher.seen[-1] == 32
+
+
 def test_cache_for_other_data_or_with_missing_indices_is_refused(
     tiny_dataset: Path, cache: Path, tmp_path: Path
 ) -> None:
