@@ -8,7 +8,14 @@ from typing import Annotated, Any
 import typer
 
 from cdeit.common.console import friendly_errors
-from cdeit.precompute.teacher import DEFAULT_TEACHER
+from cdeit.common.hub import DEFAULT_TEACHER
+
+TEACHER_HELP = (
+    "What timm.create_model accepts: NAME (deit3_small_patch16_224), NAME.TAG "
+    "(deit3_small_patch16_224.fb_in22k_ft_in1k), hf-hub:ORG/REPO, local-dir:/PATH (timm's config.json + weights), "
+    "or a model that --teacher-module registers. Pretrained weights come from --checkpoint, else the local "
+    "Hugging Face cache (HF_HOME; no network, also with HF_HUB_OFFLINE=1), else the hub."
+)
 
 app = typer.Typer(help="Inspect, verify and merge teacher-logit caches.", no_args_is_help=True)
 
@@ -17,9 +24,20 @@ app = typer.Typer(help="Inspect, verify and merge teacher-logit caches.", no_arg
 def precompute_teacher(
     data: Annotated[Path, typer.Option("--data", help="Dataset directory from `cdeit data prepare`.")],
     out: Annotated[Path, typer.Option("--out", help="Cache directory to create or resume.")],
-    teacher: Annotated[str, typer.Option(help="Any timm model name.")] = DEFAULT_TEACHER,
+    teacher: Annotated[str, typer.Option(help=TEACHER_HELP)] = DEFAULT_TEACHER,
+    teacher_module: Annotated[
+        str | None,
+        typer.Option(
+            help="FILE.py or package.module imported before --teacher is looked up, so a model your code registers "
+            "with timm's @register_model can be the teacher (its pretrained_cfg sets size, mean, std, interpolation)."
+        ),
+    ] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Teacher weights: .safetensors, or .pth loaded with weights_only=True.")
+        Path | None,
+        typer.Option(
+            help="Teacher weights for a NAME: .safetensors, or .pth read with weights_only=True (never pickles); "
+            "loaded by timm, whose checkpoint filter maps official layouts (e.g. facebookresearch DeiT-III)."
+        ),
     ] = None,
     random_weights: Annotated[
         bool, typer.Option("--random-weights", help="Untrained teacher (benchmarks, tests).")
@@ -70,7 +88,8 @@ def precompute_teacher(
 
     run(
         PrecomputeConfig(
-            data=data, out=out, teacher=teacher, checkpoint=checkpoint, random_weights=random_weights, head=head,
+            data=data, out=out, teacher=teacher, teacher_module=teacher_module, checkpoint=checkpoint,
+            random_weights=random_weights, head=head,
             batch_size=batch_size, shard_size=shard_size, store_features=store_features, shard_index=shard_index,
             num_shards=num_shards, device=device, seed=seed, workers=workers, head_epochs=head_epochs, head_lr=head_lr,
             head_standardize=head_standardize,
@@ -97,6 +116,11 @@ def info_lines(m: dict[str, Any]) -> list[str]:
     p, head, shards = m["provenance"], m.get("head") or {}, m["shards"]
     rows = [
         ("teacher", f"{p.get('teacher')} ({p.get('weights_source')})"),
+        *(
+            [("teacher module", f"{p['teacher_module']} ({p.get('teacher_module_sha256')})")]
+            if p.get("teacher_module")
+            else []
+        ),
         ("random weights", "YES: logits of an untrained teacher" if p.get("random_weights") else "no"),
         ("weights hash", p.get("weights_hash")),
         (

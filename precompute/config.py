@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdeit.common.dataset import SPLITS
-from cdeit.precompute.teacher import DEFAULT_TEACHER
+from cdeit.common.hub import DEFAULT_TEACHER
 
 
 @dataclass
@@ -15,7 +15,8 @@ class PrecomputeConfig:
 
     data: Path
     out: Path
-    teacher: str = DEFAULT_TEACHER
+    teacher: str = DEFAULT_TEACHER  # anything timm.create_model accepts (name, name.tag, hf-hub:, local-dir:)
+    teacher_module: str | None = None  # FILE.py or package.module imported first: its @register_model teachers
     checkpoint: Path | None = None
     random_weights: bool = False
     head: str | None = None  # None: fit on the train features (paper 4.1); "none": the teacher's own; else a file

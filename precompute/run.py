@@ -100,6 +100,8 @@ class Run:
             view=self.cfg.view,
             token_targets=self.extras,
             teacher_grid=self.teacher_grid if self.extras else (),
+            teacher_module=t.module.name if t.module else None,
+            teacher_module_sha256=t.module.sha256 if t.module else None,
         )
 
     def shard_attrs(
@@ -159,7 +161,7 @@ def prepare_run(cfg: PrecomputeConfig) -> Run:
     env = dist_env()
     device = resolve_device(cfg.device, env.local_rank)
     batch = resolve_batch_size(cfg, device)
-    teacher = build_teacher(cfg.teacher, cfg.checkpoint, cfg.random_weights, cfg.seed)
+    teacher = build_teacher(cfg.teacher, cfg.checkpoint, cfg.random_weights, cfg.seed, cfg.teacher_module)
     if {"patches", "attention"} & set(cfg.targets):
         from cdeit.common.tokens import check_vit
 

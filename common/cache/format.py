@@ -40,7 +40,8 @@ IDENTITY_KEYS = (
     "corruptions",
 )
 LOGIT_IDENTITY_KEYS = (*IDENTITY_KEYS, "head_hash", "store_features")
-INFO_KEYS = ("weights_source", "device_type", "resize", "tool_version")  # provenance that may differ per shard
+# provenance that may differ per shard; teacher_module(_sha256): the user code of a --teacher-module teacher
+INFO_KEYS = ("weights_source", "device_type", "resize", "tool_version", "teacher_module", "teacher_module_sha256")
 # Written only by caches that differ from the paper's (a clean view or per-patch targets): a shard without them is a
 # same-view shard with logits (and its pre-logit `features` when store_features), as every cache before them.
 VIEW_KEYS = ("view", "token_targets", "target_grid", "teacher_grid")
@@ -127,12 +128,15 @@ def provenance(
     view: str = "same",
     token_targets: Sequence[str] = (),
     teacher_grid: Sequence[int] = (),
+    teacher_module: str | None = None,
+    teacher_module_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The attributes every shard of one run shares (IDENTITY_KEYS), its informational keys and, only for a cache
     that differs from the paper's (a clean view or per-patch targets), the VIEW_KEYS.
 
     `preprocessing` holds input_size, interpolation, mean, std and resize (precompute.preprocess); `teacher_grid`
-    is the teacher's patch grid, which per-patch targets are pooled from onto the students' TARGET_GRID.
+    is the teacher's patch grid, which per-patch targets are pooled from onto the students' TARGET_GRID;
+    `teacher_module` and its file's sha256 are written only for a teacher of the user's own code (--teacher-module).
     """
     from cdeit.common import __version__
 
@@ -149,6 +153,8 @@ def provenance(
         "device_type": device_type,
         "tool_version": __version__,
     }
+    if teacher_module is not None:
+        values |= {"teacher_module": teacher_module, "teacher_module_sha256": teacher_module_sha256}
     if view != "same" or token_targets:  # the paper's cache (same view, logits [+ features]) carries none of these
         values |= {"view": view, "token_targets": list(token_targets)}
     if token_targets:

@@ -47,14 +47,14 @@ def test_pth_holding_a_pickled_object_is_refused(weights: dict[str, torch.Tensor
 def test_checkpoint_with_wrong_keys_is_refused_naming_them(weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
     state = dict(weights)
     state["blocks.0.norm_1.weight"] = state.pop("blocks.0.norm1.weight")
-    state["pos_embed"] = torch.zeros(1, 5, 64)
+    state["blocks.1.mlp.fc1.weight"] = torch.zeros(7, 64)  # (timm's filter would resample a pos_embed instead)
     save_file(state, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CdeitError) as err:
         build_teacher("test_vit", tmp_path / "bad.safetensors")
     message = str(err.value)
     assert "bad.safetensors does not fit test_vit" in message
     assert "missing keys blocks.0.norm1.weight" in message and "unexpected keys blocks.0.norm_1.weight" in message
-    assert "shape mismatches pos_embed (1, 5, 64) vs (1, 101, 64)" in message
+    assert "shape mismatches blocks.1.mlp.fc1.weight (7, 64) vs (192, 64)" in message
 
 
 def test_long_key_lists_are_truncated(weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
