@@ -3,6 +3,8 @@
 Procedural 10-class images (no download) -> 11-type dataset with cdeit's own corruptions -> DeiT-III Small
 teacher cached once -> ViT baseline, DeiT (hard) and CdeiT (hard, strategy 2) trained from the cache ->
 evaluated against the baseline -> one comparison table. Every stage reuses what a previous run finished.
+The teacher's weights: `--checkpoint FILE`, else the local Hugging Face cache (found without network), else the
+hub if it answers, else random weights, said loudly.
 
 The demo runs the very command lines a user would type (through the root app, in this process), so it
 imports no stage and shows the workflow of the README one command at a time.
@@ -19,6 +21,7 @@ import typer
 from cdeit.common.console import console, friendly_errors
 from cdeit.common.console import out as stdout
 from cdeit.common.errors import CdeitError
+from cdeit.common.hub import DEFAULT_TEACHER, timm_weights_in_cache
 
 SIZES = "10,3,3"  # images per class per type: 1,100 / 330 / 330
 STUDENTS = (  # (run name, student, distillation): the paper's three models
@@ -54,7 +57,10 @@ def _stage(title: str) -> None:
     console.rule(f"[bold]{title}")
 
 
-def run_demo(out: Path, epochs: int, device: str, teacher: str | None, sizes: str, model_kwargs: str) -> Path:
+def run_demo(
+    out: Path, epochs: int, device: str, teacher: str | None, sizes: str, model_kwargs: str,
+    checkpoint: Path | None = None,
+) -> Path:  # fmt: skip
     """Run (or finish) every stage in `out`; returns the comparison table (Markdown)."""
     from cdeit.common.dataset import load_manifest
 
@@ -71,7 +77,7 @@ def run_demo(out: Path, epochs: int, device: str, teacher: str | None, sizes: st
     console.print(f"{data}: " + ", ".join(f"{k} {v['count']:,}" for k, v in load_manifest(data)["splits"].items()))
 
     _stage(f"3/5 teacher: {teacher or 'DeiT-III Small'} at its input size, run once, head fitted on its features")
-    _teacher(data, cache, teacher, device)
+    _teacher(data, cache, teacher, device, checkpoint)
 
     _stage(f"4/5 students: ViT, DeiT (hard), CdeiT (hard, strategy 2), {epochs} epochs each, teacher never runs")
     for name, student, distill in STUDENTS:
@@ -86,14 +92,26 @@ def run_demo(out: Path, epochs: int, device: str, teacher: str | None, sizes: st
     return out / "compare.md"
 
 
-def _teacher(data: Path, cache: Path, teacher: str | None, device: str) -> None:
+def pretrained_available(teacher: str | None, checkpoint: Path | None) -> bool:
+    """Whether the teacher can have real weights: a checkpoint, the local HF cache (no network), or the hub."""
+    if checkpoint is not None:
+        return True
+    name = teacher or DEFAULT_TEACHER
+    cached = timm_weights_in_cache(name)
+    if cached is not None:
+        console.print(f"The weights of {name} are in the local Hugging Face cache ({cached}); the demo uses them.")
+        return True
+    return hub_reachable()
+
+
+def _teacher(data: Path, cache: Path, teacher: str | None, device: str, checkpoint: Path | None = None) -> None:
     from cdeit.common.cache import read_cache_manifest
 
     previous = read_cache_manifest(cache) if (cache / "manifest.json").is_file() else None
     if previous and previous.get("complete"):
         console.print(f"{cache} is complete; reusing it.")
         return
-    random = previous["provenance"]["random_weights"] if previous else not hub_reachable()
+    random = previous["provenance"]["random_weights"] if previous else not pretrained_available(teacher, checkpoint)
     if random and not previous:
         console.print(
             "[bold yellow]The timm hub cannot be reached, so the demo's teacher has RANDOM weights: its features "
@@ -103,8 +121,9 @@ def _teacher(data: Path, cache: Path, teacher: str | None, device: str) -> None:
     # random features are near-constant (DeiT-III's LayerScale starts at 1e-6): only a head fitted on
     # z-scored features with a larger step finds what little they hold; pretrained ones get the paper's fit
     head = ("--random-weights", "--head-lr", "1e-2", "--head-standardize") if random else ()
+    weights = ("--checkpoint", str(checkpoint)) if checkpoint is not None and not random else ()
     _run("precompute-teacher", "--data", str(data), "--out", str(cache), *(("--teacher", teacher) if teacher else ()),
-         *head, "--batch-size", "64", "--shard-size", "512", "--device", device, "--head-epochs", "300",
+         *weights, *head, "--batch-size", "64", "--shard-size", "512", "--device", device, "--head-epochs", "300",
          "--workers", "2")  # fmt: skip
 
 
@@ -127,13 +146,20 @@ def demo(
     teacher: Annotated[
         str | None, typer.Option(help="timm name of the teacher (default: precompute-teacher's, DeiT-III Small).")
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="The teacher's weights as a file (.safetensors or weights-only .pth), e.g. on a node "
+            "without internet; passed to precompute-teacher --checkpoint."
+        ),
+    ] = None,
     per_class_per_type: Annotated[str, typer.Option(help="Dataset size TRAIN,VAL,TEST per class per type.")] = SIZES,
     model_kwargs: Annotated[str, typer.Option(help="Student arguments as JSON, e.g. '{\"depth\": 6}'.")] = "{}",
 ) -> None:
     """Run the whole pipeline on procedural images that need no download; rerunning reuses finished stages."""
     if epochs < 1:
         raise CdeitError(f"--epochs must be at least 1, not {epochs}.")
-    table = run_demo(out, epochs, device, teacher, per_class_per_type, model_kwargs)
+    table = run_demo(out, epochs, device, teacher, per_class_per_type, model_kwargs, checkpoint)
     stdout.print(f"comparison: {table} ({table.with_suffix('.csv')}), plot: {table.with_suffix('.png')}")
     for name, _, _ in STUDENTS:
         stdout.print(f"report: {out / 'runs' / name / 'eval' / 'report.md'}")

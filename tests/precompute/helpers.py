@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdeit.precompute.config import PrecomputeConfig
+
+if TYPE_CHECKING:
+    import torch
 
 # 220/110/110 images in shards of 64 (two batches of 32): 4 + 2 + 2 shards, the last of each split ragged.
 OPTIONS: dict[str, Any] = dict(
@@ -21,3 +24,17 @@ CLI_ARGS = [
 def config(data: Path, out: Path, **over: Any) -> PrecomputeConfig:
     """The reference run's options for another output directory, with `over` changed."""
     return dataclasses.replace(PrecomputeConfig(data=data, out=out, **OPTIONS), **over)
+
+
+SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"  # a commit hash, as the hub names snapshots
+
+
+def fake_hf_cache(root: Path, repo: str, model: torch.nn.Module) -> Path:
+    """A Hugging Face hub cache holding `repo` at one snapshot: config.json + model.safetensors (timm's export)."""
+    import timm.models
+
+    folder = root / f"models--{repo.replace('/', '--')}"
+    timm.models.save_for_hf(model, str(folder / "snapshots" / SNAPSHOT), safe_serialization=True)
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(SNAPSHOT)
+    return folder / "snapshots" / SNAPSHOT

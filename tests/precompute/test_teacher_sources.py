@@ -22,19 +22,10 @@ from cdeit.common.errors import CdeitError
 from cdeit.common.hub import timm_weights_in_cache
 from cdeit.precompute.preprocess import DeviceResize
 from cdeit.precompute.teacher import build_teacher, import_teacher_module, own_head
+from tests.precompute.helpers import fake_hf_cache
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cifar_resnet.py"
-SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"  # a commit hash, as the hub writes them
-
-
-def fake_hf_cache(root: Path, repo: str, model: torch.nn.Module) -> Path:
-    """A Hugging Face hub cache holding `repo` at one snapshot: config.json + model.safetensors (timm's export)."""
-    folder = root / f"models--{repo.replace('/', '--')}"
-    timm.models.save_for_hf(model, str(folder / "snapshots" / SNAPSHOT), safe_serialization=True)
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(SNAPSHOT)
-    return folder / "snapshots" / SNAPSHOT
 
 
 @pytest.fixture
