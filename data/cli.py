@@ -45,6 +45,13 @@ def prepare_command(
     ] = "grouped",
     types: Annotated[str, typer.Option(help="Comma-separated image types to include (default: all eleven).")] = "",
     seed: Annotated[int, typer.Option(help="Seed for the split draw and the generated corruptions.")] = 0,
+    sources: Annotated[
+        str,
+        typer.Option(
+            help="Which CIFAR-10 photographs may be sources: all (train + test pooled), train, or test (e.g. for a "
+            "teacher trained on CIFAR-10 train, which must not see its own training photographs)."
+        ),
+    ] = "all",
     workers: Annotated[int, typer.Option(help="Processes for corruption generation and packing.")] = 2,
 ) -> None:
     """Build train/val/test .beton files with label, corruption, severity, index and source fields."""
@@ -67,6 +74,7 @@ def prepare_command(
         split=split,  # type: ignore[arg-type]
         types=tuple(t.strip() for t in types.split(",") if t.strip()) or CORRUPTIONS,
         seed=seed,
+        sources=sources,  # type: ignore[arg-type]
         workers=max(1, workers),
     )
     manifest = prepare(cfg)

@@ -37,7 +37,11 @@ class PrepareConfig:
     split: Literal["grouped", "paper"] = "grouped"
     types: tuple[str, ...] = CORRUPTIONS
     seed: int = 0
+    sources: Literal["all", "train", "test"] = "all"  # which CIFAR-10 photographs may be sources (docs/data.md)
     workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+
+
+SOURCE_POOLS = ("all", "train", "test")  # all: CIFAR-10 train + test photographs pooled (the default)
 
 
 @dataclass
@@ -101,7 +105,8 @@ def make_plan(cfg: PrepareConfig, c10: Cifar10, types: tuple[str, ...]) -> dict[
         pool_train = pool_all[pool_all < n_train]
         pool_test = pool_all[pool_all >= n_train]
         if cfg.generate:
-            _plan_generated(cfg, rows, rng, y, pool_all, sources, codes, sizes)
+            pool = {"all": pool_all, "train": pool_train, "test": pool_test}[cfg.sources]
+            _plan_generated(cfg, rows, rng, y, pool, sources, codes, sizes)
         else:
             _plan_cifar10c(cfg, rows, rng, y, pool_train, pool_test, sources, n_train, codes, sizes)
     plans = {}
@@ -144,6 +149,9 @@ def _plan_generated(cfg, rows, rng, y, pool, sources, codes, sizes) -> None:  # 
 def _plan_cifar10c(cfg, rows, rng, y, pool_train, pool_test, sources, n_train, codes, sizes) -> None:  # noqa: ANN001
     bounds = np.cumsum((0, *sizes))
     n_test = len(sources) - n_train
+    if cfg.sources == "test":  # clean images too from the test photographs: each split's own (grouped)
+        _plan_cifar10c_test_only(cfg, rows, rng, y, pool_test, sources, n_train, codes, sizes)
+        return
     if 0 in codes:  # clean images come from CIFAR-10 train, which CIFAR-10-C never uses
         _need(len(pool_train), sum(sizes), "clean CIFAR-10 train images")
         perm = rng.permutation(pool_train)
@@ -174,6 +182,42 @@ def _plan_cifar10c(cfg, rows, rng, y, pool_train, pool_test, sources, n_train, c
             for s in range(3):
                 sel = pick[bounds[s] : bounds[s + 1]]
                 _add_c10c(rows, s, t, y, cand_pooled[sel], cand_sev[sel], sources, n_train, n_test)
+
+
+def _plan_cifar10c_test_only(cfg, rows, rng, y, pool_test, sources, n_train, codes, sizes) -> None:  # noqa: ANN001
+    """CIFAR-10-C with every source a test photograph: a split's clean images are photographs of its own."""
+    n_test = len(sources) - n_train
+    corrupt_codes = [t for t in codes if t != 0]
+    bounds = np.cumsum((0, *sizes))
+    if cfg.split != "grouped":  # paper: independent draws, clean ones from the test photographs as well
+        if 0 in codes:
+            _need(len(pool_test), sum(sizes), "clean CIFAR-10 test photographs (--sources test)")
+            perm = rng.permutation(pool_test)
+            for s in range(3):
+                chosen = perm[bounds[s] : bounds[s + 1]]
+                _plan_rows(rows, s, 0, y, sources[chosen], chosen, np.zeros(len(chosen), np.int64))
+        cand_pooled, cand_sev = np.repeat(pool_test, SEVERITIES), np.tile(np.arange(1, SEVERITIES + 1), len(pool_test))
+        for t in corrupt_codes:
+            _need(len(cand_pooled), sum(sizes), "CIFAR-10-C images per corruption")
+            pick = rng.permutation(len(cand_pooled))[: sum(sizes)]
+            for s in range(3):
+                sel = pick[bounds[s] : bounds[s + 1]]
+                _add_c10c(rows, s, t, y, cand_pooled[sel], cand_sev[sel], sources, n_train, n_test)
+        return
+    per_split = [max(n if 0 in codes else 0, math.ceil(n / SEVERITIES) if corrupt_codes else 0) for n in sizes]
+    _need(len(pool_test), sum(per_split), "CIFAR-10 test photographs (--sources test, grouped split)")
+    perm = rng.permutation(pool_test)
+    pb = np.cumsum((0, *per_split))
+    for s in range(3):
+        photos = perm[pb[s] : pb[s + 1]]
+        if 0 in codes:
+            chosen = rng.permutation(photos)[: sizes[s]]
+            _plan_rows(rows, s, 0, y, sources[chosen], chosen, np.zeros(len(chosen), np.int64))
+        cand_pooled = np.repeat(photos, SEVERITIES)
+        cand_sev = np.tile(np.arange(1, SEVERITIES + 1), len(photos))
+        for t in corrupt_codes:
+            pick = rng.permutation(len(cand_pooled))[: sizes[s]]
+            _add_c10c(rows, s, t, y, cand_pooled[pick], cand_sev[pick], sources, n_train, n_test)
 
 
 def _add_c10c(rows, s, t, y, pooled, sev, sources, n_train, n_test) -> None:  # noqa: ANN001
@@ -264,7 +308,7 @@ def source_images(plans: dict[str, Plan], c10: Cifar10) -> dict[str, np.ndarray]
 
 def recipe(cfg: PrepareConfig, types: tuple[str, ...], inputs: dict[str, Any]) -> dict[str, Any]:
     """What defines the dataset: equal recipes give identical datasets (the workers count does not matter)."""
-    return {
+    wanted = {
         "split_policy": cfg.split,
         "seed": cfg.seed,
         "corruption_source": "generate" if cfg.generate else "cifar10c",
@@ -272,6 +316,7 @@ def recipe(cfg: PrepareConfig, types: tuple[str, ...], inputs: dict[str, Any]) -
         "types": list(types),
         "inputs": inputs,
     }
+    return wanted | ({"source_pool": cfg.sources} if cfg.sources != "all" else {})  # absent: train + test pooled
 
 
 def _check_out(out: Path, wanted: dict[str, Any]) -> bool:
@@ -299,6 +344,10 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Build the dataset of `cfg`; returns its manifest. Every check runs before anything is written."""
     if cfg.generate == (cfg.cifar10c is not None):
         raise CdeitError("give exactly one of --cifar10c DIR or --corruptions generate.")
+    if cfg.sources not in SOURCE_POOLS:
+        raise CdeitError(f"--sources {cfg.sources!r} is unknown; choose {', '.join(SOURCE_POOLS)}.")
+    if cfg.sources == "train" and not cfg.generate:
+        raise CdeitError("--sources train needs --corruptions generate: CIFAR-10-C corrupts only test photographs.")
     if any(n < 0 for n in cfg.per_class_per_type) or cfg.per_class_per_type[0] == 0:
         raise CdeitError(f"--per-class-per-type {cfg.per_class_per_type} must be non-negative with train > 0.")
     types = check_types(cfg.types)

@@ -223,3 +223,50 @@ def test_sources_beton_holds_one_clean_image_per_source(raw: Path, c10c_grouped:
         s = src["source"][k]
         clean = c.test_images[s - 50_000] if s >= 50_000 else c.train_images[s]
         assert np.array_equal(src["image"][k], clean)
+
+
+@pytest.mark.parametrize("pool", ["test", "train"])
+def test_generated_sources_restricted_to_one_pool(raw: Path, tmp_path: Path, pool: str) -> None:
+    cfg = PrepareConfig(cifar10=raw, generate=True, out=tmp_path / pool, per_class_per_type=(8, 2, 2), types=GEN_TYPES,
+                        sources=pool, workers=1)  # fmt: skip
+    m = prepare(cfg)
+    assert m["source_pool"] == pool
+    for split, n in zip(("train", "val", "test"), (8, 2, 2), strict=True):
+        a = read_split(tmp_path / pool / f"{split}.beton", fields=("source", "corruption"))
+        assert ((a["source"] >= 50_000) if pool == "test" else (a["source"] < 50_000)).all()
+        assert m["splits"][split]["count"] == n * 10 * len(GEN_TYPES)
+    assert all(p["shared_sources"] == 0 for p in audit(tmp_path / pool)["pairs"])
+    default = _generated(raw, tmp_path / "all", workers=1)
+    assert "source_pool" not in default  # the default recipe is unchanged, so existing datasets stay reusable
+    with pytest.raises(CdeitError, match="already holds a different dataset"):
+        prepare(PrepareConfig(cifar10=raw, generate=True, out=tmp_path / "all", per_class_per_type=(8, 2, 2),
+                              types=GEN_TYPES, sources=pool, workers=1))  # fmt: skip
+
+
+@pytest.mark.parametrize("split", ["grouped", "paper"])
+def test_cifar10c_with_test_sources_takes_clean_images_from_test_too(raw: Path, tmp_path: Path, split: str) -> None:
+    out = tmp_path / split
+    types = ("clean", "fog", "jpeg_compression")
+    m = prepare(PrepareConfig(cifar10=raw, cifar10c=raw, out=out, per_class_per_type=(10, 5, 5), types=types,
+                              split=split, sources="test", workers=1))  # fmt: skip
+    by_split = {}
+    for name, n in zip(("train", "val", "test"), (10, 5, 5), strict=True):
+        a = read_split(out / f"{name}.beton", fields=("source", "corruption"))
+        assert (a["source"] >= 50_000).all() and m["splits"][name]["count"] == n * 10 * len(types)
+        by_split[name] = a
+    if split == "grouped":  # a split's clean photographs are among its own corrupted ones' sources
+        assert all(p["shared_sources"] == 0 for p in audit(out)["pairs"])
+        for a in by_split.values():
+            assert set(a["source"][a["corruption"] == 0]) <= set(a["source"])
+
+
+def test_source_pool_refusals(raw: Path, tmp_path: Path) -> None:
+    with pytest.raises(CdeitError, match=r"asks for 21 .*per class but the source holds 20.*"):
+        prepare(PrepareConfig(cifar10=raw, generate=True, out=tmp_path / "a", per_class_per_type=(11, 5, 5),
+                              types=GEN_TYPES, sources="test"))  # fmt: skip
+    with pytest.raises(CdeitError, match="--sources train needs --corruptions generate"):
+        prepare(PrepareConfig(cifar10=raw, cifar10c=raw, out=tmp_path / "b", per_class_per_type=SIZES, sources="train"))
+    result = CliRunner().invoke(app, ["data", "prepare", "--cifar10", str(raw), "--corruptions", "generate",
+                                      "--out", str(tmp_path / "c"), "--sources", "val"])  # fmt: skip
+    assert result.exit_code == 2 and "--sources 'val' is unknown; choose all, train, test" in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
