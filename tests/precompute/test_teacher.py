@@ -87,6 +87,9 @@ def test_random_weights_are_seeded() -> None:
 
 
 def test_refusals_are_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached: the hub is tried
     with pytest.raises(CdeitError, match="timm has no model named 'no_such_vit'"):
         build_teacher("no_such_vit")
     with pytest.raises(CdeitError, match="exclude each other"):
