@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -405,25 +406,39 @@ def child(name: str, spec: dict[str, Any]) -> int:
     result_path = Path(spec["result"])
     try:
         result = STAGE_FUNCTIONS[name](spec)
-    except StageError as exc:
-        print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
-        write_atomic(result_path, json.dumps({"error": str(exc)}))
+    except Exception as exc:  # one line for the results; the traceback of an unexpected one goes to the log
+        from cdeit.common.errors import CdeitError
+
+        if not isinstance(exc, StageError | CdeitError):
+            traceback.print_exc()
+        line = str(exc) if isinstance(exc, StageError | CdeitError) else f"{type(exc).__name__}: {exc}"
+        print(f"{name} failed: {line}", file=sys.stderr, flush=True)
+        write_atomic(result_path, json.dumps({"error": line}))
         return 3
     write_atomic(result_path, json.dumps({"result": result}, default=str))
     return 0
 
 
-def cdeit(argv: list[str]) -> float:
-    """Run one `cdeit ...` command line in this process; returns its wall seconds, raises on a non-zero status."""
+def cdeit(argv: list[str]) -> tuple[float, str]:
+    """Run one `cdeit ...` command line in this process: (wall seconds, its standard output).
+
+    Its output still goes to the stage's log; a non-zero status raises with the command's own error sentence.
+    """
+    import contextlib
+
     from cdeit.common.cli import run_command
 
     print(f"$ cdeit {' '.join(argv)}", flush=True)
+    out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
-    status = run_command(argv)
-    sys.stdout.flush()
+    with contextlib.redirect_stdout(Tee(out, sys.stdout)), contextlib.redirect_stderr(Tee(err, sys.stderr)):
+        status = run_command(argv)
+    seconds = time.perf_counter() - start
     if status != 0:
-        raise StageError(f"`cdeit {' '.join(argv[:2])} ...` exited with status {status} (gpu-check.log has its output)")
-    return time.perf_counter() - start
+        said = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
+        why = said[-1] if said else "gpu-check.log has its output"
+        raise StageError(f"`cdeit {' '.join(argv[:2])} ...` exited with status {status}: {why}")
+    return seconds, out.getvalue()
 
 
 def stage_selfcheck(spec: dict[str, Any]) -> dict[str, Any]:
@@ -453,10 +468,11 @@ def stage_selfcheck(spec: dict[str, Any]) -> dict[str, Any]:
 def stage_data(spec: dict[str, Any]) -> dict[str, Any]:
     s, cores = spec["settings"], os.cpu_count() or 1
     existed = Path(spec["data"], "manifest.json").is_file()  # then prepare checks its recipe and reuses it
-    synth = cdeit(["data", "synth", "--to", spec["cifar"], "--train-per-class", str(s["synth"][0]),
-                   "--test-per-class", str(s["synth"][1])])  # fmt: skip
-    prepare = cdeit(["data", "prepare", "--cifar10", spec["cifar"], "--corruptions", "generate", "--out", spec["data"],
-                     "--per-class-per-type", s["per_class_per_type"], "--workers", str(cores)])  # fmt: skip
+    synth, _ = cdeit(["data", "synth", "--to", spec["cifar"], "--train-per-class", str(s["synth"][0]),
+                      "--test-per-class", str(s["synth"][1])])  # fmt: skip
+    prepare, _ = cdeit(["data", "prepare", "--cifar10", spec["cifar"], "--corruptions", "generate",
+                        "--out", spec["data"], "--per-class-per-type", s["per_class_per_type"],
+                        "--workers", str(cores)])  # fmt: skip
     manifest = json.loads(Path(spec["data"], "manifest.json").read_text())
     splits = manifest["splits"]
     return {
@@ -471,8 +487,6 @@ PRECOMPUTE_LINE = re.compile(r"([\d,]+) images in ([\d.]+) s \(([\d,.]+) images/
 
 def stage_precompute(spec: dict[str, Any]) -> dict[str, Any]:
     """`cdeit precompute-teacher` over every split; pass-1 figures parsed from its summary line."""
-    import contextlib
-    import io
     import shutil
 
     s = spec["settings"]
@@ -481,10 +495,8 @@ def stage_precompute(spec: dict[str, Any]) -> dict[str, Any]:
             "--random-weights", "--device", spec["device"], "--head-epochs", str(s["head_epochs"])]  # fmt: skip
     if s["precompute_batch"]:
         argv += ["--batch-size", str(s["precompute_batch"])]
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(Tee(buffer, sys.stdout)):
-        wall = cdeit(argv)
-    match = PRECOMPUTE_LINE.search(buffer.getvalue())
+    wall, output = cdeit(argv)
+    match = PRECOMPUTE_LINE.search(output)
     if not match:
         raise StageError("precompute-teacher printed no summary line ('N images in X s (R images/s) ... total T s')")
     images, seconds, rate, total = match.groups()
@@ -541,7 +553,7 @@ def stage_recipe(spec: dict[str, Any]) -> dict[str, Any]:
             "--workers", str(os.cpu_count() or 2), "--compile" if s["compile"] else "--no-compile"]  # fmt: skip
     if s["model_kwargs"]:
         argv += ["--model-kwargs", json.dumps(s["model_kwargs"])]
-    wall = cdeit(argv)
+    wall, _ = cdeit(argv)
     summary = json.loads((run / "summary.json").read_text())
     fifteen = wall if plan["epochs"] == PAPER_EPOCHS else summary["train_seconds"] / plan["epochs"] * PAPER_EPOCHS
     return {
