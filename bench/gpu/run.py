@@ -205,6 +205,8 @@ def run_stage(check: Check, name: str, wanted: list[str]) -> None:
     else:
         if name == "recipe":
             check.spec["recipe"] = plan_recipe(check, limit)
+        entry["status"] = "running"  # what the results say if the whole call is stopped during this stage
+        write_results(check)
         entry |= spawn(check, name, limit)
     found = entry.get("error") or summary_line(name, entry.get("result") or {})
     say(f"{name}: {entry['status']} in {entry.get('seconds', 0):.1f} s (limit {entry['limit_s']:.0f} s): {found}")
