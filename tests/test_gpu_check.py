@@ -21,11 +21,13 @@ SCRIPT = GPU / "run.py"
 
 @pytest.fixture(scope="module")
 def check_module():  # noqa: ANN201
-    sys.path.insert(0, str(GPU))
+    sys.path.insert(0, str(GPU))  # run.py imports selfcheck.py from beside it, as when it runs as a script
     try:
         yield importlib.import_module("run")
     finally:
         sys.path.remove(str(GPU))
+        for name in ("run", "selfcheck"):  # generic names: leave no trace for other tests
+            sys.modules.pop(name, None)
 
 
 def run_check(tmp_path: Path, *args: str, timeout: float = 280) -> tuple[int, dict, str]:
