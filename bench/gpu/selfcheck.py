@@ -82,9 +82,10 @@ def ffcv_libraries() -> dict[str, Any]:
 
 
 def _digest(folder: Path) -> str:
+    """sha256 over the package's Python files, subpackages included: a module the install lacks changes it."""
     h = hashlib.sha256()
-    for path in sorted(folder.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
