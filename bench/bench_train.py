@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `cdeit` command line sets it (common/cli.py)
@@ -105,6 +106,75 @@ def loader_seconds_per_batch(trainer: Trainer, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def build_trainers(
+    data: str,
+    batch_size: int,
+    device: str = "auto",
+    compile: bool = False,
+    workers: int | None = None,
+    out: Path | None = None,
+    **config: Any,
+) -> dict[str, Trainer]:
+    """(a) cached, (b) online teacher, (c) no distillation: one Trainer each on the same data, batch and device.
+
+    `config` holds further TrainConfig fields for all three (e.g. model_kwargs for a tiny dry run).
+    """
+    out = out or Path(tempfile.mkdtemp(prefix="bench-train-"))
+    common = dict(data=data, batch_size=batch_size, device=device, epochs=1, workers=workers or os.cpu_count() or 2,
+                  compile=compile, **config)  # fmt: skip
+    manifest = load_manifest(data)
+    n, classes = manifest["splits"]["train"]["count"], len(manifest["classes"])
+    dev = resolve_device(device)
+    autocast = dev.type == "cuda"  # the Trainer's bf16 autocast on CUDA (TrainConfig's default precision)
+    teachers: dict[str, TeacherSource] = {
+        "a_cached": cached_table(n, classes, dev),
+        "b_online": OnlineTeacher(TEACHER, classes, dev, autocast),
+    }
+    hard = dict(student="deit", distill="hard", **common)
+    runs = {
+        "a_cached": TrainConfig(teacher_cache="(in memory)", out=str(out / "a"), **hard),
+        "b_online": TrainConfig(teacher_cache="(online)", out=str(out / "b"), **hard),
+        "c_none": TrainConfig(student="deit", distill="none", out=str(out / "c"), **common),
+    }
+    return {name: Trainer(cfg, teacher=teachers.get(name)) for name, cfg in runs.items()}
+
+
+def benchmark(trainers: dict[str, Trainer], steps: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """Median images/s of each trainer over interleaved repeats, the ratios, and the loader's share of a step."""
+    rates: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(repeats):  # interleaved, so drift of a noisy machine hits all three alike
+        for name, trainer in trainers.items():
+            rates[name].append(measure(trainer, steps, warmup))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    a = trainers["a_cached"]
+    load = loader_seconds_per_batch(a, steps)
+    step = a.cfg.batch_size / med["a_cached"]
+    dev = a.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    import timm
+
+    return {
+        "device": str(dev), "device_name": name, "torch": torch.__version__, "timm": timm.__version__,
+        "batch_size": a.cfg.batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,
+        "autocast_bf16": a.autocast, "compile": bool(a.cfg.compile), "threads": torch.get_num_threads(),
+        "rates": rates, "median": med, "a_over_b": med["a_cached"] / med["b_online"],
+        "a_over_c": med["a_cached"] / med["c_none"], "loader_seconds_per_batch": load, "step_seconds": step,
+        "loader_share": load / step,
+    }  # fmt: skip
+
+
+def report(r: dict[str, Any]) -> None:
+    print(
+        f"device={r['device']} ({r['device_name']}) torch={r['torch']} timm={r['timm']} batch={r['batch_size']} "
+        f"steps={r['steps']} repeats={r['repeats']} autocast_bf16={r['autocast_bf16']} threads={r['threads']}"
+    )
+    for k, runs in r["rates"].items():
+        print(f"{k:9s} median {r['median'][k]:10,.1f} images/s   runs: {', '.join(f'{x:,.1f}' for x in runs)}")
+    print(f"a/b = {r['a_over_b']:.2f}x   a/c = {r['a_over_c']:.3f}")
+    load, step = r["loader_seconds_per_batch"], r["step_seconds"]
+    print(f"loader share of a step: {r['loader_share']:.1%} ({load * 1e3:.2f} ms of {step * 1e3:.1f} ms per batch)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -115,50 +185,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true")
     args = p.parse_args()
-    out = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    common = dict(
-        data=args.data,
-        batch_size=args.batch_size,
-        device=args.device,
-        epochs=1,
-        workers=os.cpu_count() or 2,
-        compile=args.compile,
-    )
-    data = load_manifest(args.data)
-    n, classes = data["splits"]["train"]["count"], len(data["classes"])
-    device = resolve_device(args.device)
-    autocast = device.type == "cuda"  # the Trainer's bf16 autocast on CUDA (TrainConfig's default precision)
-    teachers: dict[str, TeacherSource] = {
-        "a_cached": cached_table(n, classes, device),
-        "b_online": OnlineTeacher(TEACHER, classes, device, autocast),
-    }
-    hard = dict(student="deit", distill="hard", **common)
-    runs = {
-        "a_cached": TrainConfig(teacher_cache="(in memory)", out=str(out / "a"), **hard),
-        "b_online": TrainConfig(teacher_cache="(online)", out=str(out / "b"), **hard),
-        "c_none": TrainConfig(student="deit", distill="none", out=str(out / "c"), **common),
-    }
-    trainers = {name: Trainer(cfg, teacher=teachers.get(name)) for name, cfg in runs.items()}
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):  # interleaved, so drift of a noisy machine hits all three alike
-        for name, trainer in trainers.items():
-            rates[name].append(measure(trainer, args.steps, args.warmup))
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    a = trainers["a_cached"]
-    load = loader_seconds_per_batch(a, args.steps)
-    step = args.batch_size / med["a_cached"]
-    dev = a.device
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
-    import timm
-
-    print(
-        f"device={dev} ({name}) torch={torch.__version__} timm={timm.__version__} batch={args.batch_size} "
-        f"steps={args.steps} repeats={args.repeats} autocast_bf16={a.autocast} threads={torch.get_num_threads()}"
-    )
-    for k in runs:
-        print(f"{k:9s} median {med[k]:10,.1f} images/s   runs: {', '.join(f'{r:,.1f}' for r in rates[k])}")
-    print(f"a/b = {med['a_cached'] / med['b_online']:.2f}x   a/c = {med['a_cached'] / med['c_none']:.3f}")
-    print(f"loader share of a step: {load / step:.1%} ({load * 1e3:.2f} ms of {step * 1e3:.1f} ms per batch)")
+    trainers = build_trainers(args.data, args.batch_size, args.device, args.compile)
+    report(benchmark(trainers, args.steps, args.warmup, args.repeats))
 
 
 if __name__ == "__main__":
