@@ -193,3 +193,4 @@ def register(root: typer.Typer) -> None:
     for name, fn in (("train", train), ("evaluate", evaluate), ("compare", compare), ("predict", predict),
                      ("export", export)):  # fmt: skip
         root.command(name)(fn)
+    __import__("cdeit.train.study_cli", fromlist=["register"]).register(root)  # cdeit sweep (train/study_cli.py)

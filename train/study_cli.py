@@ -1,0 +1,79 @@
+"""`cdeit sweep`: the study command, registered by train/cli.py's `register`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cdeit.common.console import friendly_errors
+
+
+def parse_set(items: list[str]) -> dict:
+    """`--set epochs=3` items to {key: value}; values are read as TOML (3, 0.5, true, "x"), else kept as text."""
+    from cdeit.common.errors import CdeitError
+    from cdeit.train.study import tomllib
+
+    values = {}
+    for item in items:
+        key, sep, text = (x.strip() for x in item.partition("="))
+        if not sep or not key:
+            raise CdeitError(f"--set {item!r} should be KEY=VALUE, e.g. --set epochs=3.")
+        try:
+            values[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = text
+    return values
+
+
+@friendly_errors
+def sweep(
+    spec: Annotated[Path | None, typer.Argument(help="Study file (TOML): [study] [shared] [axes] [[configs]].")] = None,
+    preset: Annotated[str | None, typer.Option(help="The paper's grid: table2 | table3 | table4 | fig5.")] = None,
+    data: Annotated[str | None, typer.Option(help="With --preset: dataset directory.")] = None,
+    teacher_cache: Annotated[str | None, typer.Option(help="With --preset: teacher cache directory.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Study folder (default: [study] out, else beside SPEC).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a shared option, e.g. --set epochs=3 (repeatable).")
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Trainings at once; the CPU threads are split between them.")] = 1,
+    launcher: Annotated[str, typer.Option(help="local | submitit (SLURM, from the study's [slurm] table).")] = "local",
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and the commands; run and write nothing.")] = False,
+) -> None:
+    """Run a study: every configuration x seed as an ordinary run; reruns skip finished runs, resume killed ones."""
+    from cdeit.common.console import out as stdout
+    from cdeit.common.errors import CdeitError
+    from cdeit.train.presets import preset_spec, to_toml
+    from cdeit.train.study import plan_study, read_spec, write_plan
+    from cdeit.train.sweep import describe
+    from cdeit.train.sweep import sweep as run_sweep
+
+    if preset is not None:
+        if spec is not None or not (data and teacher_cache and out):
+            raise CdeitError("--preset takes no study file and needs --data DATA --teacher-cache CACHE --out DIR.")
+        raw, file = preset_spec(preset, data, teacher_cache, str(out)), out / "study.toml"
+        text = to_toml(raw)
+    elif spec is None:
+        raise CdeitError("give a study file (see docs/studies.md) or --preset table2|table3|table4|fig5.")
+    else:
+        raw, file, text = read_spec(spec), spec, spec.read_text()
+    if set_:
+        shared = raw.setdefault("shared", {})
+        if not isinstance(shared, dict):
+            raise CdeitError(f"{file}: [shared] should be a table of options.")
+        shared.update(parse_set(set_))
+        text = to_toml(raw)
+    study = plan_study(raw, file, out)
+    if dry_run:
+        stdout.print("\n".join(describe(study)), highlight=False, markup=False)
+        return
+    write_plan(study, text)
+    tally = run_sweep(study, jobs, launcher)
+    if tally.failed:
+        raise typer.Exit(1)
+
+
+def register(root: typer.Typer) -> None:
+    """Adds `cdeit sweep` (called from train/cli.py's register)."""
+    root.command("sweep")(sweep)
