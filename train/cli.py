@@ -138,16 +138,24 @@ def evaluate(
 
 @friendly_errors
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Evaluated run directories.")],
-    out: Annotated[Path, typer.Option(help="Directory for compare.md, compare.csv and compare.png.")] = Path("."),
+    runs: Annotated[
+        list[Path], typer.Argument(help="Study folders (from `cdeit sweep`) and evaluated run directories.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for compare.md/.csv/.png (default: STUDY/compare, else .).")
+    ] = None,
     split: Annotated[str, typer.Option(help="Split whose evaluation to compare.")] = "test",
+    reference: Annotated[
+        str | None, typer.Option(help="Group to take paired differences against (default: the study's baseline).")
+    ] = None,
 ) -> None:
-    """One table in the style of the paper's Table 3, and a plot of accuracy per image type."""
+    """Groups by everything but the seed: n, mean ± std, paired differences with 95% intervals, the paper's tables."""
     from cdeit.common.console import out as stdout
-    from cdeit.train.report import write_compare
+    from cdeit.train.compare import compare as run_compare
 
-    files = write_compare(runs, out, split)
-    stdout.print(files["markdown"].read_text())
+    default = runs[0] / "compare" if len(runs) == 1 and (runs[0] / "plan.json").is_file() else Path(".")
+    files = run_compare(runs, out or default, split, reference)["files"]
+    stdout.print(files["markdown"].read_text(), markup=False)
     stdout.print(f"table: {files['markdown']} ({files['csv']}), plot: {files['plot']}")
 
 

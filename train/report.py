@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
 from typing import Any
 
 from cdeit.common.atomic import atomic_path
 from cdeit.common.dataset import CORRUPTIONS
-from cdeit.common.errors import CdeitError
 
 
 def _pct(x: float | None) -> str:
@@ -153,66 +149,3 @@ def write_report(result: dict[str, Any], path: Path, plots: list[Path]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
     return path
-
-
-# ------------------------------------------------------------------------------------------ compare
-MODEL_NAMES = {"vit": "ViT", "deit": "DeiT", "cdeit": "CdeiT"}
-COMPARE_COLUMNS = ("model", "distillation", "head strategy", "accuracy (%)", "clean accuracy (%)", "mCE (%)", "ECE",
-                   "parameters (M)", "train images/s", "wall time (s)")  # fmt: skip
-
-
-def compare_runs(runs: list[str | Path], split: str = "test") -> tuple[list[dict[str, Any]], list[list[str]]]:
-    """Each run's RUN/eval/<split>.json as one row of the paper's Table 3 style."""
-    results, rows = [], []
-    for run in runs:
-        path = Path(run) / "eval" / f"{split}.json"
-        if not path.is_file():
-            raise CdeitError(f"{path} is missing; run `cdeit evaluate {run} --split {split}` first.")
-        r = json.loads(path.read_text())
-        t = r.get("training") or {}
-        results.append(r)
-        model = f"{MODEL_NAMES.get(r['student'], r['student'])} ({Path(r['run']).name})"
-        rows.append([
-            model, r["distill"], str(r["head_strategy"] or "-"), _pct(r["accuracy"]),
-            _pct((r.get("clean") or {}).get("accuracy")), _pct(r["mce"]["mce"]) if "mce" in r else "-",
-            f"{r['ece']:.4f}", f"{t['parameters'] / 1e6:.2f}" if t.get("parameters") else "-",
-            f"{t['train_images_per_s']:,.0f}" if t.get("train_images_per_s") else "-",
-            f"{t['train_seconds']:,.0f}" if t.get("train_seconds") else "-",
-        ])  # fmt: skip
-    fingerprints = {r["fingerprint"] for r in results}
-    if len(fingerprints) > 1:
-        raise CdeitError("the runs were evaluated on different datasets; compare runs evaluated on the same data.")
-    return results, rows
-
-
-def write_compare(runs: list[str | Path], out: str | Path, split: str = "test") -> dict[str, Path]:
-    """`compare.md`, `compare.csv` and `compare.png` (accuracy per image type for every run) in `out`."""
-    import numpy as np
-
-    results, rows = compare_runs(runs, split)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    with atomic_path(out / "compare.md") as tmp:
-        tmp.write_text("\n".join(md) + "\n")
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(COMPARE_COLUMNS)
-    writer.writerows(rows)
-    with atomic_path(out / "compare.csv") as tmp:
-        tmp.write_text(buf.getvalue())
-    plt = _plt()
-    types = [c for c in CORRUPTIONS if c in results[0]["per_corruption"]]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    width = 0.8 / len(results)
-    for i, r in enumerate(results):
-        acc = [r["per_corruption"].get(c, {}).get("accuracy", 0) for c in types]
-        ax.bar(np.arange(len(types)) + (i - (len(results) - 1) / 2) * width, acc, width, label=Path(r["run"]).name)
-    ax.set_xticks(range(len(types)), types, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("top-1 accuracy")
-    ax.set_title(f"accuracy per image type ({split})", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out / "compare.png")
-    return {"markdown": out / "compare.md", "csv": out / "compare.csv", "plot": out / "compare.png"}
