@@ -26,8 +26,10 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except CdeitError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+        except CdeitError as exc:  # escaped: a sentence may name [study] tables or paths with brackets
+            from rich.markup import escape
+
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             sys.exit(2)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished files are kept, rerun the same command to resume.[/]")

@@ -126,9 +126,14 @@ def _accepts(value: Any, hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
-    text = str(hint).replace("typing.", "")
-    return {"<class 'int'>": "an integer", "<class 'float'>": "a number", "<class 'str'>": "a string",
-            "<class 'bool'>": "true or false"}.get(text, text)  # fmt: skip
+    """A field type in words: `an integer`, `one of 'vit', 'deit', 'cdeit'`, `a number`."""
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and typing.get_origin(hint) is not dict:  # X | None: TOML has no null, so only X can be written
+        return " or ".join(_type_name(a) for a in args)
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+    return words.get(hint, words.get(typing.get_origin(hint), str(hint)))
 
 
 def check_options(options: dict[str, Any], where: str, file: Path) -> dict[str, Any]:
