@@ -239,7 +239,8 @@ def _fmt_diff(metric: str, d: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ tables
-GROUP_COLUMNS = ("model", "distillation", "head strategy", "n", *[TITLES[m] for m in METRICS], "train images/s")
+GROUP_COLUMNS = ("model", "distillation", "head strategy", "n", *[TITLES[m] for m in METRICS], "parameters (M)",
+                 "train images/s", "train time (s)")  # fmt: skip
 
 
 def group_rows(groups: list[Group]) -> list[list[str]]:
@@ -247,13 +248,12 @@ def group_rows(groups: list[Group]) -> list[list[str]]:
     for g in groups:
         c = g.config
         head = c.get("head_strategy") or ("linear" if c["student"] == "cdeit" else "-")
-        rate = mean_std(
-            np.array([r.summary["train_images_per_s"] for r in g.runs if r.summary.get("train_images_per_s")])
-        )
+        summary = {k: mean_std(np.array([r.summary[k] for r in g.runs if r.summary.get(k)], dtype=float))[0]
+                   for k in ("parameters", "train_images_per_s", "train_seconds")}  # fmt: skip
         model = f"{DISPLAY_NAMES.get(c['student'], c['student'])} ({g.name})"
-        rows.append([model, c["distill"], head, str(len(g.runs)),
-                     *[_fmt(m, *mean_std(g.values(m))) for m in METRICS],
-                     f"{rate[0]:,.0f}" if rate[0] is not None else "-"])  # fmt: skip
+        timing = [f"{summary[k]:,.0f}" if summary[k] else "-" for k in ("train_images_per_s", "train_seconds")]
+        rows.append([model, c["distill"], head, str(len(g.runs)), *[_fmt(m, *mean_std(g.values(m))) for m in METRICS],
+                     f"{summary['parameters'] / 1e6:.2f}" if summary["parameters"] else "-", *timing])  # fmt: skip
     return rows
 
 

@@ -111,12 +111,18 @@ def test_compare_table_and_plot(runs: dict[str, Path], tmp_path: Path) -> None:
         CliRunner().invoke(app, ["evaluate", str(run), "--batch-size", "64", "--device", "cpu"])
     result = CliRunner().invoke(app, ["compare", str(runs["vit"]), str(runs["cdeit"]), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    table = (tmp_path / "compare.md").read_text().splitlines()
-    assert table[0].startswith("| model | distillation | head strategy | accuracy (%)") and len(table) == 4
+    table = [x for x in (tmp_path / "compare.md").read_text().splitlines() if x.startswith("|")]
+    assert table[0].startswith("| model | distillation | head strategy | n | accuracy (%)") and len(table) == 4
     assert "ViT (vit)" in table[2] and "CdeiT (cdeit)" in table[3] and "linear" in table[3]
+    assert "| 1 |" in table[2]  # a single run is a group of one, without a spread
     assert (tmp_path / "compare.csv").read_text().count("\n") == 3
     assert (tmp_path / "compare.png").read_bytes()[:8] == PNG
     missing = CliRunner().invoke(app, ["compare", str(tmp_path)])
+    assert missing.exit_code == 2 and "neither a study folder" in missing.output
+    unevaluated = tmp_path / "unevaluated"
+    unevaluated.mkdir()
+    (unevaluated / "config.json").write_text((runs["vit"] / "config.json").read_text())
+    missing = CliRunner().invoke(app, ["compare", str(unevaluated)])
     assert missing.exit_code == 2 and "run `cdeit evaluate" in missing.output
 
 
