@@ -112,8 +112,10 @@ def collect(paths: list[Path], split: str) -> tuple[list[RunResult], dict[str, A
                     info["baselines"].add(runs[-1].group)
             info["presets"].add(plan.get("preset"))
             info["planned"] |= {p.group: p for p in planned_runs(plan)}
-        elif (path / "config.json").is_file():
-            runs.append(_load_run(path, split))
+        elif (path / "config.json").is_file():  # a run of a study keeps its configuration's name
+            plan = path.parent.parent / PLAN
+            group = {p.name: p.group for p in planned_runs(read_plan(plan.parent))} if plan.is_file() else {}
+            runs.append(_load_run(path, split, group.get(path.name)))
         else:
             raise CdeitError(f"{path} is neither a study folder (plan.json) nor a run directory (config.json).")
     if not runs:

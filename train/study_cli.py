@@ -29,16 +29,20 @@ def parse_set(items: list[str]) -> dict:
 
 @friendly_errors
 def sweep(
-    spec: Annotated[Path | None, typer.Argument(help="Study file (TOML): [study] [shared] [axes] [[configs]].")] = None,
+    spec: Annotated[Path | None, typer.Argument(help="Study file (TOML, docs/studies.md).")] = None,
     preset: Annotated[str | None, typer.Option(help="The paper's grid: table2 | table3 | table4 | fig5.")] = None,
     data: Annotated[str | None, typer.Option(help="With --preset: dataset directory.")] = None,
     teacher_cache: Annotated[str | None, typer.Option(help="With --preset: teacher cache directory.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Study folder (default: [study] out, else beside SPEC).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Study folder (default: the file's out, else beside it).")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a shared option, e.g. --set epochs=3 (repeatable).")
     ] = None,
+    slurm: Annotated[
+        list[str] | None,
+        typer.Option(help="Set a slurm key, e.g. --slurm partition=gpu (repeatable)."),
+    ] = None,
     jobs: Annotated[int, typer.Option(help="Trainings at once; the CPU threads are split between them.")] = 1,
-    launcher: Annotated[str, typer.Option(help="local | submitit (SLURM, from the study's [slurm] table).")] = "local",
+    launcher: Annotated[str, typer.Option(help="local | submitit (SLURM; the file's slurm table).")] = "local",
     dry_run: Annotated[bool, typer.Option(help="Print the plan and the commands; run and write nothing.")] = False,
 ) -> None:
     """Run a study: every configuration x seed as an ordinary run; reruns skip finished runs, resume killed ones."""
@@ -58,12 +62,13 @@ def sweep(
         raise CdeitError("give a study file (see docs/studies.md) or --preset table2|table3|table4|fig5.")
     else:
         raw, file, text = read_spec(spec), spec, spec.read_text()
-    if set_:
-        shared = raw.setdefault("shared", {})
-        if not isinstance(shared, dict):
-            raise CdeitError(f"{file}: [shared] should be a table of options.")
-        shared.update(parse_set(set_))
-        text = to_toml(raw)
+    for section, items in (("shared", set_), ("slurm", slurm)):
+        if items:
+            table = raw.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise CdeitError(f"{file}: [{section}] should be a table of options.")
+            table.update(parse_set(items))
+            text = to_toml(raw)
     study = plan_study(raw, file, out)
     if dry_run:
         stdout.print("\n".join(describe(study)), highlight=False, markup=False)
