@@ -94,24 +94,37 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, jobs))
 
 
-def _start(study_dir: Path, run: PlannedRun, threads: int) -> tuple[subprocess.Popen, Any]:
+def visible_gpus() -> list[str]:
+    """The GPUs local jobs are spread over: CUDA_VISIBLE_DEVICES if set, else every GPU torch sees."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _start(study_dir: Path, run: PlannedRun, threads: int, gpu: str | None) -> tuple[subprocess.Popen, Any]:
     run_dir = run.run_dir(study_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = open(run_dir / LOG, "a")  # noqa: SIM115  (closed when the process ends)
     env = os.environ | dict.fromkeys(THREAD_VARS, str(threads)) | {"OMP_WAIT_POLICY": "PASSIVE"}
+    if gpu is not None:  # job slot k uses GPU k mod count; with one GPU every job shares it
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     argv = [sys.executable, "-m", "cdeit.train.sweep", str(study_dir), run.name, str(threads)]
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
 def run_local(study_dir: Path, runs: list[PlannedRun], jobs: int, tally: Tally, advance: Callable) -> None:
     """Keep `jobs` worker processes busy until every run has finished or failed."""
-    threads = threads_per_job(jobs)
-    waiting, active = list(runs), {}
+    threads, gpus = threads_per_job(jobs), visible_gpus() if jobs > 1 else []
+    waiting, active, slots = list(runs), {}, {}
     try:
         while waiting or active:
             while waiting and len(active) < jobs:
                 run = waiting.pop(0)
-                active[run.name] = (run, *_start(study_dir, run, threads))
+                slot = min(set(range(jobs)) - set(slots.values()))
+                slots[run.name] = slot
+                active[run.name] = (run, *_start(study_dir, run, threads, gpus[slot % len(gpus)] if gpus else None))
                 tally.running += 1
                 advance(0, info=tally.info())
             time.sleep(0.2)
@@ -119,14 +132,13 @@ def run_local(study_dir: Path, runs: list[PlannedRun], jobs: int, tally: Tally, 
                 if proc.poll() is None:
                     continue
                 log.close()
-                del active[name]
+                del active[name], slots[name]
                 tally.running -= 1
                 if proc.returncode == 0:
                     tally.done += 1
-                    advance(1, info=tally.info())
                 else:
                     _report_failure(tally, name, str(run.run_dir(study_dir) / LOG), f"exit {proc.returncode}")
-                    advance(1, info=tally.info())
+                advance(1, info=tally.info())
     finally:  # interrupted: stop the workers this sweep started; their checkpoints let a rerun resume
         for _run, proc, log in active.values():
             proc.terminate()

@@ -301,6 +301,22 @@ def test_compare_refuses_other_data_caches_and_baselines(study: dict, tmp_path: 
 
 
 @pytest.mark.slow
+def test_a_failed_run_is_reported_with_its_log_and_the_others_finish(tiny_dataset: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "study.toml"
+    text = _spec(tiny_dataset, tmp_path / "s").replace("seeds = [0, 1]", "seeds = [0]")
+    text = text.replace('student = ["vit", "cdeit"]', "batch_size = [32, 4096]").replace("batch_size = 32\n", "")
+    spec.write_text(text.replace('baseline = "vit"', "").replace("\n[shared]", '\n[shared]\nstudent = "vit"'))
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--jobs", "2"])
+    assert result.exit_code == 1, result.output
+    good, bad = (next((tmp_path / "s" / "runs").glob(f"batch_size-{b}-*")) for b in (32, 4096))
+    assert run_status(good) == "done" and run_status(bad) == "new"
+    output = " ".join(result.output.split())
+    assert f"failed: {bad.name} (exit 2); log: {bad / 'sweep.log'}" in output
+    assert "1 done, 0 running, 1 failed" in output
+    assert "larger than the 220 training images" in (bad / "sweep.log").read_text()
+
+
+@pytest.mark.slow
 def test_submitit_local_executor_runs_a_study(tiny_dataset: Path, tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     spec = tmp_path / "study.toml"
