@@ -69,7 +69,8 @@ def test_runs_checkpoints_reports_and_plots(demo: tuple[Path, str]) -> None:
         assert (run / "eval" / "test-reliability.png").read_bytes()[:8] == PNG
     assert json.loads((out / "runs" / "vit" / "eval" / "test.json").read_text())["mce"]["mce"] == pytest.approx(1.0)
     table = (out / "compare.md").read_text()
-    assert table.count("\n") == 5 and "CdeiT (cdeit-hard)" in table
+    rows = table.split("\n\n")[1].splitlines()  # the group table: header, rule, one row per student
+    assert len(rows) == 5 and "CdeiT (cdeit-hard)" in rows[4] and "reused by 2 runs" in table
     assert (out / "compare.png").read_bytes()[:8] == PNG
     assert "comparison:" in output
 

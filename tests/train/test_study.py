@@ -344,3 +344,24 @@ def test_resume_refuses_nothing_unplanned(tiny_dataset: Path, tmp_path: Path) ->
         from cdeit.train.sweep import _find
 
         _find(study.runs, "other", str(study.out))
+
+
+def test_paper_table_puts_the_papers_numbers_beside_the_measured_ones() -> None:
+    from cdeit.train.compare import cache_savings, paper_table
+
+    def group(name: str, student: str, distill: str, acc: list[float], mce: list[float]) -> Group:
+        config = {"student": student, "distill": distill, "head_strategy": None}
+        pairs = enumerate(zip(acc, mce, strict=True))
+        runs = [RunResult(Path(f"{name}{s}"), name, name, s, config, {}, {"train_seconds": 10.0},
+                          {"accuracy": a, "mce": m}) for s, (a, m) in pairs]  # fmt: skip
+        return Group(name, name, runs)
+
+    groups = [group("deit_soft", "deit", "soft", [96.0, 97.0], [50.0, 60.0]),
+              group("vit", "vit", "none", [95.0], [100.0])]  # fmt: skip
+    columns, rows = paper_table("table3", groups)
+    assert columns == ["Model", "Distill. Type", "accuracy (%) measured", "accuracy (%) paper", "mCE (%) measured",
+                       "mCE (%) paper"]  # fmt: skip
+    assert rows[0] == ["deit", "soft", "96.50 ± 0.71 (n = 2)", "97.0", "55.00 ± 7.07 (n = 2)", "0.46"]
+    assert rows[1][:4] == ["vit", "none", "95.00 (n = 1)", "96.4"] and rows[1][5] == "-"
+    (line,) = cache_savings({"cache/": groups[0].runs})
+    assert "time not recorded" in line and "reused by 2 runs" in line and f"{20 * 3.49:,.0f} s" in line
