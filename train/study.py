@@ -13,12 +13,14 @@ import hashlib
 import itertools
 import json
 import sys
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cdeit.common.atomic import write_json
+from cdeit.common.atomic import atomic_path, write_json
+from cdeit.common.dataset import load_manifest
 from cdeit.common.errors import CdeitError
 from cdeit.train.config import TrainConfig
 
@@ -110,7 +112,7 @@ def _accepts(value: Any, hint: Any) -> bool:
         return True
     if origin is Literal:
         return value in args
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_accepts(value, a) for a in args)
     if hint is type(None):
         return value is None
@@ -269,8 +271,6 @@ def _plan_run(study_dir: Path, group: str, overrides: dict, shared: dict, seed: 
         TrainConfig(**values).validate()
     except CdeitError as exc:
         raise CdeitError(f"{file}: configuration {group!r} (seed {seed}) is invalid: {exc}") from None
-    from cdeit.common.dataset import load_manifest
-
     load_manifest(values["data"])  # a missing dataset is refused now, not in the first job's log
     cache = values.get("teacher_cache")
     if cache and not (Path(cache) / "manifest.json").is_file():
@@ -287,8 +287,6 @@ def load_study(spec_path: str | Path, out: str | Path | None = None) -> Study:
 def write_plan(study: Study, spec_text: str) -> Path:
     """Write study.toml (what was asked) and plan.json (the expanded runs) into the study folder."""
     study.out.mkdir(parents=True, exist_ok=True)
-    from cdeit.common.atomic import atomic_path
-
     with atomic_path(study.out / SPEC) as tmp:
         tmp.write_text(spec_text)
     write_json(study.out / PLAN, study.to_json())

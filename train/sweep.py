@@ -8,11 +8,14 @@ run's files when it starts, so a rerun skips finished runs and resumes killed on
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from cdeit.train.study import (
 )
 
 LOG = "sweep.log"  # each run's job output, beside its metrics
+LOCK = ".sweep.lock"  # held by the job working on a run (released by the kernel when that process dies)
+BUSY = 75  # EX_TEMPFAIL: another job holds the run
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -45,12 +50,32 @@ def run_job(study_dir: str, name: str, threads: int | None = None) -> int:
     from cdeit.common.cli import run_command
 
     run = _find(planned_runs(read_plan(study_dir)), name, study_dir)
-    for argv in steps_for(run, study_dir):
-        print("$ cdeit " + " ".join(argv), flush=True)
-        status = run_command(argv)
-        if status != 0:
-            return status
+    with _locked(run.run_dir(study_dir)) as held:
+        if not held:
+            print(f"{name} is being worked on by another job (it holds {LOCK}); leaving it to that job.", flush=True)
+            return BUSY
+        for argv in steps_for(run, study_dir):
+            print("$ cdeit " + shlex.join(argv), flush=True)
+            status = run_command(argv)
+            if status != 0:
+                return status
     return 0
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[bool]:
+    """An exclusive, non-blocking flock on RUN/.sweep.lock: two sweeps of one folder never train one run twice."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _find(runs: list[PlannedRun], name: str, study_dir: str) -> PlannedRun:
@@ -137,7 +162,8 @@ def run_local(study_dir: Path, runs: list[PlannedRun], jobs: int, tally: Tally, 
                 if proc.returncode == 0:
                     tally.done += 1
                 else:
-                    _report_failure(tally, name, str(run.run_dir(study_dir) / LOG), f"exit {proc.returncode}")
+                    why = "another sweep holds it" if proc.returncode == BUSY else f"exit {proc.returncode}"
+                    _report_failure(tally, name, str(run.run_dir(study_dir) / LOG), why)
                 advance(1, info=tally.info())
     finally:  # interrupted: stop the workers this sweep started; their checkpoints let a rerun resume
         for _run, proc, log in active.values():
@@ -218,14 +244,8 @@ def describe(study: Study) -> list[str]:
     for run in study.runs:
         status = run_status(run.run_dir(study.out))
         lines.append(f"[{status}] {run.name}")
-        lines += ["    cdeit " + " ".join(_quote(a) for a in argv) for argv in steps_for(run, study.out)]
+        lines += ["    cdeit " + shlex.join(argv) for argv in steps_for(run, study.out)]
     return lines
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 if __name__ == "__main__":  # a local worker: python -m cdeit.train.sweep STUDY_DIR RUN_NAME [THREADS]

@@ -330,9 +330,14 @@ def test_submitit_local_executor_runs_a_study(tiny_dataset: Path, tmp_path: Path
     assert any((tmp_path / "s" / "submitit").rglob("*_log.out"))
 
 
-def test_resume_refuses_nothing_unplanned(tiny_dataset: Path, tmp_path: Path) -> None:
-    """A run folder's state comes from its files alone."""
-    study = _plan(_spec(tiny_dataset, tmp_path / "s"), tmp_path)
+def test_run_state_comes_from_its_files_and_a_held_run_is_left_alone(tiny_dataset: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    from cdeit.train.study import write_plan
+    from cdeit.train.sweep import BUSY, LOCK, _find, run_job
+
+    text = _spec(tiny_dataset, tmp_path / "s")
+    study = _plan(text, tmp_path)
     run_dir = study.runs[0].run_dir(study.out)
     assert run_status(run_dir) == "new"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -341,9 +346,12 @@ def test_resume_refuses_nothing_unplanned(tiny_dataset: Path, tmp_path: Path) ->
     (run_dir / "summary.json").write_text("{}")
     assert run_status(run_dir) == "trained"
     with pytest.raises(CdeitError, match="plans no run named"):
-        from cdeit.train.sweep import _find
-
         _find(study.runs, "other", str(study.out))
+    write_plan(study, text)
+    with open(run_dir / LOCK, "a") as fh:  # another job works on this run
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run_job(str(study.out), study.runs[0].name) == BUSY
+    assert not (run_dir / "eval").exists()
 
 
 def test_paper_table_puts_the_papers_numbers_beside_the_measured_ones() -> None:
