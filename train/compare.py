@@ -249,7 +249,7 @@ def group_rows(groups: list[Group]) -> list[list[str]]:
     rows = []
     for g in groups:
         c = g.config
-        head = c.get("head_strategy") or ("linear" if c["student"] == "cdeit" else "-")
+        head = _setting(c, "head_strategy")
         summary = {k: mean_std(np.array([r.summary[k] for r in g.runs if r.summary.get(k)], dtype=float))[0]
                    for k in ("parameters", "train_images_per_s", "train_seconds")}  # fmt: skip
         model = f"{DISPLAY_NAMES.get(c['student'], c['student'])} ({g.name})"
@@ -287,6 +287,13 @@ def _csv(path: Path, columns: list[str] | tuple[str, ...], rows: list[list[str]]
     return path
 
 
+def _setting(config: dict[str, Any], key: str) -> str:
+    """A configuration's value for a table cell; CdeiT's unset head strategy is the paper's strategy 2."""
+    if key == "head_strategy":
+        return config.get(key) or ("linear" if config.get("student") == "cdeit" else "-")
+    return str(config.get(key))
+
+
 def paper_table(preset: str, groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     """A preset's table in the paper's layout: its columns, then measured mean ± std (n) beside the paper's value."""
     from cdeit.train.presets import PRESETS
@@ -297,8 +304,7 @@ def paper_table(preset: str, groups: list[Group]) -> tuple[list[str], list[list[
         columns += [f"{TITLES[m]} measured", f"{TITLES[m]} paper"]
     rows = []
     for g in groups:
-        row = [g.name if key is None else str(g.config.get(key) if key != "head_strategy" else
-               g.config.get(key) or "linear") for _, key in p["columns"]]  # fmt: skip
+        row = [g.name if key is None else _setting(g.config, key) for _, key in p["columns"]]
         paper = p["paper"].get(g.name, {})
         for m in p["metrics"]:
             mean, std = mean_std(g.values(m))

@@ -371,5 +371,7 @@ def test_paper_table_puts_the_papers_numbers_beside_the_measured_ones() -> None:
                        "mCE (%) paper"]  # fmt: skip
     assert rows[0] == ["deit", "soft", "96.50 ± 0.71 (n = 2)", "97.0", "55.00 ± 7.07 (n = 2)", "0.46"]
     assert rows[1][:4] == ["vit", "none", "95.00 (n = 1)", "96.4"] and rows[1][5] == "-"
+    _, rows = paper_table("fig5", [group("vit", "vit", "none", [95.0], [100.0])])
+    assert rows[0][0] == "-"  # the ViT has no head strategy
     (line,) = cache_savings({"cache/": groups[0].runs})
     assert "time not recorded" in line and "reused by 2 runs" in line and f"{20 * 3.49:,.0f} s" in line
