@@ -35,7 +35,8 @@ RUNS = "runs"
 EVAL_SPLIT = "test"  # each run is evaluated on this split when it finishes training
 SECTIONS = ("study", "shared", "axes", "configs", "slurm")
 STUDY_KEYS = ("name", "out", "seeds", "baseline", "preset")
-SLURM_KEYS = ("cluster", "partition", "gpus_per_job", "cpus_per_task", "time_min", "mem_gb", "array_parallelism")
+SLURM_KEYS = {"cluster": str, "partition": str, "gpus_per_job": int, "cpus_per_task": int, "time_min": int,
+              "mem_gb": int, "array_parallelism": int}  # fmt: skip
 PLANNED_BY_STUDY = ("out", "seed")  # set per run by the study, never by the file
 ALIASES = {"lambda": "lam"}  # the command line's spelling of a field
 CHECKPOINT = "checkpoints/last.pt"  # the trainer's (cdeit.train.trainer.CHECKPOINT; not imported: it loads torch)
@@ -55,9 +56,6 @@ class PlannedRun:
 
     def run_dir(self, study_dir: str | Path) -> Path:
         return Path(study_dir) / RUNS / self.name
-
-    def config(self) -> TrainConfig:
-        return TrainConfig(**self.settings)
 
 
 @dataclass
@@ -230,6 +228,18 @@ def _seeds(study: dict[str, Any], file: Path) -> list[int]:
     return seeds
 
 
+def _check_slurm(slurm: dict[str, Any], file: Path) -> dict[str, Any]:
+    bad = sorted(set(slurm) - set(SLURM_KEYS))
+    if bad:
+        raise CdeitError(f"{file}: [slurm] has unknown key(s) {', '.join(bad)}; it takes {', '.join(SLURM_KEYS)}.")
+    for key, value in slurm.items():
+        kind = SLURM_KEYS[key]
+        if not _accepts(value, kind) or (kind is int and value < 1):
+            what = "a positive integer" if kind is int else "a string"
+            raise CdeitError(f"{file}: [slurm] {key} = {value!r} should be {what}.")
+    return slurm
+
+
 def plan_study(spec: dict[str, Any], file: str | Path, out: str | Path | None = None) -> Study:
     """Validate a study file's contents and expand its runs; refuses any bad key or value before anything runs."""
     file = Path(file)
@@ -240,10 +250,7 @@ def plan_study(spec: dict[str, Any], file: str | Path, out: str | Path | None = 
     bad = sorted(set(head) - set(STUDY_KEYS))
     if bad:
         raise CdeitError(f"{file}: [study] has unknown key(s) {', '.join(bad)}; it takes {', '.join(STUDY_KEYS)}.")
-    slurm = _table(spec, "slurm", file)
-    bad = sorted(set(slurm) - set(SLURM_KEYS))
-    if bad:
-        raise CdeitError(f"{file}: [slurm] has unknown key(s) {', '.join(bad)}; it takes {', '.join(SLURM_KEYS)}.")
+    slurm = _check_slurm(_table(spec, "slurm", file), file)
     shared = check_options(_table(spec, "shared", file), "[shared]", file)
     groups = _groups(spec, file)
     seeds = _seeds(head, file)

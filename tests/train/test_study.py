@@ -82,6 +82,8 @@ def test_plan_crosses_axes_adds_configs_and_names_runs(tiny_dataset: Path, tmp_p
         (('baseline = "vit"', 'baseline = "resnet"'), "baseline 'resnet' is not a configuration"),
         (("[axes]", "[axis]"), "unknown section(s) axis"),
         (("seeds = [0, 1]", "seeds = [0, 0]"), "repeats a seed"),
+        (("[axes]", '[slurm]\ngpus_per_job = "one"\n[axes]'), "[slurm] gpus_per_job = 'one' should be a positive"),
+        (("[axes]", "[slurm]\nqueue = 1\n[axes]"), "[slurm] has unknown key(s) queue"),
         (('distill = "none"', 'distill = "soft"'), "configuration 'vit' (seed 0) is invalid"),
     ],
 )
@@ -340,6 +342,9 @@ def test_run_state_comes_from_its_files_and_a_held_run_is_left_alone(tiny_datase
     study = _plan(text, tmp_path)
     run_dir = study.runs[0].run_dir(study.out)
     assert run_status(run_dir) == "new"
+    from cdeit.train.trainer import CHECKPOINT as TRAINER_CHECKPOINT
+
+    assert CHECKPOINT == TRAINER_CHECKPOINT
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / CHECKPOINT).write_bytes(b"")
     assert run_status(run_dir) == "partial"
