@@ -27,6 +27,17 @@ def parse_set(items: list[str]) -> dict:
     return values
 
 
+def parse_seeds(text: str) -> list[int] | int:
+    """`--seeds 0,1,2` or `--seeds 3`; one sentence when it is neither."""
+    from cdeit.common.errors import CdeitError
+
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CdeitError(f"--seeds {text!r} should be a list of integers (0,1,2) or a count (3).") from None
+    return values if "," in text else values[0] if values else []
+
+
 @friendly_errors
 def sweep(
     spec: Annotated[Path | None, typer.Argument(help="Study file (TOML, docs/studies.md).")] = None,
@@ -40,6 +51,9 @@ def sweep(
     slurm: Annotated[
         list[str] | None,
         typer.Option(help="Set a slurm key, e.g. --slurm partition=gpu (repeatable)."),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Override the seeds: a list (0,1,2) or a count (3 means 0, 1, 2).")
     ] = None,
     jobs: Annotated[int, typer.Option(help="Trainings at once; the CPU threads are split between them.")] = 1,
     launcher: Annotated[str, typer.Option(help="local | submitit (SLURM; the file's slurm table).")] = "local",
@@ -69,6 +83,9 @@ def sweep(
                 raise CdeitError(f"{file}: [{section}] should be a table of options.")
             table.update(parse_set(items))
             text = to_toml(raw)
+    if seeds is not None:
+        raw.setdefault("study", {})["seeds"] = parse_seeds(seeds)
+        text = to_toml(raw)
     study = plan_study(raw, file, out)
     if dry_run:
         stdout.print("\n".join(describe(study)), highlight=False, markup=False)

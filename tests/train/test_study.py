@@ -119,6 +119,8 @@ def test_dry_run_prints_plan_and_commands_and_writes_nothing(tiny_dataset: Path,
     assert sum("cdeit train --student" in line and "--epochs 3" in line for line in lines) == 4
     assert sum("cdeit evaluate" in line for line in lines) == 4
     assert not (tmp_path / "s").exists()
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--dry-run", "--seeds", "3,5"])
+    assert "2 configurations x 2 seeds" in result.stdout and "-s5-" in result.stdout and "-s0-" not in result.stdout
 
 
 def test_train_command_line_reproduces_the_planned_config(
