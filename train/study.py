@@ -255,7 +255,8 @@ def plan_study(spec: dict[str, Any], file: str | Path, out: str | Path | None = 
     groups = _groups(spec, file)
     seeds = _seeds(head, file)
     name = str(head.get("name") or file.stem)
-    study_dir = Path(out or head.get("out") or file.with_suffix(""))
+    # absolute: a resumed run must name the same --out as its first start, from whatever directory it runs
+    study_dir = Path(out or head.get("out") or file.with_suffix("")).resolve()
     baseline = head.get("baseline")
     if baseline is not None and baseline not in groups:
         raise CdeitError(
@@ -273,7 +274,7 @@ def _plan_run(study_dir: Path, group: str, overrides: dict, shared: dict, seed: 
             values[key] = str(Path(values[key]).resolve())
     digest = settings_hash(values)
     name = f"{group}-s{seed}-{digest}"
-    values["out"] = str((study_dir / RUNS / name).resolve())
+    values["out"] = str(study_dir / RUNS / name)
     try:
         TrainConfig(**values).validate()
     except CdeitError as exc:
