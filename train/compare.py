@@ -98,7 +98,7 @@ def _load_run(run: Path, split: str, name: str | None = None) -> RunResult:
 def collect(paths: list[Path], split: str) -> tuple[list[RunResult], dict[str, Any]]:
     """Runs of every study folder and run directory given; `info` holds the studies' baseline and preset."""
     runs: list[RunResult] = []
-    info: dict[str, Any] = {"baselines": set(), "presets": set(), "unfinished": 0, "planned": {}}
+    info: dict[str, Any] = {"baselines": set(), "presets": set(), "unfinished": 0}
     for path in paths:
         if (path / PLAN).is_file():
             plan = read_plan(path)
@@ -111,7 +111,6 @@ def collect(paths: list[Path], split: str) -> tuple[list[RunResult], dict[str, A
                 if planned.group == plan.get("baseline"):
                     info["baselines"].add(runs[-1].group)
             info["presets"].add(plan.get("preset"))
-            info["planned"] |= {p.group: p for p in planned_runs(plan)}
         elif (path / "config.json").is_file():  # a run of a study keeps its configuration's name
             plan = path.parent.parent / PLAN
             group = {p.name: p.group for p in planned_runs(read_plan(plan.parent))} if plan.is_file() else {}
