@@ -360,13 +360,17 @@ def _plots(groups: list[Group], out: Path, split: str) -> Path:
     ax_type.set_xticks(range(len(types)), types, rotation=35, ha="right", fontsize=8)
     ax_type.set_ylabel("top-1 accuracy (%)")
     ax_type.set_title(f"accuracy per image type ({split}), mean ± std over seeds", fontsize=10)
-    ax_type.legend(fontsize=7)
+    ax_type.set_ylim(0, 1.45 * max(ax_type.get_ylim()[1], 1))  # headroom for the legend
+    ax_type.legend(fontsize=7, ncol=2, loc="upper right")
     for ax, metric in ((ax_sum, "accuracy"), (ax_mce, "mce")):
         stats = [mean_std(g.values(metric)) for g in groups]
         ax.bar(range(len(groups)), [m or 0 for m, _ in stats], yerr=[s or 0 for _, s in stats], capsize=3)
         ax.set_xticks(range(len(groups)), [g.name for g in groups], rotation=35, ha="right", fontsize=8)
-        missing = "" if any(m is not None for m, _ in stats) else " (no baseline)"
-        ax.set_title(f"{TITLES[metric]}, mean ± std{missing}", fontsize=10)
+        ax.set_title(f"{TITLES[metric]}, mean ± std", fontsize=10)
+        if all(m is None for m, _ in stats):
+            ax.clear()
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"no {TITLES[metric]}:\nno baseline group", ha="center", va="center", fontsize=9)
     fig.tight_layout()
     return _save(fig, out / "compare.png")
 
