@@ -92,7 +92,9 @@ def _load_run(run: Path, split: str, name: str | None = None) -> RunResult:
         "ece": result["ece"],
         "mce": 100 * result["mce"]["mce"] if "mce" in result else None,
     }
-    return RunResult(run, group_key(config), name or run.name, config["seed"], config, result, summary, metrics)
+    seed = config["seed"]
+    name = name or run.name.removesuffix(f"-s{seed}")  # runs/deit-soft-s1 is one of the group deit-soft
+    return RunResult(run, group_key(config), name, seed, config, result, summary, metrics)
 
 
 def collect(paths: list[Path], split: str) -> tuple[list[RunResult], dict[str, Any]]:
@@ -180,26 +182,40 @@ def _predictions(run: RunResult, split: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in ("probs", "label", "corruption", "severity")}
 
 
-def apply_baseline(groups: list[Group], baseline: Group | None, split: str) -> str | None:
-    """Set each run's mCE (%) against the baseline run of the same seed; returns what the mCE is measured against.
+def _baseline_key(path: str) -> str:
+    """The group a stored mCE's baseline run belongs to (its settings less the seed), else its path."""
+    try:
+        return group_key(json.loads((Path(path) / "config.json").read_text()))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return path
 
-    Without a baseline group the mCE stored by `cdeit evaluate --baseline` is kept, if all share one baseline.
+
+def apply_baseline(groups: list[Group], baseline: Group | None, split: str) -> tuple[str | None, str | None]:
+    """Set each run's mCE (%) against the baseline run of the same seed; returns (what it is measured against,
+    the baseline's group key).
+
+    Without a baseline group the mCE stored by `cdeit evaluate --baseline` is kept, if every run's baseline
+    has one configuration (one run, or e.g. the ViT run of each seed).
     """
     if baseline is None:
-        stored = {r.result["baseline"] for g in groups for r in g.runs if "mce" in r.result}
-        if len(stored) > 1:
+        stored = sorted({r.result["baseline"] for g in groups for r in g.runs if "mce" in r.result})
+        keys = {_baseline_key(p) for p in stored}
+        if len(keys) > 1:
             raise CdeitError(
-                f"the runs measured mCE against different baselines ({', '.join(sorted(stored))}); evaluate them "
-                "against one --baseline, or compare a study with a baseline configuration."
+                f"the runs measured mCE against baselines of different settings ({', '.join(stored)}); evaluate them "
+                "against one --baseline configuration, or compare a study with a baseline configuration."
             )
-        return f"`{stored.pop()}`" if stored else None
+        if not stored:
+            return None, None
+        against = f"`{stored[0]}`" if len(stored) == 1 else f"{len(stored)} baseline runs of one configuration"
+        return against, keys.pop()
     from cdeit.train.evaluate import mce_report
 
     base = {r.seed: _predictions(r, split) for r in baseline.runs}
     for g in groups:
         for r in g.runs:
             r.metrics["mce"] = 100 * mce_report(_predictions(r, split), base[r.seed])["mce"] if r.seed in base else None
-    return f"the {baseline.name} runs of the same seed"
+    return f"the {baseline.name} runs of the same seed", baseline.key
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -393,7 +409,8 @@ def compare(paths: list[Path], out: Path, split: str = "test", reference: str | 
     if len(info["baselines"]) > 1:
         raise CdeitError("the studies name different baseline configurations; compare studies with one baseline.")
     baseline = next((g for g in groups if g.key in info["baselines"]), None)
-    mce_against = apply_baseline(groups, baseline, split)
+    mce_against, baseline_key = apply_baseline(groups, baseline, split)
+    baseline = baseline or next((g for g in groups if g.key == baseline_key), None)  # e.g. `evaluate --baseline`
     ref = _find_group(groups, reference, "--reference") if reference else baseline
     out.mkdir(parents=True, exist_ok=True)
     rows = group_rows(groups)

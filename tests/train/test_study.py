@@ -297,10 +297,13 @@ def test_compare_refuses_other_data_caches_and_baselines(study: dict, tmp_path: 
         (run / "eval" / "test.json").write_text(json.dumps(e | {"mce": {"mce": 1.0}, "baseline": f"base{k}"}))
     result = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "different baselines" in result.output
-    (b / "eval" / "test.json").write_text(json.dumps(json.loads((b / "eval" / "test.json").read_text()) |
-                                                     {"baseline": "base0"}))  # fmt: skip
+    vit = [r for r in runs if r.name.startswith("vit-")]
+    for run, base in zip((a, b), vit, strict=True):  # `cdeit evaluate --baseline` with the ViT run of each seed
+        e = json.loads((run / "eval" / "test.json").read_text())
+        (run / "eval" / "test.json").write_text(json.dumps(e | {"baseline": str(base)}))
     result = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
+    assert "2 baseline runs of one configuration" in " ".join(result.output.split())
     assert "reused by 2 runs" in result.output and "x4.49" in result.output
 
 
