@@ -296,7 +296,7 @@ def test_compare_refuses_other_data_caches_and_baselines(study: dict, tmp_path: 
         e = json.loads((run / "eval" / "test.json").read_text())
         (run / "eval" / "test.json").write_text(json.dumps(e | {"mce": {"mce": 1.0}, "baseline": f"base{k}"}))
     result = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "different baselines" in result.output
+    assert result.exit_code == 2 and "baselines of different settings" in result.output
     vit = [r for r in runs if r.name.startswith("vit-")]
     for run, base in zip((a, b), vit, strict=True):  # `cdeit evaluate --baseline` with the ViT run of each seed
         e = json.loads((run / "eval" / "test.json").read_text())
