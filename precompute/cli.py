@@ -9,6 +9,7 @@ import typer
 
 from cdeit.common.console import friendly_errors
 from cdeit.common.hub import DEFAULT_TEACHER
+from cdeit.common.views import Augmentation
 
 TEACHER_HELP = (
     "What timm.create_model accepts: NAME (deit3_small_patch16_224), NAME.TAG "
@@ -17,6 +18,7 @@ TEACHER_HELP = (
     "Hugging Face cache (HF_HOME; no network, also with HF_HUB_OFFLINE=1), else the hub."
 )
 
+_AUG = Augmentation()  # --views defaults: the trainer's (TrainConfig's)
 app = typer.Typer(help="Inspect, verify and merge teacher-logit caches.", no_args_is_help=True)
 
 
@@ -81,6 +83,18 @@ def precompute_teacher(
             "patches (final patch tokens pooled to 8x8), attention (last block's class-token map, 8x8)."
         ),
     ] = "logits",
+    views: Annotated[
+        int,
+        typer.Option(
+            help="Also store the teacher's logits on K augmented views of every train sample (erasing, Mixup/CutMix "
+            "drawn from --seed), replayed exactly by `cdeit train` (docs/consistent-views.md). 0: none (the paper)."
+        ),
+    ] = 0,
+    erasing_prob: Annotated[float, typer.Option(help="--views: random erasing probability (train's).")] = _AUG.erasing_prob,
+    mixup_prob: Annotated[float, typer.Option(help="--views: Mixup probability per view.")] = _AUG.mixup_prob,
+    mixup_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of Mixup.")] = _AUG.mixup_alpha,
+    cutmix_prob: Annotated[float, typer.Option(help="--views: CutMix probability per view.")] = _AUG.cutmix_prob,
+    cutmix_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of CutMix.")] = _AUG.cutmix_alpha,
 ) -> None:
     """Cache the teacher's logits of every image: features, a fitted 10-way head, logits in HDF5 shards."""
     from cdeit.precompute.config import PrecomputeConfig
@@ -94,7 +108,9 @@ def precompute_teacher(
             num_shards=num_shards, device=device, seed=seed, workers=workers, head_epochs=head_epochs, head_lr=head_lr,
             head_standardize=head_standardize,
             splits=tuple(s.strip() for s in splits.split(",") if s.strip()), view=view,
-            targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+            targets=tuple(t.strip() for t in targets.split(",") if t.strip()), views=views,
+            erasing_prob=erasing_prob, mixup_prob=mixup_prob, mixup_alpha=mixup_alpha, cutmix_prob=cutmix_prob,
+            cutmix_alpha=cutmix_alpha,
         )
     )  # fmt: skip
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cdeit.common.dataset import SPLITS
 from cdeit.common.hub import DEFAULT_TEACHER
+from cdeit.common.views import Augmentation
 
 
 @dataclass
@@ -34,3 +35,16 @@ class PrecomputeConfig:
     splits: tuple[str, ...] = SPLITS
     view: str = "same"  # same: the teacher sees each sample (the paper); clean: each sample's clean source, once
     targets: tuple[str, ...] = ("logits",)  # and any of embedding, patches, attention (docs/asymmetric.md)
+    # --views K: the teacher's logits on K augmented views per train sample (docs/consistent-views.md); 0: none.
+    # The settings are the trainer's (Augmentation's defaults are TrainConfig's); the draws use `seed`.
+    views: int = 0
+    erasing_prob: float = Augmentation.erasing_prob
+    mixup_prob: float = Augmentation.mixup_prob
+    mixup_alpha: float = Augmentation.mixup_alpha
+    cutmix_prob: float = Augmentation.cutmix_prob
+    cutmix_alpha: float = Augmentation.cutmix_alpha
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """The augmentation the views draw."""
+        return Augmentation(self.erasing_prob, self.mixup_prob, self.mixup_alpha, self.cutmix_prob, self.cutmix_alpha)

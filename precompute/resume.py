@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cdeit.common.cache import (
+    AUGMENTED_DIR,
     FEATURES_DIR,
     HEAD_FILE,
     IDENTITY_KEYS,
@@ -41,7 +42,7 @@ def check_out_dir(run: Run, given: LinearHead | None) -> None:
     if path.exists() and not path.is_dir():
         raise CdeitError(f"--out {path} is a file; pass a directory for the cache.")
     path.mkdir(parents=True, exist_ok=True)
-    for d in (path, path / FEATURES_DIR):
+    for d in (path, path / FEATURES_DIR, path / AUGMENTED_DIR):
         if d.is_dir():
             remove_stale_tmp(d)
     has_shards = any(path.glob("*.h5")) or any((path / FEATURES_DIR).glob("*.h5"))
@@ -96,7 +97,8 @@ def manifest_sums(path: Path) -> dict[str, str]:
         manifest = read_cache_manifest(path)
     except CdeitError:
         return {}
-    return {e["file"]: e["sha256"] for e in manifest["shards"] + manifest["feature_shards"]}
+    listed = manifest["shards"] + manifest["feature_shards"] + manifest.get("augmented_shards", [])
+    return {e["file"]: e["sha256"] for e in listed}
 
 
 def shard_complete(run: Run, spec: ShardSpec, kind: str, head: LinearHead | None = None) -> bool:

@@ -24,6 +24,7 @@ from cdeit.common.device import resolve_device
 from cdeit.common.distributed import DistEnv, barrier, dist_env, process_group
 from cdeit.common.errors import CdeitError
 from cdeit.common.tokens import TOKEN_TARGETS
+from cdeit.precompute.augmented import pass_augmented
 from cdeit.precompute.config import PrecomputeConfig
 from cdeit.precompute.head import HeadFit, LinearHead
 from cdeit.precompute.head_stage import fit_if_ready, given_head, reusable_head
@@ -102,7 +103,14 @@ class Run:
             teacher_grid=self.teacher_grid if self.extras else (),
             teacher_module=t.module.name if t.module else None,
             teacher_module_sha256=t.module.sha256 if t.module else None,
+            augmentation=self.view_settings(),
         )
+
+    def view_settings(self) -> dict[str, Any] | None:
+        """`--views K`: K, the seed of the draws and the augmentation settings the cache records (else None)."""
+        if not self.cfg.views:
+            return None
+        return {"views": self.cfg.views, "view_seed": self.cfg.seed, **self.cfg.augmentation.attrs()}
 
     def shard_attrs(
         self, spec: ShardSpec, kind: str, head: LinearHead | None = None, tally: tuple[list, list] | None = None
@@ -138,6 +146,8 @@ def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
     head = head or fit_if_ready(run, plan)
     if head is not None:
         pass_logits(run, plan, head)
+    if head is not None and cfg.views:
+        summary["views"], summary["views_seconds"] = pass_augmented(run, plan, head)
     manifest = write_manifest(cfg.out, fallback=run.identity())
     summary |= {"seconds": time.perf_counter() - started, "complete": manifest["complete"], "manifest": manifest}
     summary["accuracy"] = {s: v["accuracy"] for s, v in manifest["splits"].items()}
@@ -202,6 +212,15 @@ def _check_options(cfg: PrecomputeConfig) -> None:
             f"--shard-index must be in 0..{cfg.num_shards - 1} for --num-shards {cfg.num_shards}, "
             f"got {cfg.shard_index}."
         )
+    if cfg.views < 0:
+        raise CdeitError(f"--views must be 0 (none) or a number of augmented views per train sample, not {cfg.views}.")
+    if cfg.views and (cfg.view != "same" or "train" not in cfg.splits):
+        raise CdeitError(
+            "--views K renders augmented views of the train split as the teacher sees them; use it with --view same "
+            "and a --splits that includes train."
+        )
+    if cfg.views:
+        cfg.augmentation.check()
     if cfg.head_epochs < 1:
         raise CdeitError(f"--head-epochs must be at least 1, got {cfg.head_epochs}.")
     if not cfg.head_lr > 0:

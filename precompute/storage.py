@@ -32,12 +32,15 @@ def storage_needed(run: Run, plan: list[ShardSpec]) -> tuple[int, int]:
     Pass 1 writes every feature shard (index, label, corruption, float16 features and extras) before pass 2
     turns them one by one into logit shards, so the peak is the larger of the two sets plus one shard.
     """
+    from cdeit.precompute.augmented import augmented_bytes
+
     rows, sizes = sum(s.count for s in plan), row_bytes(run)
     overhead = 64 * 1024 * len(plan)  # HDF5 headers and attributes, generously
     final = sum(sizes.values())
     work = 24 + (8 if run.clean else 0) + 2 * run.teacher.num_features + sum(sizes[k] for k in run.extras)
     biggest = max((s.count for s in plan), default=0) * max(final, work)
-    return rows * final + overhead, rows * max(final, work) + biggest + overhead
+    views = augmented_bytes(run, plan)  # --views K: written after the logits, kept beside them
+    return rows * final + overhead + views, rows * max(final, work) + biggest + overhead + views
 
 
 def check_storage(run: Run, plan: list[ShardSpec]) -> None:
@@ -54,6 +57,10 @@ def check_storage(run: Run, plan: list[ShardSpec]) -> None:
         f"storage: {rows:,} rows x {_size(sum(sizes.values()))} ({parts}) = {_size(final)} for the cache, "
         f"up to {_size(peak)} while it is built; {_size(free)} free on {where}."
     )
+    if run.cfg.views:
+        from cdeit.precompute.augmented import augmentation_line
+
+        console.print(augmentation_line(run, sum(s.count for s in plan if s.split == "train")))
     if peak - present > free:
         raise CdeitError(
             f"the cache needs up to {_size(peak)} while it is built but only {_size(free)} are free on {where}; "

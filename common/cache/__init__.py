@@ -11,6 +11,9 @@ checksums, manifest), `reader` (the trainer's `load_teacher_targets` -> `Teacher
 """
 
 from cdeit.common.cache.format import (
+    AUGMENTED,
+    AUGMENTED_DATASETS,
+    AUGMENTED_DIR,
     CACHE_FORMAT,
     FEATURES,
     FEATURES_DIR,
@@ -29,6 +32,7 @@ from cdeit.common.cache.format import (
     VIEW_KEYS,
     VIEWS,
     ShardSpec,
+    augmentation_of,
     cache_targets,
     cache_view,
     plan_shards,
@@ -36,6 +40,7 @@ from cdeit.common.cache.format import (
     provenance_conflicts,
     shard_attrs,
     token_targets_of,
+    views_of,
 )
 from cdeit.common.cache.merge import merge_caches
 from cdeit.common.cache.reader import TeacherTargets, load_teacher_logits, load_teacher_targets
@@ -56,6 +61,9 @@ from cdeit.common.cache.store import (
 from cdeit.common.cache.verify import verify_cache
 
 __all__ = [
+    "AUGMENTED",
+    "AUGMENTED_DATASETS",
+    "AUGMENTED_DIR",
     "CACHE_FORMAT",
     "FEATURES",
     "FEATURES_DIR",
@@ -75,6 +83,7 @@ __all__ = [
     "VIEW_KEYS",
     "ShardSpec",
     "TeacherTargets",
+    "augmentation_of",
     "build_manifest",
     "cache_info",
     "cache_targets",
@@ -96,6 +105,7 @@ __all__ = [
     "tensor_hash",
     "token_targets_of",
     "verify_cache",
+    "views_of",
     "write_manifest",
     "write_shard",
 ]

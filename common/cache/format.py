@@ -17,6 +17,7 @@ from typing import Any
 
 from cdeit.common.errors import CdeitError
 from cdeit.common.tokens import TARGET_GRID, TOKEN_TARGETS
+from cdeit.common.views import AUG_KEYS
 
 CACHE_FORMAT = "cdeit-teacher-cache"
 FORMAT_VERSION = 1
@@ -25,6 +26,13 @@ HEAD_FILE = "head.safetensors"
 FEATURES_DIR = "features"
 LOGITS = "logits"  # shard kind: the cache proper (index, logits, optional float16 features)
 FEATURES = "features"  # shard kind: pass-1 work shards (index, float16 features, label, corruption)
+AUGMENTED = "augmented"  # shard kind: K augmented views per train sample (`--views K`), in CACHE/augmented/
+AUGMENTED_DIR = "augmented"
+# The datasets of an augmented shard: (n,) index, then (n, K, ...) per view: the teacher's raw logits, the drawn
+# parameters (common.views.ViewParams) and the checksum of the rendered 32px image.
+AUGMENTED_DATASETS = (
+    "index", "view_logits", "view_partner", "view_mode", "view_weight", "view_box", "view_erase", "view_hash",
+)  # fmt: skip
 # Attributes every shard of one cache shares: two shards (or caches) join only when all of these agree.
 IDENTITY_KEYS = (
     "teacher",
@@ -48,7 +56,7 @@ VIEW_KEYS = ("view", "token_targets", "target_grid", "teacher_grid")
 VIEWS = ("same", "clean")  # same: the teacher saw each sample itself; clean: its clean source image
 TARGETS = ("logits", "embedding", "patches", "attention")  # what a cache can hold, in canonical order
 TARGET_DATASETS = {"logits": "logits", "embedding": "features", "patches": "patches", "attention": "attention"}
-FLOAT_DATASETS = ("logits", "features", "patches", "attention")  # checked finite wherever a shard is read
+FLOAT_DATASETS = ("logits", "features", "patches", "attention", "view_logits")  # checked finite wherever a shard is read
 SOURCES_SPLIT = "sources"  # the rows of a clean-view cache: DATA/sources.beton, one per source photograph
 TEST_PAUSE_ENV = "CDEIT_TEST_SHARD_PAUSE_S"  # tests only: seconds to wait before a finished shard is renamed
 
@@ -74,8 +82,8 @@ class ShardSpec:
         return self.stop - self.start
 
     def path(self, cache_dir: str | os.PathLike, kind: str = LOGITS) -> Path:
-        base = Path(cache_dir) if kind == LOGITS else Path(cache_dir) / FEATURES_DIR
-        return base / self.name
+        sub = {LOGITS: "", FEATURES: FEATURES_DIR, AUGMENTED: AUGMENTED_DIR}[kind]
+        return Path(cache_dir) / sub / self.name
 
 
 def plan_shards(counts: Mapping[str, int], shard_size: int) -> list[ShardSpec]:
@@ -105,6 +113,16 @@ def cache_targets(attrs: Mapping[str, Any]) -> list[str]:
     return [t for t in TARGETS if t in held]
 
 
+def views_of(attrs: Mapping[str, Any]) -> int:
+    """K, the augmented views per train sample of a cache or shard (0: none, the paper's cache)."""
+    return int(attrs.get("views") or 0)
+
+
+def augmentation_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded view settings (AUG_KEYS) of a K-view cache or shard; empty without views."""
+    return {k: attrs.get(k) for k in AUG_KEYS} if views_of(attrs) else {}
+
+
 def token_targets_of(attrs: Mapping[str, Any]) -> list[str]:
     """The per-patch targets (patches, attention) of a cache or shard."""
     return [t for t in cache_targets(attrs) if t in TOKEN_TARGETS]
@@ -130,6 +148,7 @@ def provenance(
     teacher_grid: Sequence[int] = (),
     teacher_module: str | None = None,
     teacher_module_sha256: str | None = None,
+    augmentation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The attributes every shard of one run shares (IDENTITY_KEYS), its informational keys and, only for a cache
     that differs from the paper's (a clean view or per-patch targets), the VIEW_KEYS.
@@ -137,6 +156,7 @@ def provenance(
     `preprocessing` holds input_size, interpolation, mean, std and resize (precompute.preprocess); `teacher_grid`
     is the teacher's patch grid, which per-patch targets are pooled from onto the students' TARGET_GRID;
     `teacher_module` and its file's sha256 are written only for a teacher of the user's own code (--teacher-module).
+    `augmentation` (AUG_KEYS: views, view_seed and the aug_ settings) only for a K-view cache (`--views K`).
     """
     from cdeit.common import __version__
 
@@ -159,6 +179,8 @@ def provenance(
         values |= {"view": view, "token_targets": list(token_targets)}
     if token_targets:
         values |= {"target_grid": [TARGET_GRID, TARGET_GRID], "teacher_grid": list(teacher_grid)}
+    if augmentation:
+        values |= {k: augmentation[k] for k in AUG_KEYS}
     return json.loads(json.dumps(values))  # tuples -> lists, as they come back from HDF5 and JSON
 
 
@@ -179,11 +201,13 @@ def shard_attrs(
     attrs = {"format": CACHE_FORMAT, "format_version": FORMAT_VERSION, "kind": kind}
     attrs |= {"split": spec.split, "shard": spec.shard, "start": spec.start, "stop": spec.stop}
     attrs |= {"split_count": split["count"], "data_fingerprint": split["fingerprint"], **run}
-    if kind != LOGITS:
+    if kind == FEATURES:
         return attrs | {"feature_dtype": "float16"}
     if head_hash is None:
-        raise ValueError("a logit shard records the hash of the head that made its logits")
+        raise ValueError("a logit or augmented shard records the hash of the head that made its logits")
     attrs |= {"head_hash": head_hash, "store_features": store_features}
+    if kind == AUGMENTED:
+        return attrs
     if tally is not None:
         correct, seen = tally
         attrs |= {"correct_by_corruption": [int(c) for c in correct], "count_by_corruption": [int(n) for n in seen]}
@@ -200,7 +224,9 @@ def provenance_conflicts(
     agrees: a features-only slice has no head_hash, a fresh manifest no store_features.
     """
     conflicts = [(k, a.get(k), b.get(k)) for k in keys if None not in (a.get(k), b.get(k)) and a.get(k) != b.get(k)]
-    for key, of in (("view", cache_view), ("targets", token_targets_of)):
+    for key, of in (("view", cache_view), ("targets", token_targets_of), ("views", views_of)):
         if of(a) != of(b):
             conflicts.append((key, of(a), of(b)))
+    if views_of(a) and views_of(b) and augmentation_of(a) != augmentation_of(b):
+        conflicts.append(("augmentation", augmentation_of(a), augmentation_of(b)))
     return conflicts

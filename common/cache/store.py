@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from cdeit.common.cache.format import (
+    AUGMENTED,
+    AUGMENTED_DIR,
     CACHE_FORMAT,
     FEATURES,
     FEATURES_DIR,
@@ -32,8 +34,10 @@ from cdeit.common.cache.format import (
     ShardSpec,
     cache_targets,
     cache_view,
+    views_of,
 )
 from cdeit.common.errors import CdeitError
+from cdeit.common.views import AUG_KEYS
 
 # --------------------------------------------------------------------------------------------- hashing
 
@@ -147,7 +151,7 @@ def shard_problem(path: Path, spec: ShardSpec, kind: str, expect: Mapping[str, A
 
 def shard_files(cache_dir: Path, kind: str) -> list[Path]:
     """The finished shards of `kind` in a cache directory, by name (temporary files start with a dot)."""
-    base = cache_dir if kind == LOGITS else cache_dir / FEATURES_DIR
+    base = cache_dir / {LOGITS: "", FEATURES: FEATURES_DIR, AUGMENTED: AUGMENTED_DIR}[kind]
     return sorted(p for p in base.glob("*.h5") if not p.name.startswith("."))
 
 
@@ -235,39 +239,61 @@ def build_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | N
 
     cache_dir = Path(cache_dir)
     logit_files, feature_files = shard_files(cache_dir, LOGITS), shard_files(cache_dir, FEATURES)
+    augmented_files = shard_files(cache_dir, AUGMENTED)
     logit_attrs = [read_attrs(p) for p in logit_files]
     feature_attrs = [read_attrs(p) for p in feature_files]
-    everything = logit_attrs + feature_attrs
+    augmented_attrs = [read_attrs(p) for p in augmented_files]
+    everything = logit_attrs + feature_attrs + augmented_attrs
     provenance = dict(fallback or {})
     if everything:
         provenance |= _common_values(everything, IDENTITY_KEYS, str(cache_dir))
         provenance |= _common_values(logit_attrs, ("head_hash", "store_features"), str(cache_dir))
         provenance |= {k: everything[0].get(k) for k in INFO_KEYS}
         provenance |= _common_values(everything, VIEW_KEYS, str(cache_dir))
+        provenance |= _common_values(everything, AUG_KEYS, str(cache_dir))
     splits = {}
     for split in sorted({a["split"] for a in everything}, key=_split_order):
         split_attrs = [a for a in everything if a["split"] == split]
         _common_values(split_attrs, ("data_fingerprint", "split_count"), f"{cache_dir} (split {split})")
         splits[split] = _split_summary(split_attrs, [a for a in logit_attrs if a["split"] == split])
     classes = provenance.get("classes") or []
+    augmented = _augmented_summary(provenance, augmented_attrs, splits)
     return {
         "format": CACHE_FORMAT,
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
-        "complete": bool(splits) and all(s["complete"] for s in splits.values()),
+        "complete": bool(splits) and all(s["complete"] for s in splits.values()) and augmented.get("complete", True),
         "provenance": _provenance(provenance),
         "head": read_head_meta(cache_dir),
         "dataset": {"classes": classes, "num_classes": len(classes), "corruptions": provenance.get("corruptions")},
         "splits": splits,
         "shards": [_record(cache_dir, p, a) for p, a in zip(logit_files, logit_attrs, strict=True)],
         "feature_shards": [_record(cache_dir, p, a) for p, a in zip(feature_files, feature_attrs, strict=True)],
+        "augmented": augmented,
+        "augmented_shards": [_record(cache_dir, p, a) for p, a in zip(augmented_files, augmented_attrs, strict=True)],
     }
+
+
+def _augmented_summary(
+    provenance: Mapping[str, Any], attrs: Sequence[Mapping[str, Any]], splits: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A K-view cache's views: K, seed, settings, the train rows they cover and whether every shard is here."""
+    k = views_of(provenance)
+    if not k:
+        return {}
+    train = splits.get("train") or {}
+    summary = {"views": k, "seed": provenance.get("view_seed"), "split": "train", "count": train.get("count")}
+    summary |= {"settings": {key[4:]: provenance.get(key) for key in AUG_KEYS if key.startswith("aug_")}}
+    summary |= {"shards": len(attrs), "num_shards": train.get("num_shards")}
+    return summary | {"complete": bool(train) and len(attrs) == train.get("num_shards")}
 
 
 def _provenance(values: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's provenance: identity and info keys, then the view and targets (always spelled out)."""
     provenance = {k: values.get(k) for k in (*LOGIT_IDENTITY_KEYS, *INFO_KEYS) if k in values}
     provenance |= {"view": cache_view(values), "targets": cache_targets(values)}
+    if views_of(values):
+        provenance |= {k: values.get(k) for k in AUG_KEYS}
     return provenance | {k: values[k] for k in ("target_grid", "teacher_grid") if values.get(k) is not None}
 
 
