@@ -16,7 +16,15 @@ import numpy as np
 from cdeit.common.cache import AUGMENTED, ShardSpec, write_shard
 from cdeit.common.console import console, progress_bar
 from cdeit.common.distributed import assign_shards
-from cdeit.common.views import Augmentation, ViewParams, draw_views, image_hash, render_views, split_tensors, view_batches
+from cdeit.common.views import (
+    Augmentation,
+    ViewParams,
+    draw_views,
+    image_hash,
+    render_views,
+    split_tensors,
+    view_batches,
+)
 from cdeit.precompute.resume import shard_complete
 
 if TYPE_CHECKING:

@@ -90,7 +90,7 @@ def precompute_teacher(
             "drawn from --seed), replayed exactly by `cdeit train` (docs/consistent-views.md). 0: none (the paper)."
         ),
     ] = 0,
-    erasing_prob: Annotated[float, typer.Option(help="--views: random erasing probability (train's).")] = _AUG.erasing_prob,
+    erasing_prob: Annotated[float, typer.Option(help="--views: random erasing probability.")] = _AUG.erasing_prob,
     mixup_prob: Annotated[float, typer.Option(help="--views: Mixup probability per view.")] = _AUG.mixup_prob,
     mixup_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of Mixup.")] = _AUG.mixup_alpha,
     cutmix_prob: Annotated[float, typer.Option(help="--views: CutMix probability per view.")] = _AUG.cutmix_prob,
@@ -150,6 +150,7 @@ def info_lines(m: dict[str, Any]) -> list[str]:
         ("classes", f"{m['dataset']['num_classes']}: {', '.join(m['dataset']['classes'])}"),
         ("view", VIEW_TEXT.get(p.get("view") or "same", p.get("view"))),
         ("targets", _targets_text(p)),
+        *_views_rows(m),
         ("shards", f"{len(shards)} with logits, {len(m['feature_shards'])} with features only"),
         ("size on disk", f"{m['bytes_on_disk'] / 2**20:,.1f} MiB"),
         ("complete", "yes" if m["complete"] else "no"),
@@ -162,6 +163,22 @@ def info_lines(m: dict[str, Any]) -> list[str]:
             f"teacher accuracy {acc}, fingerprint {s['fingerprint']}"
         )
     return lines
+
+
+def _views_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """`cache info` of a K-view cache: K, the seed and settings of the draws, and the size of the views."""
+    a = m.get("augmented") or {}
+    if not a:
+        return []
+    s, size = a["settings"], sum(e["bytes"] for e in m.get("augmented_shards", []))
+    settings = (
+        f"erasing {s['erasing_prob']:g}, mixup {s['mixup_prob']:g} (alpha {s['mixup_alpha']:g}), "
+        f"cutmix {s['cutmix_prob']:g} (alpha {s['cutmix_alpha']:g}), render v{s['render_version']}"
+    )
+    return [
+        ("views", f"{a['views']} augmented views per train sample, seed {a['seed']}: {settings}"),
+        ("view shards", f"{a['shards']}/{a['num_shards']}, {size / 2**20:,.1f} MiB ({a['count']:,} x {a['views']})"),
+    ]
 
 
 VIEW_TEXT = {
@@ -185,20 +202,27 @@ def _targets_text(p: dict[str, Any]) -> str:
 def verify(
     cache: Annotated[Path, typer.Argument(help="Cache directory.")],
     data: Annotated[
-        Path | None, typer.Option(help="Dataset directory whose fingerprints the cache must match.")
+        Path | None,
+        typer.Option(help="Dataset directory whose fingerprints the cache must match (and views re-render from)."),
     ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="With --data: re-render every augmented view, not a sample of 256.")
+    ] = False,
 ) -> None:
     """Check checksums, coverage of every index, finite values and (with --data) fingerprints; exit 1 if wrong."""
-    from cdeit.common.cache import verify_cache
+    from cdeit.common.cache import read_cache_manifest, verify_cache, views_of
     from cdeit.common.console import out
 
-    problems = verify_cache(cache, data)
+    problems = verify_cache(cache, data, full)
     if problems:
         out.print(f"[bold red]{cache}: {len(problems)} problem(s)[/]")
         for p in problems:
             out.print(f"  - {p}")
         raise typer.Exit(1)
-    out.print(f"[green]{cache}: ok[/] (checksums, coverage, finite values{', fingerprints' if data else ''})")
+    rendered = ""
+    if data and views_of(read_cache_manifest(cache)["provenance"]):
+        rendered = ", every view re-rendered" if full else ", a sample of views re-rendered"
+    out.print(f"[green]{cache}: ok[/] (checksums, coverage, finite values{', fingerprints' if data else ''}{rendered})")
 
 
 @app.command("merge")

@@ -7,9 +7,11 @@ merge share one code path; and, while a run is unfinished, `features/` with the 
 fitted on. docs/cache-format.md describes the layout.
 
 Modules: `format` (version, names, shard attributes, the provenance-agreement check), `store` (HDF5 shards,
-checksums, manifest), `reader` (the trainer's `load_teacher_targets` -> `TeacherTargets`), `verify`, `merge`.
+checksums, manifest), `reader` (the trainer's `load_teacher_targets` -> `TeacherTargets`), `augmented` (the
+K augmented views of a `--views K` cache: `load_augmented_views` -> `AugmentedViews`), `verify`, `merge`.
 """
 
+from cdeit.common.cache.augmented import AugmentedViews, check_renders, load_augmented_views
 from cdeit.common.cache.format import (
     AUGMENTED,
     AUGMENTED_DATASETS,
@@ -81,6 +83,7 @@ __all__ = [
     "TEST_PAUSE_ENV",
     "VIEWS",
     "VIEW_KEYS",
+    "AugmentedViews",
     "ShardSpec",
     "TeacherTargets",
     "augmentation_of",
@@ -88,6 +91,8 @@ __all__ = [
     "cache_info",
     "cache_targets",
     "cache_view",
+    "check_renders",
+    "load_augmented_views",
     "load_teacher_logits",
     "load_teacher_targets",
     "merge_caches",

@@ -56,7 +56,8 @@ VIEW_KEYS = ("view", "token_targets", "target_grid", "teacher_grid")
 VIEWS = ("same", "clean")  # same: the teacher saw each sample itself; clean: its clean source image
 TARGETS = ("logits", "embedding", "patches", "attention")  # what a cache can hold, in canonical order
 TARGET_DATASETS = {"logits": "logits", "embedding": "features", "patches": "patches", "attention": "attention"}
-FLOAT_DATASETS = ("logits", "features", "patches", "attention", "view_logits")  # checked finite wherever a shard is read
+# checked finite wherever a shard is read
+FLOAT_DATASETS = ("logits", "features", "patches", "attention", "view_logits")
 SOURCES_SPLIT = "sources"  # the rows of a clean-view cache: DATA/sources.beton, one per source photograph
 TEST_PAUSE_ENV = "CDEIT_TEST_SHARD_PAUSE_S"  # tests only: seconds to wait before a finished shard is renamed
 

@@ -31,7 +31,7 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -
     for path, manifest in zip(paths, manifests, strict=True):
         if path == out:
             continue
-        for entry in manifest["shards"]:
+        for entry in manifest["shards"] + manifest.get("augmented_shards", []):
             _copy_verified(path, out, entry)
         for entry in manifest["feature_shards"]:
             if Path(entry["file"]).name not in with_logits:  # features are needed only where logits are missing
@@ -49,6 +49,11 @@ def _check_joinable(paths: Sequence[Path], manifests: Sequence[Mapping[str, Any]
     first_path, first = paths[0], manifests[0]
     for path, m in zip(paths[1:], manifests[1:], strict=True):
         for key, a, b in provenance_conflicts(first["provenance"], m["provenance"]):
+            if key in ("views", "augmentation"):
+                raise CdeitError(
+                    f"{first_path} and {path} differ in their augmented views ({key}: {a} vs {b}); cannot mix them "
+                    "in one cache: compute every slice with the same --views, augmentation settings and --seed."
+                )
             if key in ("view", "targets"):
                 what = "view" if key == "view" else "per-patch targets"
                 raise CdeitError(

@@ -14,12 +14,15 @@ from typing import Any
 import numpy as np
 
 from cdeit.common.cache.format import (
+    AUGMENTED,
+    AUGMENTED_DATASETS,
     FLOAT_DATASETS,
     HEAD_FILE,
     LOGITS,
     SOURCES_SPLIT,
     cache_view,
     provenance_conflicts,
+    views_of,
 )
 from cdeit.common.cache.store import (
     read_arrays,
@@ -31,9 +34,17 @@ from cdeit.common.cache.store import (
 )
 from cdeit.common.errors import CdeitError
 
+RENDER_SAMPLE = 256  # views re-rendered by `cache verify --data` (all of them with --full)
 
-def verify_cache(cache_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Everything wrong with a cache, one sentence each: checksums, coverage, NaN/inf, head, fingerprints."""
+
+def verify_cache(
+    cache_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, full: bool = False
+) -> list[str]:
+    """Everything wrong with a cache, one sentence each: checksums, coverage, NaN/inf, head, fingerprints.
+
+    A K-view cache's augmented shards are checked the same way; with `data_dir`, RENDER_SAMPLE of its views
+    (every view with `full`) are re-rendered from the dataset and checked against their stored image checksums.
+    """
     cache_dir = Path(cache_dir)
     try:
         manifest = read_cache_manifest(cache_dir)
@@ -42,24 +53,84 @@ def verify_cache(cache_dir: str | os.PathLike, data_dir: str | os.PathLike | Non
     problems = _check_files(cache_dir, manifest)
     problems += _check_contents(cache_dir, manifest)
     problems += _check_head(cache_dir, manifest)
+    problems += _check_augmented(cache_dir, manifest)
     if data_dir is not None:
         problems += _check_data(manifest, data_dir)
+        if views_of(manifest["provenance"]) and not problems:
+            problems += _check_renders(cache_dir, data_dir, full)
     return problems
 
 
 def _check_files(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
     problems = []
-    listed = {e["file"] for e in manifest["shards"]}
-    for entry in manifest["shards"]:
+    listed = {e["file"] for e in manifest["shards"] + manifest.get("augmented_shards", [])}
+    for entry in manifest["shards"] + manifest.get("augmented_shards", []):
         path = cache_dir / entry["file"]
         if not path.is_file():
             problems.append(f"shard {entry['file']} listed in the manifest is missing.")
         elif sha256_file(path) != entry["sha256"]:
             problems.append(f"shard {entry['file']} does not match its checksum in the manifest (damaged or changed).")
-    for path in shard_files(cache_dir, LOGITS):
-        if path.name not in listed:
+    for path in shard_files(cache_dir, LOGITS) + shard_files(cache_dir, AUGMENTED):
+        if path.relative_to(cache_dir).as_posix() not in listed:
             problems.append(f"shard {path.name} is not listed in the manifest; rerun `cdeit precompute-teacher`.")
     return problems
+
+
+def _check_augmented(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """A K-view cache: every train shard has its augmented shard, agreeing with the manifest, finite, K views."""
+    provenance, summary = manifest["provenance"], manifest.get("augmented") or {}
+    k = views_of(provenance)
+    if not k:
+        stray = len(manifest.get("augmented_shards", []))
+        return [f"{stray} augmented shards in a cache without views; delete CACHE/augmented/."] if stray else []
+    problems = []
+    if not summary.get("complete"):
+        problems.append(f"augmented views: {summary.get('shards')} of {summary.get('num_shards')} train shards.")
+    for entry in manifest["augmented_shards"]:
+        path = cache_dir / entry["file"]
+        if not path.is_file():
+            continue
+        try:
+            attrs, arrays = read_attrs(path), read_arrays(path)
+        except Exception as exc:
+            problems.append(f"shard {entry['file']} cannot be read as HDF5 ({type(exc).__name__}).")
+            continue
+        if wrong := [key for key, _, _ in provenance_conflicts(provenance, attrs)]:
+            problems.append(f"shard {entry['file']} disagrees with the manifest on {', '.join(wrong)}.")
+        n = int(attrs.get("stop", 0)) - int(attrs.get("start", 0))
+        shape = (n, k, manifest["dataset"]["num_classes"])
+        if arrays.get("view_logits") is None or arrays["view_logits"].shape != shape:
+            problems.append(f"shard {entry['file']} has no view_logits of shape {shape}.")
+        elif (bad := int((~np.isfinite(arrays["view_logits"])).sum())) > 0:
+            problems.append(f"shard {entry['file']}: {bad:,} view_logits values are NaN or infinite.")
+        if any(arrays.get(name) is None or arrays[name].shape[:2] != (n, k) for name in AUGMENTED_DATASETS[2:]):
+            problems.append(f"shard {entry['file']} lacks some view parameters of shape ({n}, {k}, ...).")
+    return problems
+
+
+def _check_renders(cache_dir: Path, data_dir: str | os.PathLike, full: bool) -> list[str]:
+    """Re-render a sample of views (all with `full`) from the dataset and compare their image checksums."""
+    import torch
+
+    from cdeit.common.cache.augmented import check_renders, load_augmented_views
+    from cdeit.common.views import split_tensors
+
+    try:
+        views = load_augmented_views(cache_dir, data_dir, "cpu")
+    except CdeitError as exc:
+        return [str(exc)]
+    images = split_tensors(data_dir, "train", "cpu")["image"]
+    pairs = views.count * views.views
+    chosen = torch.arange(pairs) if full else torch.randperm(pairs, generator=torch.Generator().manual_seed(0))
+    chosen = chosen[: pairs if full else RENDER_SAMPLE]
+    bad = check_renders(views, images, chosen // views.views, chosen % views.views)
+    if not bad:
+        return []
+    shown = ", ".join(f"sample {i} view {k}" for i, k in bad[:3])
+    return [
+        f"{len(bad):,} of {len(chosen):,} re-rendered views differ from the image the teacher saw ({shown}"
+        f"{', ...' if len(bad) > 3 else ''}); the rows were changed or the data is not the cache's."
+    ]
 
 
 def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
