@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from cdeit.common.cache import TeacherTargets
+    from cdeit.train.replay import ViewReplay
 
 
 @runtime_checkable
@@ -48,15 +49,22 @@ def target_names(cfg: TrainConfig) -> tuple[str, ...]:
     return logits + tuple(k for k in ALIGN_TARGETS if k in cfg.align)
 
 
-def load_teacher(cfg: TrainConfig, device: torch.device) -> TeacherTargets | None:
+def load_teacher(cfg: TrainConfig, device: torch.device) -> TeacherTargets | ViewReplay | None:
     """The train split's cached targets that `cfg` uses, on `device` (None when it distils and aligns nothing).
 
     Only the tables the run reads are loaded: the paper's recipe loads one (N, classes) logit table even from a
-    cache that also holds features.
+    cache that also holds features. A K-view cache (`precompute-teacher --views K`) gives a `ViewReplay`
+    (train/replay.py), which also renders each batch's images: the optional members `start_epoch(epoch)` and
+    `replay(batch) -> (uint8 images, Targets)` that the Trainer calls when a source has them.
     """
     names = target_names(cfg)
     if not names:
         return None
-    from cdeit.common.cache import load_teacher_targets
+    from cdeit.common.cache import load_teacher_targets, read_cache_manifest, views_of
+
+    if views_of(read_cache_manifest(cfg.teacher_cache)["provenance"]):
+        from cdeit.train.replay import load_view_replay
+
+        return load_view_replay(cfg, device, cfg.epochs)
 
     return load_teacher_targets(cfg.teacher_cache, cfg.data, "train", device, names)

@@ -270,15 +270,20 @@ class Trainer:
 
         cfg = self.cfg
         images_u8, labels, corruption, *_ = batch  # then index, and `source` when the cache is keyed by source
-        teacher = self.teacher_for(dict(zip(self.batch_fields, batch, strict=True)))
-        features = {k: teacher[k] for k in self.alignment.names} if self.alignment is not None else None
-        targets = make_targets(labels, corruption, teacher.get("logits"), cfg.distill, cfg.tau, cfg.label_smoothing,
-                               num_classes=self.num_classes, features=features)  # fmt: skip
-        images = self.normalise(images_u8)
-        if self.erasing is not None:  # per-image erasing before batch mixing, in DeiT's order
-            images, targets = self.erasing(images, targets, self.erase_gen)
-        images, targets = mix_batch(images, targets, cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob,
-                                    cfg.cutmix_alpha, generator=self.mix_gen)  # fmt: skip
+        replay = getattr(self.teacher, "replay", None)  # a K-view cache: the augmented images the teacher saw
+        if replay is not None:
+            images_u8, targets = replay(dict(zip(self.batch_fields, batch, strict=True)))
+            images = self.normalise(images_u8)
+        else:
+            teacher = self.teacher_for(dict(zip(self.batch_fields, batch, strict=True)))
+            features = {k: teacher[k] for k in self.alignment.names} if self.alignment is not None else None
+            targets = make_targets(labels, corruption, teacher.get("logits"), cfg.distill, cfg.tau,
+                                   cfg.label_smoothing, num_classes=self.num_classes, features=features)  # fmt: skip
+            images = self.normalise(images_u8)
+            if self.erasing is not None:  # per-image erasing before batch mixing, in DeiT's order
+                images, targets = self.erasing(images, targets, self.erase_gen)
+            images, targets = mix_batch(images, targets, cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob,
+                                        cfg.cutmix_alpha, generator=self.mix_gen)  # fmt: skip
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             if self.alignment is None:
                 outputs = self.model(images)
@@ -301,6 +306,8 @@ class Trainer:
     def train_epoch(self, epoch: int, advance: Any) -> dict[str, float]:
         self.model.train()
         self.train_loader.next_epoch = epoch  # FFCV's order is a function of (seed, epoch): resumable
+        if hasattr(self.teacher, "start_epoch"):  # a K-view cache picks (and spot-checks) the epoch's views
+            self.teacher.start_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         start, n_images = time.perf_counter(), 0
         for i, batch in enumerate(self.train_loader):
