@@ -124,3 +124,17 @@ def write_fake_cifar10c(out: Path, test_images: np.ndarray, test_labels: np.ndar
         np.save(root / f"{name}.npy", rows)
     np.save(root / "labels.npy", np.tile(test_labels, 5).astype(np.uint8))
     return root
+
+
+VIEW_OPTIONS = {"views": 2, "cutmix_prob": 0.3}  # K = 2, and CutMix beside Mixup so every kind of view occurs
+
+
+@pytest.fixture(scope="session")
+def views_cache(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> Path:
+    """A K-view cache (`--views 2`, Mixup 0.3, CutMix 0.3, erasing 0.25) of `tiny_dataset` (copy it to change it)."""
+    from cdeit.precompute.run import precompute_teacher
+    from tests.precompute.helpers import config
+
+    out = tmp_path_factory.mktemp("views") / "cache"
+    precompute_teacher(config(tiny_dataset, out, **VIEW_OPTIONS))
+    return out
