@@ -35,16 +35,23 @@ if TYPE_CHECKING:
     from cdeit.precompute.run import Run
 
 
-def augmented_specs(run: Run, plan: list[ShardSpec]) -> list[ShardSpec]:
-    """The train shards of this slice (the same round-robin as its feature shards)."""
-    return [s for s in assign_shards(plan, run.cfg.shard_index, run.cfg.num_shards) if s.split == "train"]
+def augmented_specs(run: Run, plan: list[ShardSpec], rank: int = 0, world: int = 1) -> list[ShardSpec]:
+    """The train shards of this slice that process `rank` of `world` owns (the round-robin of pass 1)."""
+    mine = assign_shards(plan, run.cfg.shard_index, run.cfg.num_shards, rank, world)
+    return [s for s in mine if s.split == "train"]
 
 
-def pass_augmented(run: Run, plan: list[ShardSpec], head: LinearHead) -> tuple[int, float]:
-    """Write the augmented shard of every train shard of this slice that lacks one; returns (views, seconds)."""
+def pass_augmented(
+    run: Run, plan: list[ShardSpec], head: LinearHead, rank: int = 0, world: int = 1
+) -> tuple[int, float]:
+    """Write the augmented shard of every train shard this process owns that lacks one; returns (views, seconds).
+
+    With the head known from the start, each rank of a torchrun renders its own shards; a head fitted at the end
+    leaves them all to rank 0 (`rank`, `world` = 0, 1: the whole slice).
+    """
     from cdeit.precompute.preprocess import DeviceResize
 
-    specs = augmented_specs(run, plan)
+    specs = augmented_specs(run, plan, rank, world)
     todo = [s for s in specs if not shard_complete(run, s, AUGMENTED, head)]
     if len(todo) < len(specs):
         console.print(f"resuming: {len(specs) - len(todo)} of {len(specs)} augmented shards are already done.")

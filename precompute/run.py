@@ -138,15 +138,19 @@ def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
         run.sums = manifest_sums(cfg.out)
         head = given or reusable_head(run)
         images, seconds = pass_features(run, plan, head)
+        views = (0, 0.0)
+        if head is not None and cfg.views:  # the head is known: every rank renders the views of its own shards
+            views = pass_augmented(run, plan, head, run.env.rank, run.env.world)
         barrier(run.env)
     summary = {"images": images, "features_seconds": seconds, "images_per_s": images / seconds if seconds else 0.0}
     summary |= {"device": str(run.device), "batch_size": run.batch_size, "compute_dtype": run.compute_dtype}
+    summary |= {"views": views[0], "views_seconds": views[1]} if cfg.views else {}
     if run.env.rank != 0:
         return summary
-    head = head or fit_if_ready(run, plan)
+    fitted, head = head is None, head or fit_if_ready(run, plan)
     if head is not None:
         pass_logits(run, plan, head)
-    if head is not None and cfg.views:
+    if fitted and head is not None and cfg.views:  # a head fitted just now: this rank renders the slice's views
         summary["views"], summary["views_seconds"] = pass_augmented(run, plan, head)
     manifest = write_manifest(cfg.out, fallback=run.identity())
     summary |= {"seconds": time.perf_counter() - started, "complete": manifest["complete"], "manifest": manifest}
