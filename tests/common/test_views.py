@@ -119,3 +119,16 @@ def test_augmentation_defaults_are_the_trainers() -> None:
         assert getattr(aug, name) == getattr(cfg, name), name
     assert Augmentation.from_attrs(AUG.attrs()) == AUG
     assert AUG.differences(Augmentation()) == ["cutmix_prob 0.3 vs 0"]
+
+
+def test_provenance_conflicts_compare_views_and_their_settings() -> None:
+    from cdeit.common.cache import augmentation_of, provenance_conflicts, views_of
+
+    plain = {"teacher": "t", "weights_hash": "w"}
+    viewed = plain | {"views": 2, "view_seed": 0} | AUG.attrs()
+    assert views_of(plain) == 0 and augmentation_of(plain) == {} and provenance_conflicts(viewed, dict(viewed)) == []
+    assert provenance_conflicts(plain, viewed) == [("views", 0, 2)]  # a plain cache never joins a K-view one
+    other = viewed | {"aug_mixup_alpha": 0.5}
+    [(key, a, b)] = provenance_conflicts(viewed, other)
+    assert key == "augmentation" and a["aug_mixup_alpha"] == 0.8 and b["aug_mixup_alpha"] == 0.5
+    assert [k for k, _, _ in provenance_conflicts(viewed, viewed | {"view_seed": 1})] == ["augmentation"]
