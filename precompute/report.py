@@ -34,6 +34,10 @@ def report(run: Run, summary: dict[str, Any], head: LinearHead | None) -> None:
         f"batch {summary['batch_size']}, {summary['compute_dtype']}; total {summary['seconds']:.1f} s; "
         f"cache {path} is {state}."
     )
+    if summary.get("views"):
+        views, seconds = summary["views"], summary["views_seconds"]
+        rate = views / seconds if seconds else 0.0
+        out.print(f"{who}{views:,} augmented views in {seconds:.1f} s ({rate:,.1f} views/s)")
     if run.teacher.random_weights:
         console.print("[bold yellow]the cache holds logits of a teacher with RANDOM WEIGHTS.[/]")
 
