@@ -160,3 +160,17 @@ def test_slices_with_a_given_head_merge_into_the_full_view_cache(
     assert manifest["complete"] and manifest["augmented"]["complete"]
     assert view_sums(tmp_path / "merged") == view_sums(views_cache)
     assert verify_cache(tmp_path / "merged", tiny_dataset) == []
+
+
+def test_cache_info_and_verify_commands_show_the_views(views_cache: Path, tiny_dataset: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cdeit.common.cli import app
+
+    info = CliRunner().invoke(app, ["cache", "info", str(views_cache)])
+    assert info.exit_code == 0, info.output
+    text = " ".join(info.output.split())
+    assert "views 2 augmented views per train sample, seed 0: erasing 0.25, mixup 0.3 (alpha 0.8), cutmix 0.3" in text
+    assert "view shards 4/4" in text and "(220 x 2)" in text
+    verify = CliRunner().invoke(app, ["cache", "verify", str(views_cache), "--data", str(tiny_dataset), "--full"])
+    assert verify.exit_code == 0 and "every view re-rendered" in verify.output, verify.output
