@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,34 @@ DISTILLS = ("none", "soft", "hard")
 HEAD_STRATEGIES = ("none", "linear", "mlp")
 ALIGN_TARGETS = ("embedding", "patches", "attention")  # docs/asymmetric.md
 ALIGN_METRICS = ("cosine", "mse")
+LAMBDA_DEFAULT = 0.5  # the paper's lambda: Eq. 4, 5 and 7 weigh label and teacher terms equally
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def check_model_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse (one sentence each) a --model-kwargs key the student does not take, heads that do not divide the width."""
+    import inspect
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    from cdeit.train.models import TokenViT
+
+    known = {p for cls in (TokenViT, VisionTransformer) for p in inspect.signature(cls.__init__).parameters}
+    known -= {"self", "kwargs", "args", "kind", "head_strategy", "drop_path_rate", "drop_rate", "num_classes"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise CdeitError(
+            f"--model-kwargs key {unknown[0]!r} is not an argument of the student; choose from "
+            f"{', '.join(sorted(known))} (drop path, dropout and the class count have their own options)."
+        )
+    width, heads = kwargs.get("embed_dim", 192), kwargs.get("num_heads", 3)
+    if not (isinstance(width, int) and isinstance(heads, int) and width > 0 and heads > 0 and width % heads == 0):
+        raise CdeitError(
+            f"--model-kwargs num_heads {heads} does not divide embed_dim {width}; choose heads that divide the width."
+        )
 
 
 def parse_align(text: str) -> dict[str, float]:
@@ -62,7 +91,7 @@ class TrainConfig:
     cutmix_alpha: float = 1.0
     erasing_prob: float = 0.25
     tau: float = 3.0
-    lam: float = 0.5  # lambda of Eq. 4 and 7
+    lam: float = 0.5  # lambda of Eq. 4, 5 and 7 (DeiT's --distillation-alpha); refused where it does not enter
     clip_grad: float | None = None  # max gradient norm; None: no clipping
     # machinery
     seed: int = 0
@@ -108,14 +137,55 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise CdeitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
         for name in ("mixup_prob", "cutmix_prob", "erasing_prob", "label_smoothing", "lam", "dropout", "drop_path"):
-            if not 0 <= getattr(self, name) <= 1:
+            if not (_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
                 raise CdeitError(f"--{name.replace('_', '-')} must be in [0, 1], not {getattr(self, name)}.")
         if self.mixup_prob + self.cutmix_prob > 1:
             raise CdeitError("--mixup-prob and --cutmix-prob must add up to at most 1.")
         if self.precision not in ("bf16", "fp32"):
             raise CdeitError(f"--precision {self.precision!r} is unknown; choose bf16 or fp32.")
+        self._validate_numbers()
+        self._validate_lambda()
         self._validate_align()
+        check_model_kwargs(self.model_kwargs)
         return self
+
+    def _validate_numbers(self) -> None:
+        """Every number of the recipe: finite, in range, one sentence each."""
+        rules = (  # (field, accept, what it must be)
+            ("lr_per_512", lambda v: v > 0, "a positive number"),
+            ("weight_decay", lambda v: v >= 0, "zero or positive"),
+            ("warmup_epochs", lambda v: 0 <= v < self.epochs, f"in [0, --epochs {self.epochs})"),
+            ("min_lr", lambda v: 0 <= v <= self.lr, f"in [0, the lr {self.lr:g}]"),
+            ("warmup_lr", lambda v: 0 <= v <= self.lr, f"in [0, the lr {self.lr:g}]"),
+            ("tau", lambda v: v > 0, "a positive number"),
+            ("seed", lambda v: 0 <= v < 2**31, "in [0, 2^31)"),
+            ("workers", lambda v: v >= 1, "at least 1"),
+        )
+        for name, accept, what in rules:
+            value = getattr(self, name)
+            if not _finite(value) or not accept(value):
+                raise CdeitError(f"--{name.replace('_', '-')} must be {what}, not {value}.")
+        if self.clip_grad is not None and not (_finite(self.clip_grad) and self.clip_grad > 0):
+            raise CdeitError(f"--clip-grad must be a positive gradient norm (or left off), not {self.clip_grad}.")
+        for kind in ("mixup", "cutmix"):
+            prob, alpha = getattr(self, f"{kind}_prob"), getattr(self, f"{kind}_alpha")
+            if prob > 0 and not (_finite(alpha) and alpha > 0):
+                raise CdeitError(
+                    f"--{kind}-alpha must be positive when --{kind}-prob is {prob} (Beta(alpha, alpha)), not {alpha}."
+                )
+
+    def _validate_lambda(self) -> None:
+        """--lambda weighs Eq. 4, 5 and 7; the losses that are plain averages (Eq. 6, strategy 1) refuse it."""
+        if self.lam == LAMBDA_DEFAULT:
+            return
+        if self.distill == "none":
+            raise CdeitError(f"--lambda {self.lam} weighs the teacher term, but --distill none has none; drop it.")
+        if self.student == "cdeit" and (self.distill == "hard" or self.resolved_head_strategy() == "none"):
+            loss = "Eq. 6 (hard)" if self.distill == "hard" else "strategy 1"
+            raise CdeitError(
+                f"--lambda {self.lam} does not enter CdeiT's {loss} loss, the plain average of the three tokens' "
+                "losses (paper 3.3); drop it, or use --distill soft with --head-strategy linear or mlp (Eq. 7)."
+            )
 
     def _validate_align(self) -> None:
         for name, weight in self.align.items():

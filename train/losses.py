@@ -84,12 +84,19 @@ class SoftDistillLoss(nn.Module):
 
 
 class HardDistillLoss(nn.Module):
-    """DeiT hard distillation, Eq. 5: 1/2 CE(cls, y) + 1/2 CE(dist, argmax teacher)."""
+    """DeiT hard distillation: (1 - lam) CE(cls, y) + lam CE(dist, argmax teacher); lam = 1/2 is Eq. 5.
+
+    lam weighs the two terms as DeiT's `--distillation-alpha` does (its DistillationLoss, hard branch).
+    """
+
+    def __init__(self, lam: float = 0.5) -> None:
+        super().__init__()
+        self.lam = lam
 
     def forward(self, outputs: Outputs, targets: Targets) -> Parts:
         cls_ce = soft_target_ce(_get(outputs, "cls", self), targets.label)
         dist_ce = soft_target_ce(_get(outputs, "dist", self), _teacher(targets, "hard", None, self))
-        return {"cls_ce": cls_ce, "dist_ce": dist_ce, "total": (cls_ce + dist_ce) / 2}
+        return {"cls_ce": cls_ce, "dist_ce": dist_ce, "total": (1 - self.lam) * cls_ce + self.lam * dist_ce}
 
 
 class CdeitHardLoss(nn.Module):
@@ -166,8 +173,8 @@ def build_loss(
         return LabelLoss(student, head_strategy)
     if student == "vit":
         raise CdeitError(f"distillation {distill!r} needs a distillation token: use student deit or cdeit, or 'none'.")
-    if distill == "soft" and (tau <= 0 or not 0 <= lam <= 1):
-        raise CdeitError(f"soft distillation needs tau > 0 and 0 <= lam <= 1, got tau {tau} and lam {lam}.")
+    if (distill == "soft" and tau <= 0) or not 0 <= lam <= 1:
+        raise CdeitError(f"distillation needs tau > 0 and 0 <= lam <= 1, got tau {tau} and lam {lam}.")
     if student == "deit":
-        return SoftDistillLoss(tau, lam) if distill == "soft" else HardDistillLoss()
+        return SoftDistillLoss(tau, lam) if distill == "soft" else HardDistillLoss(lam)
     return CdeitSoftLoss(head_strategy, tau, lam) if distill == "soft" else CdeitHardLoss(head_strategy)
