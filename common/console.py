@@ -52,9 +52,21 @@ class RateColumn(TextColumn):
         return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
 
 
+PROGRESS_EVERY_ENV = "CDEIT_PROGRESS_EVERY"  # seconds between progress lines when stderr is not a terminal
+PROGRESS_EVERY_S = 60.0
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, unit: str = "images") -> Iterator[Callable[..., None]]:
-    """A progress bar that shows count, rate and time left; yields `advance(n, **fields)`."""
+    """A progress bar that shows count, rate and time left; yields `advance(n, **fields)`.
+
+    Output to a file (a cluster job's log) gets no bar but one timestamped line every CDEIT_PROGRESS_EVERY
+    seconds (60 by default) instead of silence.
+    """
+    if not console.is_terminal and not _force_progress():
+        with _progress_lines(description, total, unit, _every()) as advance:
+            yield advance
+        return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -65,7 +77,6 @@ def progress_bar(description: str, total: int, unit: str = "images") -> Iterator
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=False,
-        disable=not console.is_terminal and not _force_progress(),
     )
     with progress:
         task = progress.add_task(description, total=total, info="")
@@ -74,6 +85,44 @@ def progress_bar(description: str, total: int, unit: str = "images") -> Iterator
             progress.update(task, advance=n, **({"info": info} if info is not None else {}))
 
         yield advance
+
+
+@contextlib.contextmanager
+def _progress_lines(description: str, total: int, unit: str, every: float) -> Iterator[Callable[..., None]]:
+    """`advance(n, info)` that prints `TIME description done/total (pct) rate, ETA, info` every `every` seconds."""
+    import time
+
+    start = last = time.monotonic()
+    done, latest = 0, ""
+
+    def line(now: float) -> None:
+        rate = done / max(now - start, 1e-9)
+        eta = f", {(total - done) / rate:,.0f} s left" if rate > 0 and total > done else ""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        pct = f" ({done / total:.0%})" if total else ""
+        console.print(f"{stamp} {description} {done:,}/{total:,}{pct}, {rate:,.1f} {unit}/s{eta}  {latest}".rstrip())
+
+    def advance(n: int = 1, info: str | None = None) -> None:
+        nonlocal done, last, latest
+        done += n
+        latest = info if info is not None else latest
+        now = time.monotonic()
+        if now - last >= every:
+            last = now
+            line(now)
+
+    yield advance
+    if time.monotonic() - start >= every:  # a long stage ends with its final count
+        line(time.monotonic())
+
+
+def _every() -> float:
+    import os
+
+    try:
+        return max(float(os.environ.get(PROGRESS_EVERY_ENV, PROGRESS_EVERY_S)), 0.0)
+    except ValueError:
+        return PROGRESS_EVERY_S
 
 
 def _force_progress() -> bool:
