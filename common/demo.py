@@ -133,7 +133,7 @@ def _student(run: Path, student: str, distill: str, data: Path, cache: Path, epo
         console.print(f"{run} is finished; reusing it.")
         return
     teacher = ("--teacher-cache", str(cache)) if distill != "none" else ()
-    resume = ("--resume",) if (run / "checkpoints" / "last.pt").is_file() else ()
+    resume = ("--resume", str(run)) if (run / "checkpoints" / "last.pt").is_file() else ()
     _run("train", "--student", student, "--distill", distill, "--data", str(data), "--out", str(run), *teacher,
          "--epochs", str(epochs), "--device", device, "--model-kwargs", model_kwargs, *TRAIN_ARGS, *resume)  # fmt: skip
 

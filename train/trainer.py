@@ -9,8 +9,7 @@ every RNG state, so a killed run resumes exactly.
 
 from __future__ import annotations
 
-import errno
-import json
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,13 +26,14 @@ from cdeit.common.dataset import beton_path, load_manifest, make_loader
 from cdeit.common.device import resolve_device
 from cdeit.common.errors import CdeitError
 from cdeit.common.metrics import ece_bin_stats, ece_from_stats
+from cdeit.train import rundir
 from cdeit.train.config import TrainConfig
+from cdeit.train.rundir import CHECKPOINT, io_error, prepare_run_dir
 from cdeit.train.teacher_source import TeacherSource, load_teacher, target_names
 
 if TYPE_CHECKING:
     from cdeit.train.align import Alignment
 
-CHECKPOINT = "checkpoints/last.pt"
 TRAIN_FIELDS = ("image", "label", "corruption", "index")
 
 
@@ -46,34 +46,6 @@ class State:
     train_images: int = 0
 
 
-def _io_error(path: Path, exc: OSError) -> CdeitError:
-    if exc.errno == errno.ENOSPC:
-        return CdeitError(f"the disk is full while writing {path}; free space and rerun with --resume.")
-    return CdeitError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --out.")
-
-
-def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
-    """Create RUN/, refuse to overwrite another run, and prove it is writable before any work."""
-    out = Path(cfg.out)
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise _io_error(out, exc) from None
-    saved = out / "config.json"
-    has_run = (out / CHECKPOINT).is_file() or (out / "model.safetensors").is_file()
-    if saved.is_file() and not resume and has_run:
-        raise CdeitError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
-    if resume and saved.is_file():
-        old = TrainConfig().to_json() | json.loads(saved.read_text())  # settings added since take their defaults
-        differs = [k for k, v in cfg.to_json().items() if k not in ("workers", "eval_every") and old.get(k) != v]
-        if differs:
-            raise CdeitError(f"--resume with other settings than {saved} ({', '.join(differs)}); use the same options.")
-    return out
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only: not on norms, biases, tokens or position embeddings."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
@@ -83,6 +55,22 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
             continue
         (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """DeiT's Table 1 schedule per optimizer step, as timm's `create_scheduler_v2` builds it (docs/training.md).
+
+    Linear warmup from `warmup_lr` over the first warmup_epochs x steps steps, inside the total; then
+    min_lr + (lr - min_lr) / 2 (1 + cos(pi t / T)) over all T = epochs x steps steps, so the last step is at
+    min_lr (to within (lr - min_lr) pi^2 / 4T^2). Step t uses the lr the scheduler set after step t - 1.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    return CosineLRScheduler(
+        optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
+        warmup_prefix=False, t_in_epochs=False,
+    )  # fmt: skip
 
 
 class Normalise(torch.nn.Module):
@@ -105,10 +93,12 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, teacher: TeacherSource | None = None):
-        self.cfg = cfg.validate()
+        cfg = rundir.absolute_paths(cfg.validate())
         self.resume = resume
         env = distributed.dist_env()
         self.device = resolve_device(cfg.device, env.local_rank)
+        self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
+        self.cfg = cfg = dataclasses.replace(cfg, precision="bf16" if self.autocast else "fp32")  # what runs
         if cfg.batch_size % env.world:
             raise CdeitError(
                 f"--batch-size {cfg.batch_size} does not divide over {env.world} processes; "
@@ -118,16 +108,19 @@ class Trainer:
         self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
         self.manifest = load_manifest(cfg.data)
         self.num_classes = len(self.manifest["classes"])
-        self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
+        self.env = rundir.environment(cfg, self.device, env.world)
+        if resume and self.dist.main:
+            rundir.check_identity(self.out, self.env)
         self.state = State()
+        self.last_record: dict[str, Any] | None = None  # the last metrics line, kept in the checkpoint
+        self.val_teacher: dict[str, torch.Tensor] = {}
+        self.teacher_from_cache = teacher is None  # then the cache also holds the val logits of the diagnostics
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.teacher = teacher
         self._build()
 
     # ---------------------------------------------------------------- set-up
     def _build(self) -> None:
-        from timm.scheduler import CosineLRScheduler
-
         from cdeit.train.losses import build_loss
         from cdeit.train.mixing import RandomErasing
         from cdeit.train.models import build_student
@@ -167,11 +160,10 @@ class Trainer:
             for group, extra in zip(groups, self.alignment.param_groups(cfg.weight_decay), strict=True):
                 group["params"] += extra["params"]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
-        total, warmup = cfg.epochs * self.steps_per_epoch, round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
-            warmup_prefix=False, t_in_epochs=False,  # warmup inside the total, cosine to min_lr at the end (DeiT)
-        )  # fmt: skip
+        self.scheduler = lr_schedule(self.optimizer, cfg, self.steps_per_epoch)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the lr of the latest optimizer step
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=dev)  # first non-finite loss, no sync
+        self.step_count = torch.zeros((), dtype=torch.int64, device=dev)
         compile_model = cfg.compile if cfg.compile is not None else dev.type == "cuda"
         if compile_model:
             self.model = torch.compile(self.model)
@@ -228,6 +220,7 @@ class Trainer:
             "rng": self._rng_state(),
             "state": self.state.__dict__,
             "config": self.cfg.to_json(),
+            "record": self.last_record,  # this epoch's metrics line: a resume writes it back if the file lost it
         }
         if self.alignment is not None:  # the projections: training-only, never part of the student
             payload["alignment"] = self.alignment.state_dict()
@@ -236,7 +229,7 @@ class Trainer:
             with atomic_path(path) as tmp:
                 torch.save(payload, tmp)
         except OSError as exc:
-            raise _io_error(path, exc) from None
+            raise io_error(path, exc) from None
 
     def load_checkpoint(self) -> bool:
         path = Path(self.cfg.out) / CHECKPOINT
@@ -262,6 +255,7 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.state = State(**payload["state"])
+        self.last_record = payload.get("record")
         return True
 
     # ---------------------------------------------------------------- loop
@@ -298,8 +292,12 @@ class Trainer:
         parts["total"].backward()
         if cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.state.step += 1
+        self.step_count += 1
+        bad = ~torch.isfinite(parts["total"].detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, self.step_count, self.first_bad_step)  # checked at sync points
         self.scheduler.step_update(self.state.step)
         return {k: v.detach() for k, v in parts.items()}
 
@@ -310,11 +308,14 @@ class Trainer:
             self.teacher.start_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         start, n_images = time.perf_counter(), 0
+        self.step_count.fill_(self.state.step)
         for i, batch in enumerate(self.train_loader):
             parts = self.train_step(batch)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v
             n_images += batch[0].shape[0]
+            if i % 10 == 9 or i == self.steps_per_epoch - 1:  # one sync every 10 steps
+                self._check_finite(epoch)
             if advance and (i % 10 == 9 or i == self.steps_per_epoch - 1):  # sync with the device rarely
                 rate = n_images * self.dist.world / (time.perf_counter() - start)
                 means = (torch.stack([sums[k] for k in sorted(sums)]) / (i + 1)).tolist()  # one sync for all parts
@@ -327,70 +328,120 @@ class Trainer:
         stats = distributed.all_reduce_sum(stats, self.dist) / self.dist.world
         out = {f"train_{k}": float(v) for k, v in zip(sorted(sums), stats.tolist(), strict=True)}
         out["train_images_per_s"] = n_images * self.dist.world / seconds
-        out["lr"] = self.optimizer.param_groups[0]["lr"]
+        out["lr"] = self.step_lr  # the lr of the epoch's last optimizer step
         return out
+
+    def _check_finite(self, epoch: int) -> None:
+        """Stop at the first non-finite loss, before a checkpoint could keep the damage."""
+        bad = int(self.first_bad_step.item())
+        if bad < 0:
+            return
+        in_epoch = bad - epoch * self.steps_per_epoch
+        raise CdeitError(
+            f"the training loss became NaN or infinite at epoch {epoch + 1}, step {in_epoch} of "
+            f"{self.steps_per_epoch} (optimizer step {bad}); the run stopped and {self.out / CHECKPOINT} still "
+            f"holds epoch {self.state.epoch}. Start a new run with a lower --lr-per-512 (now {self.cfg.lr_per_512:g}), "
+            "with --clip-grad 1.0, or with --precision fp32."
+        )
 
     @torch.no_grad()
     def validate(self, split: str = "val") -> dict[str, float]:
-        """Accuracy, mean cross-entropy and ECE-15 of the inference logits; exact under torchrun."""
+        """Accuracy, mean cross-entropy and ECE-15 of the inference logits, the mean cosine similarity of every
+        pair of prefix tokens (paper 4.4) and, with a teacher cache, the student's top-1 agreement with the
+        cached teacher and KL(teacher || student); exact under torchrun."""
         self.model.eval()
         count = self.manifest["splits"][split]["count"]
         indices = list(range(self.dist.rank, count, self.dist.world))  # every sample once over the ranks
         loader = make_loader(beton_path(self.cfg.data, split), self.cfg.eval_batch_size, "sequential",
-                             str(self.device), fields=("image", "label"), workers=self.cfg.workers,
+                             str(self.device), fields=("image", "label", "index"), workers=self.cfg.workers,
                              indices=indices)  # fmt: skip
-        nll = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        teacher = self._val_teacher(split)
+        names = self.raw_model.token_names
+        pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+        sums = torch.zeros(4 + len(pairs), dtype=torch.float64, device=self.device)  # nll, correct, agree, kl, cos
         bins = torch.zeros(3, 15, dtype=torch.float64, device=self.device)
-        for images_u8, labels in loader:
+        for images_u8, labels, index in loader:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.raw_model(self.normalise(images_u8), return_dict=False)
-            logits = logits.float()
-            nll += F.cross_entropy(logits, labels, reduction="sum").double()
-            correct += (logits.argmax(1) == labels).sum()
+                features = self.raw_model.forward_features(self.normalise(images_u8))  # (B, T + N, D)
+                logits = self.raw_model.combine(self.raw_model.heads(features))  # as forward(return_dict=False)
+            logits, features = logits.float(), features.float()
+            batch = [F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum()]
+            if teacher is not None:
+                t = teacher[index]  # (B, C) cached teacher logits of these samples
+                kl = F.kl_div(logits.log_softmax(1), t.log_softmax(1), reduction="sum", log_target=True)
+                batch += [(logits.argmax(1) == t.argmax(1)).sum(), kl]
+            else:
+                batch += [torch.zeros((), device=self.device)] * 2
+            batch += [F.cosine_similarity(features[:, i], features[:, j], dim=1).sum() for i, j in pairs]
+            sums += torch.stack([b.double() for b in batch])
             bins += ece_bin_stats(logits.softmax(1), labels)
-        totals = distributed.all_reduce_sum(torch.cat([nll[None], correct[None], bins.flatten()]), self.dist)
-        n = totals[2:17].sum().item()
-        return {
-            f"{split}_acc": totals[1].item() / n,
-            f"{split}_loss": totals[0].item() / n,
-            f"{split}_ece": ece_from_stats(totals[2:].view(3, 15)),
-        }
+        totals = distributed.all_reduce_sum(torch.cat([sums, bins.flatten()]), self.dist).tolist()
+        n = sum(totals[-45:-30])  # the ECE bins' counts: every sample once
+        out = {f"{split}_acc": totals[1] / n, f"{split}_loss": totals[0] / n,
+               f"{split}_ece": ece_from_stats(torch.tensor(totals[-45:]).view(3, 15))}  # fmt: skip
+        if teacher is not None:
+            out |= {f"{split}_teacher_agreement": totals[2] / n, f"{split}_teacher_kl": totals[3] / n}
+        for k, (i, j) in enumerate(pairs):
+            out[f"{split}_cos_{names[i]}~{names[j]}"] = totals[4 + k] / n
+        return out
+
+    def _val_teacher(self, split: str) -> torch.Tensor | None:
+        """The cached teacher logits of `split` (N, C) by sample index, loaded once; None without a cache."""
+        if not (self.teacher_from_cache and self.cfg.teacher_cache and self.cfg.distill != "none"):
+            return None
+        if split not in self.val_teacher:
+            from cdeit.common.cache import load_teacher_logits
+
+            self.val_teacher[split] = load_teacher_logits(self.cfg.teacher_cache, self.cfg.data, split, self.device)
+        return self.val_teacher[split]
 
     def _log(self, record: dict[str, Any]) -> None:
+        """One epoch's line in metrics.jsonl and its scalars in RUN/tb/ (rank 0)."""
         if not self.dist.main:
             return
-        path = self.out / "metrics.jsonl"
-        try:
-            with open(path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise _io_error(path, exc) from None
+        rundir.append_metrics(self.out, record)
+        for key, value in record.items():
+            if key not in ("epoch", "step") and isinstance(value, int | float):
+                self.tb.add_scalar(_tb_tag(key), value, global_step=record["step"])
+        self.tb.flush()
 
-    def _trim_metrics(self) -> None:
-        """After a resume, drop metric lines of epochs the checkpoint does not include."""
-        path = self.out / "metrics.jsonl"
-        if not self.dist.main or not path.is_file():
+    def _start(self) -> None:
+        """Load the checkpoint (resume) or start afresh; write config.json, environment.json, open RUN/tb/."""
+        cfg = self.cfg
+        resumed = self.resume and self.load_checkpoint()
+        if resumed:
+            console.print(f"resuming {cfg.out} after epoch {self.state.epoch} (step {self.state.step})")
+        if not self.dist.main:
             return
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= self.state.epoch]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(ln + "\n" for ln in lines))
+        if resumed:
+            note = rundir.repair_metrics(self.out, self.state.epoch, self.last_record)
+            if note:
+                console.print(f"[yellow]{note}[/]")
+        else:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        write_json(self.out / "config.json", cfg.to_json())  # a moved run records where it is now
+        rundir.record_environment(self.out, self.env, resumed)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: a redone epoch's events replace those a killed run wrote after its checkpoint
+        self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.state.step if resumed else None)
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        if self.resume and self.load_checkpoint():
-            console.print(f"resuming {cfg.out} after epoch {self.state.epoch} (step {self.state.step})")
-            self._trim_metrics()
-        elif self.dist.main:
-            write_json(self.out / "config.json", cfg.to_json())
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        self._start()
         if self.dist.main:
             n_params = sum(p.numel() for p in self.raw_model.parameters())
             console.print(
                 f"training {cfg.student} (distill {cfg.distill}, {n_params / 1e6:.2f}M parameters) on {self.device}"
                 f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
-                f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}"
+                f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}, {cfg.precision}"
             )
+            if cfg.warmup_epochs >= cfg.epochs:  # what was asked, as timm would run it, but rarely what is meant
+                console.print(
+                    f"[yellow]warning: --warmup-epochs {cfg.warmup_epochs:g} is not shorter than --epochs "
+                    f"{cfg.epochs}: the whole run is warmup and the lr never reaches the cosine; lower it for "
+                    "Table 1's curve.[/]"
+                )
             if self.beyond_paper_teacher:
                 aligned = ", ".join(f"{k} x{w:g}" for k, w in cfg.align.items()) or "none"
                 console.print(
@@ -410,8 +461,9 @@ class Trainer:
                         self.state.best_val_acc = record["val_acc"]
                         self._save_model("best.safetensors")
                 self.state.epoch = epoch + 1
+                self.last_record = record
+                self._log(record)  # the line before the checkpoint: a kill in between redoes the epoch, loses nothing
                 self.save_checkpoint()
-                self._log(record)
                 if self.dist.main:
                     console.print(_epoch_line(record))
                 distributed.barrier(self.dist)
@@ -425,14 +477,14 @@ class Trainer:
         try:
             save_safetensors(self.raw_model, self.out / name)
         except OSError as exc:
-            raise _io_error(self.out / name, exc) from None
+            raise io_error(self.out / name, exc) from None
 
     def _finish(self) -> dict[str, Any]:
         summary: dict[str, Any] = {}
         if self.dist.main:
             self._save_model("model.safetensors")
             write_json(self.out / "model_config.json", self.raw_model.model_config())
-            records = [json.loads(ln) for ln in (self.out / "metrics.jsonl").read_text().splitlines() if ln]
+            records = rundir.read_metrics(self.out)
             last = records[-1] if records else {}
             summary = {
                 "student": self.cfg.student,
@@ -451,9 +503,18 @@ class Trainer:
             if self.beyond_paper_teacher:  # beyond the paper's recipe: say which view and alignment
                 summary |= {"teacher_view": self.teacher.view, "align": self.cfg.align}
             write_json(self.out / "summary.json", summary)
+            self.tb.close()
         distributed.barrier(self.dist)
         distributed.teardown(self.dist)
         return summary
+
+
+def _tb_tag(key: str) -> str:
+    """metrics.jsonl key -> TensorBoard tag: train_cls_ce -> train/cls_ce, val_acc -> val/acc, lr -> lr."""
+    for prefix in ("train", "val"):
+        if key.startswith(prefix + "_"):
+            return f"{prefix}/{key[len(prefix) + 1 :]}"
+    return key
 
 
 def _epoch_line(r: dict[str, Any]) -> str:

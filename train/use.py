@@ -22,7 +22,7 @@ def load_student(model: str | Path, device: torch.device) -> tuple[Any, list[str
     path = Path(model)
     file = path / "model.safetensors" if path.is_dir() else path
     if path.is_dir() and not file.is_file():
-        raise CdeitError(f"{path} holds no model.safetensors; finish the run with `cdeit train --resume`.")
+        raise CdeitError(f"{path} holds no model.safetensors; finish the run with `cdeit train --resume {path}`.")
     student = load_safetensors(file, device)
     classes = None
     config = (path if path.is_dir() else path.parent) / "config.json"

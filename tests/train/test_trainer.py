@@ -83,7 +83,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_dataset: Path,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.safetensors").exists()
-    done = subprocess.run(cmd + _cli_args(data, killed, *extra, "--resume"), env=env, cwd=REPO, capture_output=True,
+    moved = tmp_path / "moved"
+    killed.rename(moved)  # a run directory that was moved resumes by its name alone
+    killed = moved
+    done = subprocess.run(cmd + ["train", "--resume", str(killed)], env=env, cwd=tmp_path, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr
