@@ -42,7 +42,10 @@ def train(
     config: Annotated[
         Path | None, typer.Option(help="Repeat a run: read RUN/config.json; options given override.")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in RUN from its last checkpoint, with the settings of RUN/config.json."),
+    ] = None,
     epochs: Annotated[int, typer.Option(help=_T1)] = 15,
     batch_size: Annotated[int, typer.Option(help=f"{_T1}; global, split over torchrun ranks.")] = 1024,
     lr_per_512: Annotated[float, typer.Option(help=f"{_T1}: lr = lr_per_512 x batch / 512.")] = 5e-4,
@@ -59,7 +62,9 @@ def train(
     cutmix_alpha: Annotated[float, typer.Option(help="Beta(alpha, alpha) of the CutMix weight.")] = 1.0,
     erasing_prob: Annotated[float, typer.Option(help=f"{_T1}: random erasing probability.")] = 0.25,
     tau: Annotated[float, typer.Option(help="Distillation temperature (paper: 3).")] = 3.0,
-    lam: Annotated[float, typer.Option("--lambda", help="Loss balance lambda of Eq. 4 and 7 (paper: 0.5).")] = 0.5,
+    lam: Annotated[
+        float, typer.Option("--lambda", help="Teacher weight lambda of Eq. 4, 5 (DeiT) and 7 (paper: 0.5).")
+    ] = 0.5,
     clip_grad: Annotated[float | None, typer.Option(help="Max gradient norm (off by default).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, order, Mixup and erasing.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
@@ -86,25 +91,32 @@ def train(
     import dataclasses
 
     from cdeit.common.console import out as stdout
+    from cdeit.common.errors import CdeitError
     from cdeit.train.config import TrainConfig, parse_align
+    from cdeit.train.rundir import resume_config
 
     given = dict(locals())
     given["model_kwargs"] = parse_model_kwargs(model_kwargs)
     given["align"] = parse_align(align)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: given[k] for k in fields}
-    if config is not None:
-        base = TrainConfig.from_json(config).to_json()
-        explicit = {k for k in fields if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-        values = base | {k: values[k] for k in explicit}
+    explicit = {k for k in fields if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    if resume is not None:
+        if config is not None:
+            raise CdeitError(f"--resume {resume} reads the run's own config.json; drop --config.")
+        cfg = resume_config(resume, {k: values[k] for k in explicit})
+    else:
+        if config is not None:
+            values = TrainConfig.from_json(config).to_json() | {k: values[k] for k in explicit}
+        cfg = TrainConfig(**values)
     from cdeit.train.trainer import train as run_training
 
-    summary = run_training(TrainConfig(**values), resume=resume)
+    summary = run_training(cfg, resume=resume is not None)
     if summary:
         stdout.print(
             f"done: {summary['epochs']} epochs, {summary['steps']} steps, "
             f"val acc {summary.get('val_acc', float('nan')):.2%}, "
-            f"{summary['train_images_per_s']:,.0f} train images/s -> {Path(values['out']) / 'model.safetensors'}"
+            f"{summary['train_images_per_s']:,.0f} train images/s -> {Path(cfg.out) / 'model.safetensors'}"
         )
 
 
@@ -148,11 +160,22 @@ def compare(
     reference: Annotated[
         str | None, typer.Option(help="Group to take paired differences against (default: the study's baseline).")
     ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda: for runs not evaluated yet.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size (runs not evaluated yet).")] = 1024,
+    workers: Annotated[int, typer.Option(help="FFCV loader threads (runs not evaluated yet).")] = 2,
 ) -> None:
-    """Groups by everything but the seed: n, mean ± std, paired differences with 95% intervals, the paper's tables."""
+    """Groups by everything but the seed: n, mean ± std, paired differences with 95% intervals, the paper's tables.
+
+    A run directory not evaluated yet is evaluated first, with the data, baseline and teacher cache of the others.
+    """
+    from cdeit.common.console import console
     from cdeit.common.console import out as stdout
     from cdeit.train.compare import compare as run_compare
+    from cdeit.train.evaluate import evaluate_missing
 
+    plain = [r for r in runs if not (r / "plan.json").is_file()]  # run directories, not study folders
+    for run in evaluate_missing(plain, split, device, batch_size, workers):
+        console.print(f"evaluated {run} on {split} (it had no eval/{split}.json)")
     default = runs[0] / "compare" if len(runs) == 1 and (runs[0] / "plan.json").is_file() else Path(".")
     files = run_compare(runs, out or default, split, reference)["files"]
     stdout.print(files["markdown"].read_text(), markup=False)

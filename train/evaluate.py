@@ -40,7 +40,7 @@ class Run:
         if not cfg_file.is_file():
             raise CdeitError(f"{path} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
         if not model_file.is_file():
-            raise CdeitError(f"{model_file} is missing; finish the run with `cdeit train --resume --out {path}`.")
+            raise CdeitError(f"{model_file} is missing; finish the run with `cdeit train --resume {path}`.")
         return cls(path, json.loads(cfg_file.read_text()), model_file)
 
     def load_model(self, device: torch.device) -> Any:
@@ -229,6 +229,32 @@ def leakage_report(pred: dict[str, np.ndarray], train_sources: np.ndarray) -> di
 
 
 # ------------------------------------------------------------------------------------------ orchestration
+def baseline_predictions(baseline: str | Path, data: str | Path, split: str, teacher_cache: str | None,
+                         device: str, batch_size: int, workers: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """The baseline run's saved predictions on `split` of `data`; evaluates the baseline first (against itself,
+    mCE 100%) when it has none for this data, so `cdeit compare` finds its report too."""
+    base = Run.open(baseline)
+    saved, npz = base.path / "eval" / f"{split}.json", base.path / "eval" / f"{split}-predictions.npz"
+    fingerprint = split_info(load_manifest(data), split, data)["fingerprint"]
+    if not (saved.is_file() and npz.is_file() and json.loads(saved.read_text()).get("fingerprint") == fingerprint):
+        evaluate(base.path, str(data), split, str(base.path), teacher_cache, device, batch_size, workers)
+    with np.load(npz) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto", batch_size: int = 1024,
+                     workers: int = 2) -> list[Path]:  # fmt: skip
+    """Evaluate every run of `runs` that has no RUN/eval/<split>.json yet, with the data, baseline and teacher
+    cache of the runs already evaluated (so a comparison measures every run the same way); returns those."""
+    done = [json.loads(p.read_text()) for r in runs if (p := Path(r) / "eval" / f"{split}.json").is_file()]
+    like = done[0] if done else {}
+    missing = [Path(r) for r in runs if not (Path(r) / "eval" / f"{split}.json").is_file()]
+    for run in missing:
+        evaluate(run, like.get("data"), split, like.get("baseline"), like.get("teacher_cache"), device, batch_size,
+                 workers)  # fmt: skip
+    return missing
+
+
 def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", baseline: str | None = None,
              teacher_cache: str | None = None, device: str = "auto", batch_size: int = 1024,
              workers: int = 2) -> dict[str, Any]:  # fmt: skip
@@ -246,9 +272,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     with atomic_path(out_dir / f"{split}-predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **pred)
     result: dict[str, Any] = {
-        "run": str(run.path),
+        "run": str(run.path.resolve()),
         "split": split,
-        "data": str(data),
+        "data": str(Path(data).resolve()),
         "fingerprint": info["fingerprint"],
         "split_policy": manifest.get("split_policy"),
         "student": run.config["student"],
@@ -257,11 +283,13 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
         **compute_metrics(pred, manifest["classes"]),
     }
     if baseline:
-        base_run = Run.open(baseline)
-        base_pred = predict(base_run.load_model(dev), data, split, dev, batch_size, workers)
-        result["baseline"] = str(base_run.path)
+        same = Path(baseline).resolve() == run.path.resolve()
+        base_pred = pred if same else baseline_predictions(baseline, data, split, teacher_cache, device, batch_size,
+                                                           workers)  # fmt: skip
+        result["baseline"] = str(Path(baseline).resolve())
         result["mce"] = mce_report(pred, base_pred)
     if teacher_cache:
+        result["teacher_cache"] = str(Path(teacher_cache).resolve())
         from cdeit.common.cache import load_teacher_logits
 
         logits = load_teacher_logits(teacher_cache, data, split=split, device="cpu").numpy()
