@@ -154,7 +154,7 @@ class TrainConfig:
         rules = (  # (field, accept, what it must be)
             ("lr_per_512", lambda v: v > 0, "a positive number"),
             ("weight_decay", lambda v: v >= 0, "zero or positive"),
-            ("warmup_epochs", lambda v: 0 <= v < self.epochs, f"in [0, --epochs {self.epochs})"),
+            ("warmup_epochs", lambda v: v >= 0, "zero or positive"),
             ("min_lr", lambda v: 0 <= v <= self.lr, f"in [0, the lr {self.lr:g}]"),
             ("warmup_lr", lambda v: 0 <= v <= self.lr, f"in [0, the lr {self.lr:g}]"),
             ("tau", lambda v: v > 0, "a positive number"),

@@ -246,9 +246,10 @@ def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto"
                      workers: int = 2) -> list[Path]:  # fmt: skip
     """Evaluate every run of `runs` that has no RUN/eval/<split>.json yet, with the data, baseline and teacher
     cache of the runs already evaluated (so a comparison measures every run the same way); returns those."""
-    done = [json.loads(p.read_text()) for r in runs if (p := Path(r) / "eval" / f"{split}.json").is_file()]
+    runs = [Path(r) for r in runs if (Path(r) / "config.json").is_file()]  # run directories only
+    done = [json.loads(p.read_text()) for r in runs if (p := r / "eval" / f"{split}.json").is_file()]
     like = done[0] if done else {}
-    missing = [Path(r) for r in runs if not (Path(r) / "eval" / f"{split}.json").is_file()]
+    missing = [r for r in runs if not (r / "eval" / f"{split}.json").is_file()]
     for run in missing:
         evaluate(run, like.get("data"), split, like.get("baseline"), like.get("teacher_cache"), device, batch_size,
                  workers)  # fmt: skip

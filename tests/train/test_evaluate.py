@@ -122,8 +122,8 @@ def test_compare_table_and_plot(runs: dict[str, Path], tmp_path: Path) -> None:
     unevaluated = tmp_path / "unevaluated"
     unevaluated.mkdir()
     (unevaluated / "config.json").write_text((runs["vit"] / "config.json").read_text())
-    missing = CliRunner().invoke(app, ["compare", str(unevaluated)])
-    assert missing.exit_code == 2 and "run `cdeit evaluate" in missing.output
+    missing = CliRunner().invoke(app, ["compare", str(unevaluated)])  # compare would evaluate it, but it has no model
+    assert missing.exit_code == 2 and "finish the run with `cdeit train --resume" in missing.output
 
 
 def test_predict_classifies_and_reports_bad_files(runs: dict[str, Path], tmp_path: Path) -> None:
