@@ -26,13 +26,17 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def check_model_kwargs(kwargs: dict[str, Any]) -> None:
-    """Refuse (one sentence each) a --model-kwargs key the student does not take, heads that do not divide the width."""
+def check_model_kwargs(kwargs: dict[str, Any], student: str = "vit", head_strategy: str | None = None) -> None:
+    """Refuse (one sentence each) a --model-kwargs key the student does not take, and arguments (such as heads
+    that do not divide the width) with which the student cannot be built: it is built on the meta device."""
+    if not kwargs:
+        return
     import inspect
 
+    import torch
     from timm.models.vision_transformer import VisionTransformer
 
-    from cdeit.train.models import TokenViT
+    from cdeit.train.models import TokenViT, build_student
 
     known = {p for cls in (TokenViT, VisionTransformer) for p in inspect.signature(cls.__init__).parameters}
     known -= {"self", "kwargs", "args", "kind", "head_strategy", "drop_path_rate", "drop_rate", "num_classes"}
@@ -42,27 +46,14 @@ def check_model_kwargs(kwargs: dict[str, Any]) -> None:
             f"--model-kwargs key {unknown[0]!r} is not an argument of the student; choose from "
             f"{', '.join(sorted(known))} (drop path, dropout and the class count have their own options)."
         )
-    width, heads = kwargs.get("embed_dim", 192), kwargs.get("num_heads", 3)
-    if not (isinstance(width, int) and isinstance(heads, int) and width > 0 and heads > 0 and width % heads == 0):
+    try:
+        with torch.device("meta"):  # no memory, no initialisation cost: only the shapes are checked
+            build_student(student, head_strategy, **kwargs)
+    except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
+        heads = " (num_heads must divide embed_dim)" if "divisible" in str(exc) else ""
         raise CdeitError(
-            f"--model-kwargs num_heads {heads} does not divide embed_dim {width}; choose heads that divide the width."
-        )
-
-
-def parse_align(text: str) -> dict[str, float]:
-    """`--align embedding=1.0,patches=0.5` to {name: weight}, or one sentence saying what is wrong."""
-    weights: dict[str, float] = {}
-    for item in (x.strip() for x in text.split(",")):
-        if not item:
-            continue
-        name, sep, value = (x.strip() for x in item.partition("="))
-        if not sep:
-            raise CdeitError(f"--align item {item!r} has no weight; write name=weight, e.g. embedding=1.0.")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise CdeitError(f"--align weight {value!r} of {name} is not a number; write e.g. {name}=1.0.") from None
-    return weights
+            f"--model-kwargs {json.dumps(kwargs)} builds no {student} student: {exc}{heads}; change them."
+        ) from None
 
 
 @dataclass
@@ -146,7 +137,7 @@ class TrainConfig:
         self._validate_numbers()
         self._validate_lambda()
         self._validate_align()
-        check_model_kwargs(self.model_kwargs)
+        check_model_kwargs(self.model_kwargs, self.student, self.resolved_head_strategy())
         return self
 
     def _validate_numbers(self) -> None:
