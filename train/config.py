@@ -56,6 +56,22 @@ def check_model_kwargs(kwargs: dict[str, Any], student: str = "vit", head_strate
         ) from None
 
 
+def parse_align(text: str) -> dict[str, float]:
+    """`--align embedding=1.0,patches=0.5` to {name: weight}, or one sentence saying what is wrong."""
+    weights: dict[str, float] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = (x.strip() for x in item.partition("="))
+        if not sep:
+            raise CdeitError(f"--align item {item!r} has no weight; write name=weight, e.g. embedding=1.0.")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise CdeitError(f"--align weight {value!r} of {name} is not a number; write e.g. {name}=1.0.") from None
+    return weights
+
+
 @dataclass
 class TrainConfig:
     # what to train

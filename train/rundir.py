@@ -99,8 +99,9 @@ def device_name(device: Any) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def environment(cfg: TrainConfig, device: Any, world: int) -> dict[str, Any]:
-    """What this process trains with: versions, commit, device, and the identity of the data and the cache."""
+def environment(cfg: TrainConfig, device: Any, world: int, from_cache: bool = True) -> dict[str, Any]:
+    """What this process trains with: versions, commit, device, and the identity of the data and the cache
+    (`from_cache` False: the teacher is a TeacherSource given to the Trainer, and cfg.teacher_cache only a label)."""
     import platform
 
     env: dict[str, Any] = {
@@ -113,7 +114,7 @@ def environment(cfg: TrainConfig, device: Any, world: int) -> dict[str, Any]:
         "precision": cfg.precision,
         "data": {"path": cfg.data, "fingerprints": data_identity(cfg.data)},
     }
-    if cfg.teacher_cache:
+    if cfg.teacher_cache and from_cache:
         env["teacher_cache"] = {"path": cfg.teacher_cache, "identity": cache_identity(cfg.teacher_cache)}
     return env
 

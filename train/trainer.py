@@ -108,7 +108,7 @@ class Trainer:
         self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
         self.manifest = load_manifest(cfg.data)
         self.num_classes = len(self.manifest["classes"])
-        self.env = rundir.environment(cfg, self.device, env.world)
+        self.env = rundir.environment(cfg, self.device, env.world, from_cache=teacher is None)
         if resume and self.dist.main:
             rundir.check_identity(self.out, self.env)
         self.state = State()
