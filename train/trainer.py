@@ -436,6 +436,11 @@ class Trainer:
                 f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
                 f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}, {cfg.precision}"
             )
+            if cfg.min_lr > cfg.lr:  # a small batch with Table 1's floor: the "decay" rises to min_lr
+                console.print(
+                    f"[yellow]warning: --min-lr {cfg.min_lr:g} is above the lr {cfg.lr:g} (batch {cfg.batch_size}): "
+                    "the cosine rises to it; lower --min-lr for a decay.[/]"
+                )
             if cfg.warmup_epochs >= cfg.epochs:  # what was asked, as timm would run it, but rarely what is meant
                 console.print(
                     f"[yellow]warning: --warmup-epochs {cfg.warmup_epochs:g} is not shorter than --epochs "

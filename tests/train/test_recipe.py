@@ -123,7 +123,7 @@ def test_lambda_where_it_does_not_enter_is_refused(tmp_path: Path, kw: dict, mes
         ({"lr_per_512": float("nan")}, "--lr-per-512 must be a positive number, not nan"),
         ({"weight_decay": -0.1}, "--weight-decay must be zero or positive"),
         ({"warmup_epochs": -1.0}, r"--warmup-epochs must be zero or positive"),
-        ({"min_lr": -1.0}, "--min-lr must be in"),
+        ({"min_lr": -1.0}, "--min-lr must be zero or positive"),
         ({"clip_grad": 0.0}, "--clip-grad must be a positive gradient norm"),
         ({"seed": -1}, r"--seed must be in \[0, 2\^31\)"),
         ({"batch_size": 0}, "--batch-size must be at least 1, not 0"),
