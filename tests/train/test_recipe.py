@@ -42,6 +42,7 @@ def _timm_schedule(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
     return lrs
 
 
+@pytest.mark.slow
 def test_lr_of_every_step_is_timms_cosine_and_ends_at_min_lr(tiny_dataset: Path, tmp_path: Path, one_thread) -> None:
     cfg = _cfg(tiny_dataset, tmp_path / "run", epochs=3, batch_size=8, lr_per_512=1e-2, warmup_epochs=0.5,
                mixup_prob=0.0, erasing_prob=0.0)  # fmt: skip

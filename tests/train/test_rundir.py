@@ -43,6 +43,7 @@ def cache(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_paths_absolute_environment_recorded_and_evaluate_from_anywhere(
     tiny_dataset: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread
 ) -> None:
@@ -122,6 +123,7 @@ def test_resume_compares_data_and_cache_by_content_not_path(
         train(_cfg(moved, run, student="deit", distill="hard", teacher_cache=str(copied)), resume=True)
 
 
+@pytest.mark.slow
 def test_kill_after_the_metrics_line_loses_nothing_and_truncation_is_repaired(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread
 ) -> None:
@@ -160,6 +162,7 @@ def _scalars(tb: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_tensorboard_and_per_epoch_teacher_and_token_diagnostics(
     tiny_dataset: Path, cache: Path, tmp_path: Path, one_thread
 ) -> None:
