@@ -355,15 +355,15 @@ def train_argv(run: PlannedRun, study_dir: str | Path, resume: bool = False) -> 
             argv += [flag, ",".join(f"{k}={w}" for k, w in value.items())]
         else:
             argv += [flag, _flag_value(value)]
-    return argv + resume_args(run) if resume else argv
+    return argv + resume_args(run, study_dir) if resume else argv
 
 
-def resume_args(run: PlannedRun) -> list[str]:
-    """How `cdeit train` continues a killed run: today `--out RUN --resume` with the same options.
+def resume_args(run: PlannedRun, study_dir: str | Path) -> list[str]:
+    """How `cdeit train` continues a killed run: `--resume RUN` (the other options given agree with the run's).
 
-    The one place that knows the resume flag (`cdeit train --resume RUN` will replace it).
+    The one place that knows the resume flag.
     """
-    return ["--resume"]
+    return ["--resume", str(run.run_dir(study_dir))]
 
 
 def evaluate_argv(run: PlannedRun, study_dir: str | Path) -> list[str]:

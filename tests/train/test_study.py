@@ -131,9 +131,12 @@ def test_train_command_line_reproduces_the_planned_config(
 
     seen = []
     monkeypatch.setattr(cdeit.train.trainer, "train", lambda cfg, resume=False: seen.append((cfg, resume)) or {})
-    text = _spec(tiny_dataset, tmp_path / "s").replace("workers = 1", "workers = 1\nlambda = 0.25\ncompile = false")
+    text = _spec(tiny_dataset, tmp_path / "s").replace("workers = 1", "workers = 1\ntau = 2.5\ncompile = false")
     run = _plan(text, tmp_path).runs[3]  # cdeit, seed 1
     for resume in (False, True):
+        if resume:  # a run to resume has the config.json its first start wrote (`--resume RUN` reads it)
+            run.run_dir(tmp_path / "s").mkdir(parents=True)
+            (run.run_dir(tmp_path / "s") / "config.json").write_text(json.dumps(seen[-1][0].to_json()))
         result = CliRunner().invoke(app, train_argv(run, tmp_path / "s", resume=resume))
         assert result.exit_code == 0, result.output
         assert seen[-1][0].to_json() == run.settings and seen[-1][1] is resume
