@@ -2,7 +2,7 @@
 
 A dataset directory holds `train.beton`, `val.beton`, `test.beton` and `manifest.json`. Each sample has
 the fields `image` (32x32x3 uint8, raw RGB), `label`, `corruption` (0 = clean, 1..10 in CORRUPTIONS
-order), `severity` (0 for clean, 1..5), `index` (its position in the split) and `source` (the id of the
+order), `severity` (0 for clean, 1..5: SEVERITIES), `index` (its position in the split) and `source` (the id of the
 original photograph it was made from: CIFAR-10 train image i is i, test image i is 50000 + i).
 """
 
@@ -36,6 +36,8 @@ CORRUPTIONS = (
     "gaussian_noise",
     "jpeg_compression",
 )
+SEVERITIES = (1, 2, 3, 4, 5)  # of a corrupted image, mildest first (CIFAR-10-C's five levels)
+SEVERITY_CODES = (0, *SEVERITIES)  # every value of the `severity` field: 0 for a clean image
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (32, 32, 3)
 INT_FIELDS = ("label", "corruption", "severity", "index", "source")

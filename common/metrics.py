@@ -19,19 +19,31 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return (probs.argmax(dim=1) == labels).float().mean().item()
 
 
-def ece_bin_stats(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
+def ece_bin_stats(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    bins: int = ECE_BINS,
+    groups: torch.Tensor | None = None,
+    n_groups: int = 1,
+) -> torch.Tensor:
     """Per-bin (count, sum of confidences, number correct) for equal-width confidence bins on (0, 1].
 
     Sums, not means, so that statistics of several processes (or batches) can be added before the ECE.
-    Bin m holds confidences in ((m-1)/M, m/M], as in Guo et al. (2017).
+    Bin m holds confidences in ((m-1)/M, m/M], as in Guo et al. (2017). Shape (3, bins); with `groups`
+    (B,) in 0..n_groups-1, one such table per group: (n_groups, 3, bins), all groups in one pass.
     """
+    probs, labels = torch.as_tensor(probs), torch.as_tensor(labels)
     conf, pred = probs.float().max(dim=1)
     idx = (torch.ceil(conf * bins).long() - 1).clamp(0, bins - 1)
-    stats = torch.zeros(3, bins, dtype=torch.float64, device=probs.device)
+    if groups is not None:
+        idx = torch.as_tensor(groups, device=idx.device).long() * bins + idx
+    stats = torch.zeros(3, n_groups * bins, dtype=torch.float64, device=probs.device)
     stats[0].index_add_(0, idx, torch.ones_like(conf, dtype=torch.float64))
     stats[1].index_add_(0, idx, conf.double())
-    stats[2].index_add_(0, idx, (pred == labels).double())
-    return stats
+    stats[2].index_add_(0, idx, (pred == labels.to(pred.device)).double())
+    if groups is None:
+        return stats
+    return stats.view(3, n_groups, bins).transpose(0, 1)
 
 
 def ece_from_stats(stats: torch.Tensor) -> float:
@@ -46,6 +58,25 @@ def ece_from_stats(stats: torch.Tensor) -> float:
 def ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
     """Expected calibration error with `bins` equal-width bins, in [0, 1]."""
     return ece_from_stats(ece_bin_stats(probs, labels, bins))
+
+
+def ece_per_group(
+    probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, n_groups: int, bins: int = ECE_BINS
+) -> torch.Tensor:
+    """ECE (Eq. 9) within each group, all groups at once: (n_groups,) float64, NaN for an empty group."""
+    count, conf_sum, correct = ece_bin_stats(probs, labels, bins, groups, n_groups).unbind(1)  # each (G, bins)
+    return torch.abs(correct - conf_sum).sum(1) / count.sum(1)
+
+
+def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict[str, list]:
+    """The reliability diagram's table: per confidence bin, the count, accuracy and mean confidence (None if empty)."""
+    count, conf_sum, correct = ece_bin_stats(probs, labels, bins)
+    acc, conf = correct / count, conf_sum / count  # NaN where a bin is empty
+
+    def listed(x: torch.Tensor) -> list[float | None]:
+        return [None if v != v else v for v in x.tolist()]  # NaN -> None (JSON)
+
+    return {"count": [int(c) for c in count.tolist()], "accuracy": listed(acc), "confidence": listed(conf)}
 
 
 def corruption_errors(

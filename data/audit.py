@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cdeit.common.dataset import CORRUPTIONS, beton_path, load_manifest, read_split
+from cdeit.common.dataset import CORRUPTIONS, SEVERITIES, beton_path, load_manifest, read_split
 from cdeit.common.errors import CdeitError
 
 
@@ -44,8 +44,8 @@ def show(data_dir: str | Path, out_png: str | Path, split: str = "test", severit
     from cdeit.common.atomic import atomic_path
     from cdeit.common.dataset import split_info
 
-    if not 1 <= severity <= 5:
-        raise CdeitError(f"--severity {severity} is out of range; choose 1..5.")
+    if severity not in SEVERITIES:
+        raise CdeitError(f"--severity {severity} is out of range; choose {SEVERITIES[0]}..{SEVERITIES[-1]}.")
     manifest = load_manifest(data_dir)
     split_info(manifest, split, data_dir)
     arrays = read_split(beton_path(data_dir, split), fields=("image", "label", "corruption", "severity"))

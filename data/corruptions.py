@@ -21,11 +21,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, sparse
 
-from cdeit.common.dataset import CORRUPTIONS
+from cdeit.common.dataset import CORRUPTIONS, SEVERITIES
 from cdeit.common.errors import CdeitError
 
 NAMES: tuple[str, ...] = CORRUPTIONS[1:]  # the fixed order of image types 1..10
-SEVERITIES = (1, 2, 3, 4, 5)
 SIZE = 32  # CIFAR images are SIZE x SIZE; fog's fractal and frost's crops are drawn at this size
 
 # Parameters per severity 1..5: the CIFAR-10-C ones of the original generator (ImageNet-C's are harsher).

@@ -18,12 +18,19 @@ from typing import Any, Literal
 import numpy as np
 
 from cdeit.common.console import progress_bar
-from cdeit.common.dataset import CORRUPTIONS, MANIFEST, SOURCES_FILE, SPLITS, load_manifest, write_dataset
+from cdeit.common.dataset import (
+    CORRUPTIONS,
+    MANIFEST,
+    SEVERITIES,
+    SOURCES_FILE,
+    SPLITS,
+    load_manifest,
+    write_dataset,
+)
 from cdeit.common.errors import CdeitError
 from cdeit.data.sources import Cifar10, read_cifar10, read_cifar10c
 
 PAPER_SIZES = (4500, 200, 200)  # images per class per type for train / val / test (paper 3.4)
-SEVERITIES = 5
 CHUNK = 2048  # images per corruption job
 
 
@@ -66,7 +73,7 @@ def check_types(types: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _balanced_severities(n: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.permutation(np.resize(np.arange(1, SEVERITIES + 1), n))
+    return rng.permutation(np.resize(np.array(SEVERITIES), n))
 
 
 def _plan_rows(
@@ -162,20 +169,20 @@ def _plan_cifar10c(cfg, rows, rng, y, pool_train, pool_test, sources, n_train, c
     if not corrupt_codes:
         return
     if cfg.split == "grouped":  # allocate test photographs to splits; each gives 5 severities per corruption
-        per_split = [math.ceil(n / SEVERITIES) for n in sizes]
+        per_split = [math.ceil(n / len(SEVERITIES)) for n in sizes]
         _need(len(pool_test), sum(per_split), "CIFAR-10-C photographs (each gives 5 severities; grouped split)")
         perm = rng.permutation(pool_test)
         pb = np.cumsum((0, *per_split))
         for s in range(3):
             photos = perm[pb[s] : pb[s + 1]]
-            cand_pooled = np.repeat(photos, SEVERITIES)
-            cand_sev = np.tile(np.arange(1, SEVERITIES + 1), len(photos))
+            cand_pooled = np.repeat(photos, len(SEVERITIES))
+            cand_sev = np.tile(np.array(SEVERITIES), len(photos))
             for t in corrupt_codes:
                 pick = rng.permutation(len(cand_pooled))[: sizes[s]]
                 _add_c10c(rows, s, t, y, cand_pooled[pick], cand_sev[pick], sources, n_train, n_test)
     else:
-        cand_pooled = np.repeat(pool_test, SEVERITIES)
-        cand_sev = np.tile(np.arange(1, SEVERITIES + 1), len(pool_test))
+        cand_pooled = np.repeat(pool_test, len(SEVERITIES))
+        cand_sev = np.tile(np.array(SEVERITIES), len(pool_test))
         _need(len(cand_pooled), sum(sizes), "CIFAR-10-C images per corruption")
         for t in corrupt_codes:
             pick = rng.permutation(len(cand_pooled))[: sum(sizes)]
@@ -247,7 +254,7 @@ def materialise(
             advance(len(clean))
         for t in np.unique(plan.corruption[plan.corruption > 0]):
             name = CORRUPTIONS[t]
-            for sev in range(1, SEVERITIES + 1):
+            for sev in SEVERITIES:
                 pos = np.flatnonzero((plan.corruption == t) & (plan.severity == sev))
                 if not len(pos):
                     continue

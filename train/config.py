@@ -7,17 +7,20 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from cdeit.common.errors import CdeitError
+from cdeit.common.tokens import TOKEN_TARGETS
 
-Student = Literal["vit", "deit", "cdeit"]
+# The one declaration of the students, distillation types and head strategies; every module takes them from here.
+StudentKind = Literal["vit", "deit", "cdeit"]
 DistillKind = Literal["none", "soft", "hard"]
-HeadStrategyName = Literal["none", "linear", "mlp"]
-STUDENTS = ("vit", "deit", "cdeit")
-DISTILLS = ("none", "soft", "hard")
-HEAD_STRATEGIES = ("none", "linear", "mlp")
-ALIGN_TARGETS = ("embedding", "patches", "attention")  # docs/asymmetric.md
+HeadStrategy = Literal["none", "linear", "mlp"]  # CdeiT's strategies 1-3 (paper 3.3)
+STUDENTS: tuple[str, ...] = get_args(StudentKind)
+DISTILLS: tuple[str, ...] = get_args(DistillKind)
+HEAD_STRATEGIES: tuple[str, ...] = get_args(HeadStrategy)
+DEFAULT_HEAD_STRATEGY: HeadStrategy = "linear"  # strategy 2, the paper's best (4.3)
+ALIGN_TARGETS = ("embedding", *TOKEN_TARGETS)  # docs/asymmetric.md
 ALIGN_METRICS = ("cosine", "mse")
 LAMBDA_DEFAULT = 0.5  # the paper's lambda: Eq. 4, 5 and 7 weigh label and teacher terms equally
 
@@ -56,6 +59,32 @@ def check_model_kwargs(kwargs: dict[str, Any], student: str = "vit", head_strate
         ) from None
 
 
+def check_head_strategy(student: str, head_strategy: str | None) -> HeadStrategy | None:
+    """The head strategy of `student` (cdeit: None -> 'linear'); an unknown student or strategy, or a strategy
+    given to a student without a corruption token, raises CdeitError."""
+    if student not in STUDENTS:
+        raise CdeitError(f"student {student!r} is not one of {', '.join(STUDENTS)}.")
+    if student != "cdeit":
+        if head_strategy is not None:
+            raise CdeitError(
+                f"head_strategy {head_strategy!r} only applies to the cdeit student, not {student!r}; leave it unset."
+            )
+        return None
+    head_strategy = DEFAULT_HEAD_STRATEGY if head_strategy is None else head_strategy
+    if head_strategy not in HEAD_STRATEGIES:
+        raise CdeitError(f"head_strategy {head_strategy!r} is not one of {', '.join(HEAD_STRATEGIES)}.")
+    return head_strategy  # type: ignore[return-value]
+
+
+def check_distill(distill: str, student: str | None = None) -> DistillKind:
+    """`distill` if it is a distillation type (and, given `student`, one that student can learn), else CdeitError."""
+    if distill not in DISTILLS:
+        raise CdeitError(f"distillation type {distill!r} is not one of {', '.join(DISTILLS)}.")
+    if student == "vit" and distill != "none":
+        raise CdeitError(f"distillation {distill!r} needs a distillation token: use student deit or cdeit, or 'none'.")
+    return distill  # type: ignore[return-value]
+
+
 def parse_align(text: str) -> dict[str, float]:
     """`--align embedding=1.0,patches=0.5` to {name: weight}, or one sentence saying what is wrong."""
     weights: dict[str, float] = {}
@@ -75,9 +104,9 @@ def parse_align(text: str) -> dict[str, float]:
 @dataclass
 class TrainConfig:
     # what to train
-    student: Student = "deit"
+    student: StudentKind = "deit"
     distill: DistillKind = "hard"
-    head_strategy: HeadStrategyName | None = None  # CdeiT only; None -> "linear" (strategy 2, the paper's best)
+    head_strategy: HeadStrategy | None = None  # CdeiT only; None -> "linear" (strategy 2, the paper's best)
     data: str = ""  # dataset directory from `cdeit data prepare`
     teacher_cache: str | None = None  # cache directory from `cdeit precompute-teacher` (soft / hard only)
     out: str = ""  # run directory
@@ -119,7 +148,7 @@ class TrainConfig:
 
     def resolved_head_strategy(self) -> str | None:
         if self.student == "cdeit":
-            return self.head_strategy or "linear"
+            return self.head_strategy or DEFAULT_HEAD_STRATEGY
         return self.head_strategy
 
     def validate(self) -> TrainConfig:

@@ -18,9 +18,18 @@ import torch.nn.functional as F
 
 from cdeit.common.atomic import atomic_path, write_json
 from cdeit.common.console import progress_bar
-from cdeit.common.dataset import CORRUPTIONS, FIELDS, beton_path, load_manifest, make_loader, read_split, split_info
+from cdeit.common.dataset import (
+    CORRUPTIONS,
+    FIELDS,
+    SEVERITY_CODES,
+    beton_path,
+    load_manifest,
+    make_loader,
+    read_split,
+    split_info,
+)
 from cdeit.common.errors import CdeitError
-from cdeit.common.metrics import ECE_BINS
+from cdeit.common.metrics import ece_per_group, reliability
 
 PRED_FIELDS = FIELDS  # batches come in the file's field order: image, label, corruption, severity, index, source
 
@@ -54,19 +63,19 @@ class Run:
 def predict(model: Any, data_dir: str | Path, split: str, device: torch.device, batch_size: int = 1024,
             workers: int = 2) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-sample outputs over a split: class probabilities, corruption-head probabilities, token cosines."""
-    from cdeit.train.trainer import Normalise
+    from cdeit.train.models import Normalise
 
     manifest = load_manifest(data_dir)
     n = split_info(manifest, split, data_dir)["count"]
     loader = make_loader(beton_path(data_dir, split), batch_size, "sequential", str(device), fields=PRED_FIELDS,
                          workers=workers)  # fmt: skip
-    normalise = Normalise(model.pretrained_cfg["mean"], model.pretrained_cfg["std"], device)
+    normalise = Normalise.for_model(model, device)
     names = model.token_names
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     chunks: dict[str, list[torch.Tensor]] = {}
     with progress_bar(f"evaluating {split}", n) as advance:
         for images, *fields in loader:
-            features = model.forward_features(normalise(images))  # (B, T + P, D)
+            features = model.forward_features(normalise(images))  # (B, T + P, D): heads and token cosines
             heads = model.heads(features)
             out = {"probs": model.combine(heads).float().softmax(1)}
             if "corr" in heads:
@@ -91,39 +100,13 @@ def _grouped(values: np.ndarray, keys: np.ndarray, n_groups: int) -> tuple[np.nd
         return total / count, count
 
 
-def ece_per_group(probs: np.ndarray, labels: np.ndarray, keys: np.ndarray, n_groups: int,
-                  bins: int = ECE_BINS) -> np.ndarray:  # fmt: skip
-    """ECE (Eq. 9) within each group, all groups at once: (n_groups,)."""
-    conf, correct = probs.max(1), (probs.argmax(1) == labels).astype(np.float64)
-    b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    flat = keys * bins + b
-    size = n_groups * bins
-    count = np.bincount(flat, minlength=size).reshape(n_groups, bins)
-    gap = np.bincount(flat, weights=correct, minlength=size) - np.bincount(flat, weights=conf, minlength=size)
-    per_group = np.abs(gap.reshape(n_groups, bins)).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return per_group / count.sum(1)
-
-
-def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, list[float]]:
-    conf, correct = probs.max(1), (probs.argmax(1) == labels).astype(np.float64)
-    b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    acc, count = _grouped(correct, b, bins)
-    mean_conf, _ = _grouped(conf, b, bins)
-    return {"count": count.tolist(), "accuracy": _nan_to_none(acc), "confidence": _nan_to_none(mean_conf)}
-
-
-def _nan_to_none(a: np.ndarray) -> list[float | None]:
-    return [None if np.isnan(x) else float(x) for x in a]
-
-
 def _stats(probs: np.ndarray, labels: np.ndarray, keys: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
     """Accuracy, mean cross-entropy and ECE for each group name (groups with no sample are left out)."""
     correct = (probs.argmax(1) == labels).astype(np.float64)
     nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
     acc, count = _grouped(correct, keys, len(names))
     loss, _ = _grouped(nll, keys, len(names))
-    ece = ece_per_group(probs, labels, keys, len(names))
+    ece = ece_per_group(torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(keys), len(names)).numpy()
     return {
         name: {"accuracy": float(acc[g]), "loss": float(loss[g]), "ece": float(ece[g]), "n": int(count[g])}
         for g, name in enumerate(names)
@@ -134,13 +117,14 @@ def _stats(probs: np.ndarray, labels: np.ndarray, keys: np.ndarray, names: list[
 def error_table(pred: dict[str, np.ndarray]) -> dict[str, dict[int, float]]:
     """Top-1 error E_{s,c} per corruption c (not clean) and severity s, from saved predictions."""
     wrong = (pred["probs"].argmax(1) != pred["label"]).astype(np.float64)
-    keys = pred["corruption"] * 6 + pred["severity"]
-    err, count = _grouped(wrong, keys, len(CORRUPTIONS) * 6)
+    n_sev = len(SEVERITY_CODES)
+    keys = pred["corruption"] * n_sev + pred["severity"]
+    err, count = _grouped(wrong, keys, len(CORRUPTIONS) * n_sev)
     table: dict[str, dict[int, float]] = {}
     for c in range(1, len(CORRUPTIONS)):
-        for s in range(1, 6):
-            if count[c * 6 + s]:
-                table.setdefault(CORRUPTIONS[c], {})[s] = float(err[c * 6 + s])
+        for s in SEVERITY_CODES[1:]:
+            if count[c * n_sev + s]:
+                table.setdefault(CORRUPTIONS[c], {})[s] = float(err[c * n_sev + s])
     return table
 
 
@@ -148,9 +132,9 @@ def compute_metrics(pred: dict[str, np.ndarray], classes: list[str]) -> dict[str
     probs, labels = pred["probs"], pred["label"]
     overall = _stats(probs, labels, np.zeros(len(labels), np.int64), ["all"])["all"]
     per_type = _stats(probs, labels, pred["corruption"], list(CORRUPTIONS))
-    per_sev = _stats(probs, labels, pred["severity"], [str(s) for s in range(6)])
-    ts_keys = pred["corruption"] * 6 + pred["severity"]
-    ts_names = [f"{c}/{s}" for c in CORRUPTIONS for s in range(6)]
+    per_sev = _stats(probs, labels, pred["severity"], [str(s) for s in SEVERITY_CODES])
+    ts_keys = pred["corruption"] * len(SEVERITY_CODES) + pred["severity"]
+    ts_names = [f"{c}/{s}" for c in CORRUPTIONS for s in SEVERITY_CODES]
     per_ts = _stats(probs, labels, ts_keys, ts_names)
     per_type_sev: dict[str, dict[str, float]] = {}
     for key, value in per_ts.items():
@@ -168,7 +152,7 @@ def compute_metrics(pred: dict[str, np.ndarray], classes: list[str]) -> dict[str
         "per_severity": per_sev,
         "per_corruption_severity_accuracy": per_type_sev,
         "per_class": _stats(probs, labels, labels, list(classes)),
-        "reliability": reliability(probs, labels),
+        "reliability": reliability(torch.from_numpy(probs), torch.from_numpy(labels)),
         "class_confusion": np.bincount(labels * len(classes) + probs.argmax(1), minlength=len(classes) ** 2)
         .reshape(len(classes), len(classes))
         .tolist(),
@@ -261,6 +245,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
              workers: int = 2) -> dict[str, Any]:  # fmt: skip
     """Evaluate a run on a split; writes RUN/eval/<split>.json, <split>-predictions.npz, report.md and plots."""
     from cdeit.common.device import resolve_device
+    from cdeit.train.config import check_head_strategy
 
     run = Run.open(run_dir)
     data = data or run.config["data"]
@@ -280,7 +265,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
         "split_policy": manifest.get("split_policy"),
         "student": run.config["student"],
         "distill": run.config["distill"],
-        "head_strategy": run.config.get("head_strategy") or ("linear" if run.config["student"] == "cdeit" else None),
+        "head_strategy": check_head_strategy(run.config["student"], run.config.get("head_strategy")),
         **compute_metrics(pred, manifest["classes"]),
     }
     if baseline:

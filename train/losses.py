@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdeit.common.errors import CdeitError
-from cdeit.train.mixing import DISTILL_TYPES, Distill, Targets
-from cdeit.train.models import HeadStrategy, StudentKind, check_head_strategy
+from cdeit.train.config import DistillKind, HeadStrategy, StudentKind, check_distill, check_head_strategy
+from cdeit.train.mixing import Targets
 
 Outputs = dict[str, torch.Tensor]
 Parts = dict[str, torch.Tensor]
@@ -147,7 +147,7 @@ def class_logits(outputs: Outputs, head_strategy: HeadStrategy | None, loss: nn.
     return z_s + _get(outputs, "corr_to_cls", loss) if head_strategy in ("linear", "mlp") else z_s
 
 
-def _teacher(targets: Targets, distill: Distill, tau: float | None, loss: nn.Module) -> torch.Tensor:
+def _teacher(targets: Targets, distill: DistillKind, tau: float | None, loss: nn.Module) -> torch.Tensor:
     """The teacher targets, checked to be of the kind (and temperature) this loss was built for."""
     teacher = _need(targets.teacher, "teacher", loss)
     if targets.distill != distill or (tau is not None and targets.tau != tau):
@@ -160,19 +160,15 @@ def _teacher(targets: Targets, distill: Distill, tau: float | None, loss: nn.Mod
 
 def build_loss(
     student: StudentKind,
-    distill: Distill = "none",
+    distill: DistillKind = "none",
     head_strategy: HeadStrategy | None = None,
     tau: float = 3.0,
     lam: float = 0.5,
 ) -> nn.Module:
     """The training loss for a student ('vit' | 'deit' | 'cdeit') and distillation type ('none' | 'soft' | 'hard')."""
     head_strategy = check_head_strategy(student, head_strategy)  # also checks `student`
-    if distill not in DISTILL_TYPES:
-        raise CdeitError(f"distillation type {distill!r} is not one of {', '.join(DISTILL_TYPES)}.")
-    if distill == "none":
+    if check_distill(distill, student) == "none":
         return LabelLoss(student, head_strategy)
-    if student == "vit":
-        raise CdeitError(f"distillation {distill!r} needs a distillation token: use student deit or cdeit, or 'none'.")
     if (distill == "soft" and tau <= 0) or not 0 <= lam <= 1:
         raise CdeitError(f"distillation needs tau > 0 and 0 <= lam <= 1, got tau {tau} and lam {lam}.")
     if student == "deit":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +19,9 @@ from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 
 from cdeit.common.dataset import CLASSES, CORRUPTIONS
 from cdeit.common.errors import CdeitError
+from cdeit.train.config import DistillKind, check_distill
 
-Distill = Literal["none", "soft", "hard"]
 MixMode = Literal["none", "mixup", "cutmix"]
-DISTILL_TYPES: tuple[str, ...] = get_args(Distill)
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Targets:
     label: torch.Tensor
     teacher: torch.Tensor | None = None
     corruption: torch.Tensor | None = None
-    distill: Distill = "none"
+    distill: DistillKind = "none"
     tau: float | None = None
     mode: MixMode = "none"
     weight: float = 1.0
@@ -63,7 +62,7 @@ def make_targets(
     labels: torch.Tensor,
     corruption: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
-    distill: Distill = "none",
+    distill: DistillKind = "none",
     tau: float = 3.0,
     smoothing: float = 0.1,
     num_classes: int = len(CLASSES),
@@ -75,8 +74,7 @@ def make_targets(
 
     `features`: the cached teacher feature targets of the batch (embedding, patches, attention), kept as float32.
     """
-    if distill not in DISTILL_TYPES:
-        raise CdeitError(f"distillation type {distill!r} is not one of {', '.join(DISTILL_TYPES)}.")
+    check_distill(distill)
     teacher = None
     if distill != "none":
         if teacher_logits is None:

@@ -2,9 +2,11 @@
 
 `import cdeit.train.models` registers `vit_tiny_patch4_32`, `deit_tiny_distilled_patch4_32` and
 `cdeit_tiny_patch4_32`, so `timm.create_model("cdeit_tiny_patch4_32", head_strategy="linear")` works.
-All three are one class, `TokenViT`, with one to three prefix tokens (class, distillation, corruption).
-In training mode `forward` returns a dict of per-head logits for the losses; in eval mode it returns the
-inference class logits (paper 2.3 and 3.3). See docs/students.md.
+All three are one class, `TokenViT`, with one to three prefix tokens (class, distillation, corruption); as
+in timm's deit.py, each registered function holds the sizes and the class has neutral defaults. `forward`
+returns the inference class logits (paper 2.3 and 3.3), or, after `set_return_heads(True)`, the dict of
+per-head logits the losses take, in train and eval mode alike. `Normalise` is the students' input
+normalisation (uint8 images on the device). See docs/students.md.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, trunc_normal_
 from torch import nn
@@ -25,38 +28,18 @@ from torch import nn
 from cdeit.common.atomic import atomic_path
 from cdeit.common.dataset import CLASSES, CORRUPTIONS
 from cdeit.common.errors import CdeitError
+from cdeit.train.config import HeadStrategy, StudentKind, check_head_strategy
 
-StudentKind = Literal["vit", "deit", "cdeit"]
-HeadStrategy = Literal["none", "linear", "mlp"]
-STUDENT_KINDS: tuple[str, ...] = get_args(StudentKind)
-HEAD_STRATEGIES: tuple[str, ...] = get_args(HeadStrategy)
 MODEL_NAMES: dict[str, str] = {
     "vit": "vit_tiny_patch4_32",
     "deit": "deit_tiny_distilled_patch4_32",
     "cdeit": "cdeit_tiny_patch4_32",
 }
 TOKENS: dict[str, tuple[str, ...]] = {"vit": ("cls",), "deit": ("cls", "dist"), "cdeit": ("cls", "dist", "corr")}
-DEFAULT_HEAD_STRATEGY: HeadStrategy = "linear"  # strategy 2, the paper's best (4.3)
-# CIFAR-10 training-set statistics, recorded in pretrained_cfg for reference; the trainer owns normalisation.
+# CIFAR-10 training-set statistics: the students' normalisation (`Normalise.for_model` reads pretrained_cfg).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CONFIG_KEY = "cdeit.model_config"  # safetensors metadata entry holding model_config() as JSON
-
-
-def check_head_strategy(kind: str, head_strategy: str | None) -> HeadStrategy | None:
-    """The head strategy to use for `kind` (cdeit defaults to 'linear'); a bad combination raises CdeitError."""
-    if kind not in STUDENT_KINDS:
-        raise CdeitError(f"student {kind!r} is not one of {', '.join(STUDENT_KINDS)}.")
-    if kind != "cdeit":
-        if head_strategy is not None:
-            raise CdeitError(
-                f"head_strategy {head_strategy!r} only applies to the cdeit student, not {kind!r}; leave it unset."
-            )
-        return None
-    head_strategy = DEFAULT_HEAD_STRATEGY if head_strategy is None else head_strategy
-    if head_strategy not in HEAD_STRATEGIES:
-        raise CdeitError(f"head_strategy {head_strategy!r} is not one of {', '.join(HEAD_STRATEGIES)}.")
-    return head_strategy  # type: ignore[return-value]
 
 
 def corruption_projection(
@@ -83,56 +66,94 @@ class TokenViT(VisionTransformer):
         head_strategy: HeadStrategy | None = None,
         num_corruptions: int = len(CORRUPTIONS),
         corr_hidden_dim: int = 4 * len(CORRUPTIONS),
-        *,
-        img_size: int | tuple[int, int] = 32,
-        patch_size: int = 4,
-        embed_dim: int = 192,
-        depth: int = 12,
-        num_heads: int = 3,
-        num_classes: int = len(CLASSES),
-        drop_path_rate: float = 0.1,
         **kwargs: Any,
     ) -> None:
+        """`kind` and the CdeiT options here; sizes and everything else are timm's VisionTransformer arguments
+        (its defaults; the registered functions give the 32px sizes)."""
         head_strategy = check_head_strategy(kind, head_strategy)
         if kwargs.get("dynamic_img_size") or kwargs.get("global_pool", "token") != "token":
             raise CdeitError("the cdeit students read their prefix tokens: keep global_pool='token', fixed size.")
         if kwargs.get("reg_tokens") or not kwargs.get("class_token", True):
             raise CdeitError("the cdeit students have a class token and no register tokens; leave both unset.")
         weight_init = kwargs.pop("weight_init", "")
-        arch = dict(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-        arch.update(num_classes=num_classes, drop_path_rate=drop_path_rate)
-        super().__init__(**arch, **kwargs, weight_init="skip")
+        super().__init__(**kwargs, weight_init="skip")
         dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
-        self._config = {
+        self._config = {  # what model_config() rebuilds from: every argument given, devices aside
             "head_strategy": head_strategy,
             "num_corruptions": num_corruptions,
             "corr_hidden_dim": corr_hidden_dim,
-            **arch,
             **{k: v for k, v in kwargs.items() if k not in ("device", "dtype")},
         }
         self.kind = kind
         self.head_strategy = head_strategy
         self.token_names = TOKENS[kind]
         self.num_corruptions = num_corruptions if kind == "cdeit" else 0
+        self.corr_hidden_dim = corr_hidden_dim
         self.num_prefix_tokens = len(self.token_names)
-        self.dist_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd)) if kind != "vit" else None
-        self.corr_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd)) if kind == "cdeit" else None
+        self.return_heads = False  # forward's output: class logits, or every head's (set_return_heads)
+        self.dist_token = nn.Parameter(torch.empty(1, 1, self.embed_dim, **dd)) if kind != "vit" else None
+        self.corr_token = nn.Parameter(torch.empty(1, 1, self.embed_dim, **dd)) if kind == "cdeit" else None
         embed_len = self.patch_embed.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
-        self.pos_embed = nn.Parameter(torch.empty(1, embed_len, embed_dim, **dd))
-        self.head_dist = nn.Linear(embed_dim, num_classes, **dd) if kind != "vit" else None
-        self.head_corr = nn.Linear(embed_dim, num_corruptions, **dd) if kind == "cdeit" else None
-        self.corr_to_cls = None
-        if head_strategy in ("linear", "mlp"):
-            self.corr_to_cls = corruption_projection(head_strategy, num_corruptions, num_classes, corr_hidden_dim, dd)
+        self.pos_embed = nn.Parameter(torch.empty(1, embed_len, self.embed_dim, **dd))
+        self.head_dist = self.head_corr = self.corr_to_cls = None
+        self._build_heads(dd)
         self.weight_init_mode = "reset" if weight_init == "skip" else weight_init
         if weight_init != "skip":
             self.init_weights(needs_reset=False)
+
+    def _build_heads(self, dd: dict[str, Any]) -> None:
+        """The class head's siblings, fresh: distillation head, corruption head and its projection to classes.
+
+        With num_classes 0 (timm's convention for a feature extractor) the class-space heads are identities
+        and there is no projection; the corruption head keeps predicting the image type.
+        """
+        d, c = self.embed_dim, self.num_classes
+        if self.kind != "vit":
+            self.head_dist = nn.Linear(d, c, **dd) if c > 0 else nn.Identity()
+        if self.kind == "cdeit":
+            self.head_corr = nn.Linear(d, self.num_corruptions, **dd)
+            self.corr_to_cls = None
+            if self.head_strategy in ("linear", "mlp") and c > 0:
+                self.corr_to_cls = corruption_projection(self.head_strategy, self.num_corruptions, c,
+                                                         self.corr_hidden_dim, dd)  # fmt: skip
 
     def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
         for token in (self.dist_token, self.corr_token):
             if token is not None:
                 trunc_normal_(token, std=0.02)  # as timm's distilled DeiT
         super().init_weights(mode=mode, needs_reset=needs_reset)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> tuple[nn.Module, ...]:
+        """Every head, class head first (timm's distilled DeiT returns its two the same way)."""
+        heads = (self.head, self.head_dist, self.head_corr, self.corr_to_cls)
+        return tuple(h for h in heads if h is not None)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New, freshly initialised heads for `num_classes` classes: class, distillation, corruption and projection.
+
+        Fine-tuning on another label set changes every head that reads a prefix token, as timm's distilled DeiT
+        resets both of its heads; 0 classes leaves the pre-logit embeddings (see `_build_heads`).
+        """
+        if global_pool not in (None, "", "token"):
+            raise CdeitError(f"global_pool {global_pool!r}: the cdeit students read their prefix tokens; use 'token'.")
+        dd = get_device_dtype(self)  # {"device": ..., "dtype": ...} of the model's parameters
+        self.num_classes = num_classes
+        self._config["num_classes"] = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self._build_heads(dd)
+        for head in self.get_classifier():
+            head.train(self.training)
+
+    @torch.jit.ignore
+    def set_return_heads(self, enable: bool = True) -> TokenViT:
+        """Make `forward` return every head's logits (the losses' input) instead of the class logits.
+
+        cdeit's counterpart of timm's `set_distilled_training`, but explicit in every mode: the trainer
+        switches it on once, evaluation reads the class logits of a model that has it off. Returns the model.
+        """
+        self.return_heads = enable
+        return self
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -150,7 +171,10 @@ class TokenViT(VisionTransformer):
         return self.pos_drop(x)  # (B, T + N, D)
 
     def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-head logits from the final token embeddings (B, T + N, D): 'cls', 'dist', 'corr', 'corr_to_cls'."""
+        """Per-head logits from the final token embeddings (B, T + N, D): 'cls', 'dist', 'corr', 'corr_to_cls'.
+
+        (After reset_classifier(0) 'cls' and 'dist' are the token embeddings themselves.)
+        """
         tokens = self.head_drop(features[:, : self.num_prefix_tokens])  # (B, T, D)
         out = {"cls": self.head(tokens[:, 0])}  # (B, C)
         if self.head_dist is not None:
@@ -171,21 +195,21 @@ class TokenViT(VisionTransformer):
             return self.head_drop(x[:, : min(self.num_prefix_tokens, 2)].mean(1))
         return self.combine(self.heads(x))
 
-    def forward(
-        self, x: torch.Tensor, return_dict: bool | None = None, features: tuple[str, ...] = ()
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Normalised images (B, 3, H, W) to a dict of head logits (default in training) or class logits (B, C).
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised images (B, 3, H, W) to every head's logits, whatever `return_heads` says."""
+        return self.heads(self.forward_features(x))
+
+    def forward(self, x: torch.Tensor, features: tuple[str, ...] = ()) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Normalised images (B, 3, H, W) to class logits (B, C), or to every head's logits after set_return_heads.
 
         `features` (any of 'embedding', 'patches', 'attention') adds what the alignment loss compares with the
         teacher, from the same forward: `feat_embedding` (B, D), `feat_patches` (B, N, D), `feat_attention`
-        (B, N) (see `align_features`); the dict is then returned in any mode.
+        (B, N) (see `align_features`); the dict of heads and features is then returned either way.
         """
         if features:
             return self.forward_with_features(x, features)
-        outputs = self.heads(self.forward_features(x))
-        if self.training if return_dict is None else return_dict:
-            return outputs
-        return self.combine(outputs)
+        outputs = self.forward_heads(x)
+        return outputs if self.return_heads else self.combine(outputs)
 
     def forward_with_features(self, x: torch.Tensor, features: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Head logits plus the requested alignment features, in one forward (see `forward`)."""
@@ -271,6 +295,7 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_NAMES.value
 
 
 def _create(kind: StudentKind, pretrained: bool, **kwargs: Any) -> TokenViT:
+    """The student `kind` through timm's builder (its pretrained_cfg gives img_size 32 and num_classes 10)."""
     variant = MODEL_NAMES[kind]
     if pretrained:
         raise CdeitError(f"{variant} has no pretrained weights; train one with `cdeit train` and load its file.")
@@ -280,25 +305,50 @@ def _create(kind: StudentKind, pretrained: bool, **kwargs: Any) -> TokenViT:
 @register_model
 def vit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> TokenViT:
     """Baseline ViT-Tiny at 32px: patch 4, embedding 192, 12 blocks, 3 heads, class token, linear head."""
-    return _create("vit", pretrained, **kwargs)
+    model_args = dict(patch_size=4, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1)
+    return _create("vit", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def deit_tiny_distilled_patch4_32(pretrained: bool = False, **kwargs: Any) -> TokenViT:
     """DeiT-Tiny at 32px with class and distillation tokens; inference averages their heads."""
-    return _create("deit", pretrained, **kwargs)
+    model_args = dict(patch_size=4, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1)
+    return _create("deit", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def cdeit_tiny_patch4_32(pretrained: bool = False, **kwargs: Any) -> TokenViT:
     """CdeiT-Tiny at 32px: class, distillation and corruption tokens; `head_strategy` none | linear | mlp."""
-    return _create("cdeit", pretrained, **kwargs)
+    model_args = dict(patch_size=4, embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1)
+    return _create("cdeit", pretrained, **dict(model_args, **kwargs))
 
 
 def build_student(kind: StudentKind, head_strategy: HeadStrategy | None = None, **kwargs: Any) -> TokenViT:
     """One of the three students by kind; kwargs (depth, drop_path_rate, ...) go to the model."""
     check_head_strategy(kind, head_strategy)
     return timm.create_model(MODEL_NAMES[kind], head_strategy=head_strategy, **kwargs)
+
+
+class Normalise(nn.Module):
+    """uint8 NCHW images on the device -> float, normalised with the student's mean and std.
+
+    The loaders hand over raw uint8 pixels; normalising on the device, batched, keeps the loader cheap. The
+    statistics are the student's own (`pretrained_cfg`), so a model file carries what its input needs.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, device: torch.device | str) -> Normalise:
+        """The normalisation a student (or any timm model) was built for, from its pretrained_cfg."""
+        cfg = unwrap(model).pretrained_cfg
+        return cls(cfg["mean"], cfg["std"], device)
+
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        return (images_u8.float() - self.mean) * self.inv_std  # (B, 3, 32, 32)
 
 
 def unwrap(model: nn.Module) -> TokenViT:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cdeit.common.atomic import atomic_path
-from cdeit.common.dataset import CORRUPTIONS
+from cdeit.common.dataset import CORRUPTIONS, SEVERITY_CODES
 
 
 def _pct(x: float | None) -> str:
@@ -130,10 +130,11 @@ def write_report(result: dict[str, Any], path: Path, plots: list[Path]) -> Path:
     for c, v in result["per_corruption"].items():
         ce = _pct(ces[c]) if c in ces else "-"
         lines.append(f"| {c} | {v['n']:,} | {_pct(v['accuracy'])} | {v['loss']:.4f} | {v['ece']:.4f} | {ce} |")
-    lines += ["", "## Accuracy (%) per type and severity", "", "| type | " + " | ".join(map(str, range(6))) + " |",
-              "|---|" + "---|" * 6]  # fmt: skip
+    sev = [str(s) for s in SEVERITY_CODES]
+    lines += ["", "## Accuracy (%) per type and severity", "", "| type | " + " | ".join(sev) + " |",
+              "|---|" + "---|" * len(sev)]  # fmt: skip
     for c, row in result["per_corruption_severity_accuracy"].items():
-        lines.append(f"| {c} | " + " | ".join(_pct(row.get(str(s))) if str(s) in row else "" for s in range(6)) + " |")
+        lines.append(f"| {c} | " + " | ".join(_pct(row[s]) if s in row else "" for s in sev) + " |")
     lines += ["", "## Per severity", "", "| severity | n | accuracy (%) | ECE |", "|---|---|---|---|"]
     for s, v in result["per_severity"].items():
         lines.append(f"| {s} | {v['n']:,} | {_pct(v['accuracy'])} | {v['ece']:.4f} |")

@@ -26,6 +26,7 @@ from cdeit.common.dataset import beton_path, load_manifest, make_loader
 from cdeit.common.device import resolve_device
 from cdeit.common.errors import CdeitError
 from cdeit.common.metrics import ece_bin_stats, ece_from_stats
+from cdeit.common.tokens import TOKEN_TARGETS
 from cdeit.train import rundir
 from cdeit.train.config import TrainConfig
 from cdeit.train.rundir import CHECKPOINT, io_error, prepare_run_dir
@@ -73,18 +74,6 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_ep
     )  # fmt: skip
 
 
-class Normalise(torch.nn.Module):
-    """uint8 NCHW on the device -> float, normalised with the student's mean and std."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
-        super().__init__()
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
-
-    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        return (images_u8.float() - self.mean) * self.inv_std  # (B, 3, 32, 32)
-
-
 class Trainer:
     """One training run; `run()` trains (or resumes) to the end and writes the final model.
 
@@ -123,15 +112,15 @@ class Trainer:
     def _build(self) -> None:
         from cdeit.train.losses import build_loss
         from cdeit.train.mixing import RandomErasing
-        from cdeit.train.models import build_student
+        from cdeit.train.models import Normalise, build_student
 
         cfg, dev = self.cfg, self.device
         kwargs = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path, drop_rate=cfg.dropout)
         kwargs.setdefault("num_classes", self.num_classes)
         self.model = build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs).to(dev)
+        self.model.set_return_heads(True)  # forward gives the losses every head; validation reads heads()
         self.raw_model = self.model
-        pcfg = self.model.pretrained_cfg
-        self.normalise = Normalise(pcfg["mean"], pcfg["std"], dev)
+        self.normalise = Normalise.for_model(self.model, dev)
         self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
         self.erasing = RandomErasing(cfg.erasing_prob, device=dev) if cfg.erasing_prob > 0 else None
         self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
@@ -181,7 +170,7 @@ class Trainer:
 
         assert self.teacher is not None
         shapes, cells = self.teacher.shapes, self.raw_model.grid_size[0] * self.raw_model.grid_size[1]
-        for name in ("patches", "attention"):
+        for name in TOKEN_TARGETS:
             if name in self.cfg.align and shapes[name][0] != cells:
                 raise CdeitError(
                     f"--align {name} compares the teacher's {shapes[name][0]}-cell grid with this student's "
@@ -363,7 +352,7 @@ class Trainer:
         for images_u8, labels, index in loader:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 features = self.raw_model.forward_features(self.normalise(images_u8))  # (B, T + N, D)
-                logits = self.raw_model.combine(self.raw_model.heads(features))  # as forward(return_dict=False)
+                logits = self.raw_model.combine(self.raw_model.heads(features))  # the inference logits
             logits, features = logits.float(), features.float()
             batch = [F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum()]
             if teacher is not None:

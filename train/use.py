@@ -61,7 +61,7 @@ def load_image_32(path: Path) -> np.ndarray:
 def predict_files(model: str | Path, paths: list[Path], device: str = "cpu") -> list[dict[str, Any]]:
     """One result per path: class, confidence (and corruption type for CdeiT), or an error sentence."""
     from cdeit.common.device import resolve_device
-    from cdeit.train.trainer import Normalise
+    from cdeit.train.models import Normalise
 
     dev = resolve_device(device)
     student, classes = load_student(model, dev)
@@ -77,8 +77,7 @@ def predict_files(model: str | Path, paths: list[Path], device: str = "cpu") -> 
     if not images:
         return results
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(dev)  # (B, 3, 32, 32) uint8
-    x = Normalise(student.pretrained_cfg["mean"], student.pretrained_cfg["std"], dev)(batch)
-    heads = student.heads(student.forward_features(x))
+    heads = student.forward_heads(Normalise.for_model(student, dev)(batch))
     probs = student.combine(heads).float().softmax(1).cpu()
     corr = heads["corr"].float().softmax(1).cpu() if "corr" in heads else None
     for row, i in enumerate(ok):

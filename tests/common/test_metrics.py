@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdeit.common.metrics import accuracy, ece, ece_bin_stats, ece_from_stats, mce
+from cdeit.common.metrics import accuracy, ece, ece_bin_stats, ece_from_stats, ece_per_group, mce, reliability
 
 
 def _ece_direct(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -48,3 +48,22 @@ def test_mce_hand_worked() -> None:
     model = {"fog": {1: 0.1, 2: 0.2}, "snow": {1: 0.1, 2: 0.2}}
     base = {"fog": {1: 0.2, 2: 0.4}, "snow": {1: 0.1, 2: 0.1}}
     assert mce(model, base) == pytest.approx(1.0)
+
+
+def test_ece_per_group_is_the_ece_of_each_group() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (300, 10))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels, groups = rng.integers(0, 10, 300), rng.integers(0, 3, 300)  # group 3 of 4 stays empty
+    per_group = ece_per_group(torch.tensor(probs), torch.tensor(labels), torch.tensor(groups), 4)
+    for g in range(3):
+        assert per_group[g].item() == pytest.approx(_ece_direct(probs[groups == g], labels[groups == g]), abs=1e-6)
+    assert torch.isnan(per_group[3])
+
+
+def test_reliability_table() -> None:
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7]])
+    table = reliability(probs, torch.tensor([0, 1, 1]))
+    assert sum(table["count"]) == 3 and table["count"][13] == 2 and table["count"][10] == 1  # bins (13/15, 14/15]
+    assert table["accuracy"][13] == pytest.approx(0.5) and table["confidence"][13] == pytest.approx(0.9)
+    assert table["accuracy"][10] == 1.0 and table["accuracy"][0] is None and table["confidence"][0] is None

@@ -39,7 +39,7 @@ def test_student_features_come_from_the_same_forward() -> None:
     x = torch.randn(3, 3, 32, 32)
     captured = {}
     hook = model.blocks[-1].norm1.register_forward_hook(lambda m, i, o: captured.setdefault("normed", o))
-    plain = model(x, return_dict=True)
+    plain = model.forward_heads(x)
     hook.remove()
     out = model(x, features=("embedding", "patches", "attention"))
     for k, v in plain.items():

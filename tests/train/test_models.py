@@ -1,4 +1,5 @@
-"""Students: sizes, outputs in train and eval mode, timm registration, safetensors round trip, torch.compile."""
+"""Students: sizes, outputs with and without every head, classifier reset, timm registration, safetensors round
+trip, torch.compile, input normalisation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cdeit.common.errors import CdeitError
-from cdeit.train.models import MODEL_NAMES, TokenViT, build_student, load_safetensors, save_safetensors
+from cdeit.train.models import MODEL_NAMES, Normalise, TokenViT, build_student, load_safetensors, save_safetensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,25 +49,32 @@ def test_full_size_parameter_counts() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_outputs_in_train_and_eval(variant: tuple[str, str | None], images: torch.Tensor) -> None:
-    model = build_student(*variant, **SMALL).train()
+def test_outputs_with_and_without_every_head(variant: tuple[str, str | None], images: torch.Tensor) -> None:
+    model = build_student(*variant, **SMALL).train().set_return_heads(True)
     out = model(images)
     assert set(out) == KEYS[variant]
     for key, logits in out.items():
         assert logits.shape == (4, 11 if key == "corr" else 10)
     model.eval()
-    heads = model(images, return_dict=True)
+    heads = model(images)  # the switch, not the mode, decides what forward returns
+    assert set(heads) == KEYS[variant]
+    for k, v in model.forward_heads(images).items():
+        torch.testing.assert_close(v, heads[k])
     class_space = [heads[k] for k in ("cls", "dist", "corr_to_cls") if k in heads]
     expected = sum(class_space) / len(class_space)  # the average of the class-space heads (paper 2.3, 3.3)
+    model.set_return_heads(False)
     torch.testing.assert_close(model(images), expected)
     assert model(images).shape == (4, 10)
+    model.train()
+    assert isinstance(model(images), torch.Tensor)  # class logits in train mode too
+    torch.testing.assert_close(model.forward_head(model.forward_features(images)), model(images))
 
 
 def test_tokens_are_embeddings_the_heads_read(images: torch.Tensor) -> None:
     model = build_student("cdeit", "mlp", **SMALL).eval()
     tokens = model.forward_tokens(images)
     assert {k: v.shape for k, v in tokens.items()} == {k: (4, 48) for k in ("cls", "dist", "corr")}
-    heads = model(images, return_dict=True)
+    heads = model.forward_heads(images)
     torch.testing.assert_close(model.head(tokens["cls"]), heads["cls"])
     torch.testing.assert_close(model.head_dist(tokens["dist"]), heads["dist"])
     torch.testing.assert_close(model.head_corr(tokens["corr"]), heads["corr"])
@@ -145,8 +153,8 @@ def test_compiles_to_one_graph(tmp_path: Path, images: torch.Tensor) -> None:
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(images), model(images))
-    model.train()
-    out = compiled(images)  # train mode recompiles and returns the dict of heads
+    model.train().set_return_heads(True)
+    out = compiled(images)  # the switch (and train mode) recompiles; it returns the dict of heads
     assert set(out) == KEYS["cdeit", "linear"]
     out["cls"].sum().backward()
     assert model.cls_token.grad is not None
@@ -166,3 +174,42 @@ def test_inductor_compile_matches_eager(images: torch.Tensor) -> None:
 def test_token_layout_is_fixed(kwargs: dict) -> None:
     with pytest.raises(CdeitError, match="class token|global_pool"):
         build_student("deit", **SMALL, **kwargs)
+
+
+def test_sizes_live_in_the_registered_functions() -> None:
+    """The class keeps timm's neutral defaults (224px, patch 16, 1000 classes); the 32px sizes are the entry points'."""
+    bare = TokenViT(kind="deit", embed_dim=32, depth=1, num_heads=2)
+    assert bare.patch_embed.grid_size == (14, 14) and bare.num_classes == 1000
+    assert bare.pos_embed.shape == (1, 196 + 2, 32)
+    student = timm.create_model("deit_tiny_distilled_patch4_32", depth=1)
+    assert student.grid_size == (8, 8) and student.embed_dim == 192 and student.blocks[0].attn.num_heads == 3
+    assert student.num_classes == 10 and student.model_config()["kwargs"]["patch_size"] == 4
+
+
+def test_reset_classifier_resets_every_head(images: torch.Tensor) -> None:
+    model = build_student("cdeit", "mlp", **SMALL).eval()
+    before = {name: p.clone() for name, p in model.named_parameters() if name.startswith(("head", "corr_to_cls"))}
+    model.reset_classifier(5)
+    assert not model.training and all(not h.training for h in model.get_classifier())
+    assert len(model.get_classifier()) == 4  # head, head_dist, head_corr, corr_to_cls
+    assert model.head.out_features == model.head_dist.out_features == model.corr_to_cls[-1].out_features == 5
+    assert model.head_corr.out_features == 11  # still the image type
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(after[name], p) for name, p in before.items() if after[name].shape == p.shape)
+    assert model(images).shape == (4, 5)
+    rebuilt = timm.create_model(model.model_config()["model_name"], **model.model_config()["kwargs"])
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    model.reset_classifier(0)  # timm's convention: the pre-logit embeddings
+    assert model(images).shape == (4, 48) and model.corr_to_cls is None
+    with pytest.raises(CdeitError, match="global_pool 'avg'"):
+        model.reset_classifier(10, global_pool="avg")
+
+
+def test_normalise_uses_the_students_statistics() -> None:
+    model = build_student("vit", **SMALL)
+    normalise = Normalise.for_model(torch.compile(model), "cpu")  # unwraps like save_safetensors
+    pixel = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 32, 32)
+    mean, std = torch.tensor(model.pretrained_cfg["mean"]), torch.tensor(model.pretrained_cfg["std"])
+    expected = (torch.tensor([0, 128, 255]) / 255 - mean) / std
+    torch.testing.assert_close(normalise(pixel)[0, :, 0, 0], expected)
+    assert model.pretrained_cfg["mean"] == pytest.approx((0.4914, 0.4822, 0.4465))
