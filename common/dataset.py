@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from cdeit.common.errors import CdeitError
 
-if TYPE_CHECKING:  # ffcv and torch are imported lazily: the command line must start fast
+if TYPE_CHECKING:  # numpy, ffcv and torch are imported lazily: every command's options read this module's names,
+    import numpy as np  # and the command line must start fast
     from ffcv.loader import Loader
 
 FORMAT_VERSION = 1
@@ -49,6 +48,8 @@ SOURCES_FILE = "sources.beton"  # one clean image per source photograph (index =
 
 def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     """Hash of a split's images and labels in index order: what ties a teacher cache to its data."""
+    import numpy as np
+
     h = hashlib.sha256()
     h.update(f"cdeit-split-v{FORMAT_VERSION}:{images.shape}".encode())
     h.update(np.ascontiguousarray(images, dtype=np.uint8).data)
@@ -102,6 +103,8 @@ class _Arrays:
 
 def check_arrays(arrays: dict[str, np.ndarray]) -> None:
     """Shapes and dtypes every split must have before it is packed."""
+    import numpy as np
+
     n = len(arrays["image"])
     if arrays["image"].dtype != np.uint8 or arrays["image"].shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"images must be uint8 (N, 32, 32, 3), got {arrays['image'].dtype} {arrays['image'].shape}")
@@ -196,6 +199,8 @@ def read_split(
     path: str | os.PathLike, fields: Sequence[str] = FIELDS, batch_size: int = 4096
 ) -> dict[str, np.ndarray]:
     """Read a whole split back into numpy arrays in index order (images as (N, 32, 32, 3) uint8)."""
+    import numpy as np
+
     loader = make_loader(path, batch_size, "sequential", "cpu", fields=fields)
     chunks: dict[str, list[np.ndarray]] = {f: [] for f in fields}
     for batch in loader:
@@ -208,6 +213,8 @@ def read_split(
 
 def split_counts(arrays: dict[str, np.ndarray]) -> list[list[int]]:
     """Samples per class x image type (10 x 11), as stored in the manifest."""
+    import numpy as np
+
     counts = np.zeros((len(CLASSES), len(CORRUPTIONS)), np.int64)
     np.add.at(counts, (arrays["label"], arrays["corruption"]), 1)
     return counts.tolist()
@@ -228,6 +235,8 @@ def write_dataset(
     photograph used in the splits (`SOURCES_FILE`, for teachers that look at the clean view).
     Returns the manifest.
     """
+    import numpy as np
+
     from cdeit.common import __version__
     from cdeit.common.atomic import write_json
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import click
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def field_defaults(config: type) -> dict[str, Any]:
@@ -53,6 +54,11 @@ class ConfigOptions(Generic[T]):
         self.parsers = parsers
         self.fields = tuple(f.name for f in dataclasses.fields(config))
 
+    def command(self, fn: F) -> F:
+        """Mark `fn` as the command whose parameters build this config, so tests/test_options.py checks it."""
+        fn.config_options = self  # type: ignore[attr-defined]
+        return fn
+
     def values(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """{field: value} from a command's parameters, each through its parser; a missing parameter raises."""
         missing = [name for name in self.fields if name not in params]
@@ -60,15 +66,16 @@ class ConfigOptions(Generic[T]):
             raise TypeError(f"the command declares no option for {self.config.__name__} fields {', '.join(missing)}")
         return {name: self.parsers.get(name, _same)(params[name]) for name in self.fields}
 
+    def typed(self, ctx: click.Context) -> dict[str, Any]:
+        """{field: value} of the options typed on the command line only (not taken from their defaults)."""
+        values = self.values(ctx.params)  # by name below: typer may bring its own copy of click's ParameterSource
+        return {k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+
     def build(self, ctx: click.Context, base: Mapping[str, Any] | None = None) -> T:
         """The config from the command's parameters; with `base`, only options typed on the command line override it."""
-        values = self.values(ctx.params)
         if base is not None:
-            from click.core import ParameterSource
-
-            given = {k for k in values if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
-            values = dict(base) | {k: values[k] for k in given}
-        return self.config(**values)
+            return self.config(**(dict(base) | self.typed(ctx)))
+        return self.config(**self.values(ctx.params))
 
 
 def _same(value: Any) -> Any:

@@ -10,15 +10,18 @@ from typing import Annotated
 import typer
 
 from cdeit.common.console import friendly_errors
+from cdeit.common.errors import CdeitError
+from cdeit.common.options import ConfigOptions, comma_list, defaults
+from cdeit.data.config import SPLIT_POLICIES, PrepareConfig
 
 app = typer.Typer(
     help="Build the 11-type dataset (clean + 10 corruptions) into FFCV .beton files.", no_args_is_help=True
 )
+D = defaults(PrepareConfig)  # the option defaults of `data prepare`: PrepareConfig is their only home
 
 
 def _triple(text: str) -> tuple[int, int, int]:
-    from cdeit.common.errors import CdeitError
-
+    """`--per-class-per-type 4500,200,200` to three integers, or one sentence saying what is wrong."""
     try:
         parts = tuple(int(p) for p in text.split(","))
     except ValueError:
@@ -28,55 +31,64 @@ def _triple(text: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def _generate(value: str | None) -> bool:
+    """`--corruptions generate` to True (cdeit makes the corruptions), unset to False (read CIFAR-10-C)."""
+    if value not in (None, "generate"):
+        raise CdeitError(f"--corruptions {value!r} is not supported; the only value is `generate`.")
+    return value == "generate"
+
+
+def _split_policy(value: str) -> str:
+    if value not in SPLIT_POLICIES:
+        raise CdeitError(f"--split {value!r} is unknown; choose {' or '.join(SPLIT_POLICIES)}.")
+    return value
+
+
+PREPARE_OPTIONS = ConfigOptions(
+    PrepareConfig,
+    generate=_generate,
+    per_class_per_type=_triple,
+    split=_split_policy,
+    types=lambda text: comma_list(text) or D.types,  # empty: every type
+    workers=lambda n: max(1, n),
+)
+
+
 @app.command("prepare")
 @friendly_errors
+@PREPARE_OPTIONS.command
 def prepare_command(
+    ctx: typer.Context,
     cifar10: Annotated[Path, typer.Option(help="CIFAR-10 python version: `cifar-10-batches-py/` or its parent.")],
     out: Annotated[Path, typer.Option(help="Output dataset directory (betons + manifest.json).")],
-    cifar10c: Annotated[Path | None, typer.Option(help="Extracted CIFAR-10-C folder (or its parent).")] = None,
-    corruptions: Annotated[
-        str | None, typer.Option(help="`generate`: make the ten corruptions with cdeit's own implementation.")
+    cifar10c: Annotated[Path | None, typer.Option(help="Extracted CIFAR-10-C folder (or its parent).")] = D.cifar10c,
+    generate: Annotated[
+        str | None,
+        typer.Option("--corruptions", help="`generate`: make the ten corruptions with cdeit's own implementation."),
     ] = None,
-    per_class_per_type: Annotated[
-        str, typer.Option(help="Images per class per type: TRAIN,VAL,TEST.")
-    ] = "4500,200,200",
+    per_class_per_type: Annotated[str, typer.Option(help="Images per class per type: TRAIN,VAL,TEST.")] = ",".join(
+        map(str, D.per_class_per_type)
+    ),
     split: Annotated[
         str, typer.Option(help="grouped: all variants of a photograph in one split; paper: random draw.")
-    ] = "grouped",
+    ] = D.split,
     types: Annotated[str, typer.Option(help="Comma-separated image types to include (default: all eleven).")] = "",
-    seed: Annotated[int, typer.Option(help="Seed for the split draw and the generated corruptions.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the split draw and the generated corruptions.")] = D.seed,
     sources: Annotated[
         str,
         typer.Option(
             help="Which CIFAR-10 photographs may be sources: all (train + test pooled), train, or test (e.g. for a "
             "teacher trained on CIFAR-10 train, which must not see its own training photographs)."
         ),
-    ] = "all",
-    workers: Annotated[int, typer.Option(help="Processes for corruption generation and packing.")] = 2,
+    ] = D.sources,
+    workers: Annotated[int, typer.Option(help="Processes for corruption generation and packing.")] = D.workers,
 ) -> None:
     """Build train/val/test .beton files with label, corruption, severity, index and source fields."""
     from cdeit.common.console import console
     from cdeit.common.console import out as stdout
-    from cdeit.common.dataset import CORRUPTIONS
-    from cdeit.common.errors import CdeitError
-    from cdeit.data.prepare import PrepareConfig, prepare
+    from cdeit.data.prepare import prepare
 
-    if corruptions not in (None, "generate"):
-        raise CdeitError(f"--corruptions {corruptions!r} is not supported; the only value is `generate`.")
-    if split not in ("grouped", "paper"):
-        raise CdeitError(f"--split {split!r} is unknown; choose grouped or paper.")
-    cfg = PrepareConfig(
-        cifar10=cifar10,
-        out=out,
-        cifar10c=cifar10c,
-        generate=corruptions == "generate",
-        per_class_per_type=_triple(per_class_per_type),
-        split=split,  # type: ignore[arg-type]
-        types=tuple(t.strip() for t in types.split(",") if t.strip()) or CORRUPTIONS,
-        seed=seed,
-        sources=sources,  # type: ignore[arg-type]
-        workers=max(1, workers),
-    )
+    cfg = PREPARE_OPTIONS.build(ctx)
     manifest = prepare(cfg)
     if manifest.get("reused"):
         console.print(f"{out} already holds this dataset; nothing to do.")

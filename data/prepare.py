@@ -8,12 +8,11 @@ whose random streams depend only on (seed, split, type, severity, chunk) — nev
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -28,27 +27,10 @@ from cdeit.common.dataset import (
     write_dataset,
 )
 from cdeit.common.errors import CdeitError
+from cdeit.data.config import SOURCE_POOLS, PrepareConfig
 from cdeit.data.sources import Cifar10, read_cifar10, read_cifar10c
 
-PAPER_SIZES = (4500, 200, 200)  # images per class per type for train / val / test (paper 3.4)
 CHUNK = 2048  # images per corruption job
-
-
-@dataclass
-class PrepareConfig:
-    cifar10: Path
-    out: Path
-    cifar10c: Path | None = None
-    generate: bool = False
-    per_class_per_type: tuple[int, int, int] = PAPER_SIZES
-    split: Literal["grouped", "paper"] = "grouped"
-    types: tuple[str, ...] = CORRUPTIONS
-    seed: int = 0
-    sources: Literal["all", "train", "test"] = "all"  # which CIFAR-10 photographs may be sources (docs/data.md)
-    workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
-
-
-SOURCE_POOLS = ("all", "train", "test")  # all: CIFAR-10 train + test photographs pooled (the default)
 
 
 @dataclass

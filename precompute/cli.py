@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from cdeit.common.console import friendly_errors
-from cdeit.common.hub import DEFAULT_TEACHER
-from cdeit.common.views import Augmentation
+from cdeit.common.options import ConfigOptions, comma_list, defaults
+from cdeit.precompute.config import PrecomputeConfig
 
 TEACHER_HELP = (
     "What timm.create_model accepts: NAME (deit3_small_patch16_224), NAME.TAG "
@@ -18,101 +18,95 @@ TEACHER_HELP = (
     "Hugging Face cache (HF_HOME; no network, also with HF_HUB_OFFLINE=1), else the hub."
 )
 
-_AUG = Augmentation()  # --views defaults: the trainer's (TrainConfig's)
 app = typer.Typer(help="Inspect, verify and merge teacher-logit caches.", no_args_is_help=True)
+D = defaults(PrecomputeConfig)  # the option defaults: PrecomputeConfig is their only home
+PRECOMPUTE_OPTIONS = ConfigOptions(PrecomputeConfig, splits=comma_list, targets=comma_list)
 
 
 @friendly_errors
+@PRECOMPUTE_OPTIONS.command
 def precompute_teacher(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", help="Dataset directory from `cdeit data prepare`.")],
     out: Annotated[Path, typer.Option("--out", help="Cache directory to create or resume.")],
-    teacher: Annotated[str, typer.Option(help=TEACHER_HELP)] = DEFAULT_TEACHER,
+    teacher: Annotated[str, typer.Option(help=TEACHER_HELP)] = D.teacher,
     teacher_module: Annotated[
         str | None,
         typer.Option(
             help="FILE.py or package.module imported before --teacher is looked up, so a model your code registers "
             "with timm's @register_model can be the teacher (its pretrained_cfg sets size, mean, std, interpolation)."
         ),
-    ] = None,
+    ] = D.teacher_module,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
             help="Teacher weights for a NAME: .safetensors, or .pth read with weights_only=True (never pickles); "
             "loaded by timm, whose checkpoint filter maps official layouts (e.g. facebookresearch DeiT-III)."
         ),
-    ] = None,
+    ] = D.checkpoint,
     random_weights: Annotated[
         bool, typer.Option("--random-weights", help="Untrained teacher (benchmarks, tests).")
-    ] = False,
+    ] = D.random_weights,
     head: Annotated[
         str | None,
         typer.Option(
             help="A fitted head.safetensors to reuse, or 'none' for the teacher's own head. "
             "Default: fit a linear head on the train features (paper 4.1)."
         ),
-    ] = None,
+    ] = D.head,
     batch_size: Annotated[
         int | None, typer.Option(help="Images per forward. Default: 1024 on CUDA, 64 on CPU.")
-    ] = None,
-    shard_size: Annotated[int, typer.Option(help="Samples per HDF5 shard (a multiple of the batch size).")] = 16384,
+    ] = D.batch_size,
+    shard_size: Annotated[
+        int, typer.Option(help="Samples per HDF5 shard (a multiple of the batch size).")
+    ] = D.shard_size,
     store_features: Annotated[
         bool, typer.Option("--store-features", help="Also keep the float16 pre-logit features in the shards.")
-    ] = False,
-    shard_index: Annotated[int, typer.Option(help="Which slice of the shards this machine computes.")] = 0,
-    num_shards: Annotated[int, typer.Option(help="Number of slices (machines) the shards are split over.")] = 1,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the head fit (and of --random-weights).")] = 0,
-    workers: Annotated[int | None, typer.Option(help="Image decoding threads. Default: min(8, cores).")] = None,
-    head_epochs: Annotated[int, typer.Option(help="Epochs of the head fit over the cached features.")] = 50,
-    head_lr: Annotated[float, typer.Option(help="AdamW learning rate of the head fit (paper: 5e-5).")] = 5e-5,
+    ] = D.store_features,
+    shard_index: Annotated[int, typer.Option(help="Which slice of the shards this machine computes.")] = D.shard_index,
+    num_shards: Annotated[
+        int, typer.Option(help="Number of slices (machines) the shards are split over.")
+    ] = D.num_shards,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = D.device,
+    seed: Annotated[int, typer.Option(help="Seed of the head fit (and of --random-weights).")] = D.seed,
+    workers: Annotated[int | None, typer.Option(help="Image decoding threads. Default: min(8, cores).")] = D.workers,
+    head_epochs: Annotated[int, typer.Option(help="Epochs of the head fit over the cached features.")] = D.head_epochs,
+    head_lr: Annotated[float, typer.Option(help="AdamW learning rate of the head fit (paper: 5e-5).")] = D.head_lr,
     head_standardize: Annotated[
         bool, typer.Option(help="Fit the head on z-scored features (folded back into the head).")
-    ] = False,
-    splits: Annotated[str, typer.Option(help="Comma-separated splits to cache.")] = "train,val,test",
+    ] = D.head_standardize,
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to cache.")] = ",".join(D.splits),
     view: Annotated[
         str,
         typer.Option(
             help="same: the teacher sees every sample (the paper); clean: it sees each sample's clean source image, "
             "once per source, and the cache is keyed by source id (needs DATA/sources.beton)."
         ),
-    ] = "same",
+    ] = D.view,
     targets: Annotated[
         str,
         typer.Option(
             help="What to store, comma-separated: logits (always), embedding (pre-logit, = --store-features), "
             "patches (final patch tokens pooled to 8x8), attention (last block's class-token map, 8x8)."
         ),
-    ] = "logits",
+    ] = ",".join(D.targets),
     views: Annotated[
         int,
         typer.Option(
             help="Also store the teacher's logits on K augmented views of every train sample (erasing, Mixup/CutMix "
             "drawn from --seed), replayed exactly by `cdeit train` (docs/consistent-views.md). 0: none (the paper)."
         ),
-    ] = 0,
-    erasing_prob: Annotated[float, typer.Option(help="--views: random erasing probability.")] = _AUG.erasing_prob,
-    mixup_prob: Annotated[float, typer.Option(help="--views: Mixup probability per view.")] = _AUG.mixup_prob,
-    mixup_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of Mixup.")] = _AUG.mixup_alpha,
-    cutmix_prob: Annotated[float, typer.Option(help="--views: CutMix probability per view.")] = _AUG.cutmix_prob,
-    cutmix_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of CutMix.")] = _AUG.cutmix_alpha,
+    ] = D.views,
+    erasing_prob: Annotated[float, typer.Option(help="--views: random erasing probability.")] = D.erasing_prob,
+    mixup_prob: Annotated[float, typer.Option(help="--views: Mixup probability per view.")] = D.mixup_prob,
+    mixup_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of Mixup.")] = D.mixup_alpha,
+    cutmix_prob: Annotated[float, typer.Option(help="--views: CutMix probability per view.")] = D.cutmix_prob,
+    cutmix_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of CutMix.")] = D.cutmix_alpha,
 ) -> None:
     """Cache the teacher's logits of every image: features, a fitted 10-way head, logits in HDF5 shards."""
-    from cdeit.precompute.config import PrecomputeConfig
     from cdeit.precompute.run import precompute_teacher as run
 
-    run(
-        PrecomputeConfig(
-            data=data, out=out, teacher=teacher, teacher_module=teacher_module, checkpoint=checkpoint,
-            random_weights=random_weights, head=head,
-            batch_size=batch_size, shard_size=shard_size, store_features=store_features, shard_index=shard_index,
-            num_shards=num_shards, device=device, seed=seed, workers=workers, head_epochs=head_epochs, head_lr=head_lr,
-            head_standardize=head_standardize,
-            splits=tuple(s.strip() for s in splits.split(",") if s.strip()), view=view,
-            targets=tuple(t.strip() for t in targets.split(",") if t.strip()), views=views,
-            erasing_prob=erasing_prob, mixup_prob=mixup_prob, mixup_alpha=mixup_alpha, cutmix_prob=cutmix_prob,
-            cutmix_alpha=cutmix_alpha,
-        )
-    )  # fmt: skip
+    run(PRECOMPUTE_OPTIONS.build(ctx))
 
 
 @app.command("info")

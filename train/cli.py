@@ -9,16 +9,16 @@ from typing import Annotated
 import typer
 
 from cdeit.common.console import friendly_errors
+from cdeit.common.errors import CdeitError
+from cdeit.common.options import ConfigOptions, defaults
+from cdeit.train.config import TrainConfig, format_align, parse_align
 
 _T1 = "Table 1"
+D = defaults(TrainConfig)  # the option defaults: TrainConfig is their only home
 
 
 def parse_model_kwargs(text: str) -> dict:
     """`--model-kwargs` JSON to a dict, or one sentence saying what is wrong."""
-    import json
-
-    from cdeit.common.errors import CdeitError
-
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -28,17 +28,21 @@ def parse_model_kwargs(text: str) -> dict:
     return value
 
 
+TRAIN_OPTIONS = ConfigOptions(TrainConfig, model_kwargs=parse_model_kwargs, align=parse_align)
+
+
 @friendly_errors
+@TRAIN_OPTIONS.command
 def train(
     ctx: typer.Context,
-    student: Annotated[str, typer.Option(help="vit | deit | cdeit.")] = "deit",
-    distill: Annotated[str, typer.Option(help="none | soft (Eq. 4/7) | hard (Eq. 5/6).")] = "hard",
+    student: Annotated[str, typer.Option(help="vit | deit | cdeit.")] = D.student,
+    distill: Annotated[str, typer.Option(help="none | soft (Eq. 4/7) | hard (Eq. 5/6).")] = D.distill,
     head_strategy: Annotated[
         str | None, typer.Option(help="CdeiT only: none | linear | mlp (paper strategies 1-3; default linear).")
-    ] = None,
-    data: Annotated[str, typer.Option(help="Dataset directory from `cdeit data prepare`.")] = "",
-    teacher_cache: Annotated[str | None, typer.Option(help="Cache from `cdeit precompute-teacher`.")] = None,
-    out: Annotated[str, typer.Option(help="Run directory (config, checkpoints, metrics, model).")] = "",
+    ] = D.head_strategy,
+    data: Annotated[str, typer.Option(help="Dataset directory from `cdeit data prepare`.")] = D.data,
+    teacher_cache: Annotated[str | None, typer.Option(help="Cache from `cdeit precompute-teacher`.")] = D.teacher_cache,
+    out: Annotated[str, typer.Option(help="Run directory (config, checkpoints, metrics, model).")] = D.out,
     config: Annotated[
         Path | None, typer.Option(help="Repeat a run: read RUN/config.json; options given override.")
     ] = None,
@@ -46,71 +50,63 @@ def train(
         Path | None,
         typer.Option(help="Continue the run in RUN from its last checkpoint, with the settings of RUN/config.json."),
     ] = None,
-    epochs: Annotated[int, typer.Option(help=_T1)] = 15,
-    batch_size: Annotated[int, typer.Option(help=f"{_T1}; global, split over torchrun ranks.")] = 1024,
-    lr_per_512: Annotated[float, typer.Option(help=f"{_T1}: lr = lr_per_512 x batch / 512.")] = 5e-4,
-    weight_decay: Annotated[float, typer.Option(help=f"{_T1}; not on norms, biases and tokens.")] = 0.05,
-    warmup_epochs: Annotated[float, typer.Option(help=_T1)] = 3.0,
-    min_lr: Annotated[float, typer.Option(help="Floor of the cosine schedule.")] = 1e-5,
-    warmup_lr: Annotated[float, typer.Option(help="Learning rate at the start of the warmup.")] = 1e-6,
-    label_smoothing: Annotated[float, typer.Option(help=_T1)] = 0.1,
-    dropout: Annotated[float, typer.Option(help=_T1)] = 0.0,
-    drop_path: Annotated[float, typer.Option(help=f"{_T1}: stochastic depth.")] = 0.1,
-    mixup_prob: Annotated[float, typer.Option(help=f"{_T1}: probability of Mixup per batch.")] = 0.3,
-    mixup_alpha: Annotated[float, typer.Option(help="Beta(alpha, alpha) of the Mixup weight.")] = 0.8,
-    cutmix_prob: Annotated[float, typer.Option(help="Probability of CutMix per batch (off in the paper).")] = 0.0,
-    cutmix_alpha: Annotated[float, typer.Option(help="Beta(alpha, alpha) of the CutMix weight.")] = 1.0,
-    erasing_prob: Annotated[float, typer.Option(help=f"{_T1}: random erasing probability.")] = 0.25,
-    tau: Annotated[float, typer.Option(help="Distillation temperature (paper: 3).")] = 3.0,
+    epochs: Annotated[int, typer.Option(help=_T1)] = D.epochs,
+    batch_size: Annotated[int, typer.Option(help=f"{_T1}; global, split over torchrun ranks.")] = D.batch_size,
+    lr_per_512: Annotated[float, typer.Option(help=f"{_T1}: lr = lr_per_512 x batch / 512.")] = D.lr_per_512,
+    weight_decay: Annotated[float, typer.Option(help=f"{_T1}; not on norms, biases and tokens.")] = D.weight_decay,
+    warmup_epochs: Annotated[float, typer.Option(help=_T1)] = D.warmup_epochs,
+    min_lr: Annotated[float, typer.Option(help="Floor of the cosine schedule.")] = D.min_lr,
+    warmup_lr: Annotated[float, typer.Option(help="Learning rate at the start of the warmup.")] = D.warmup_lr,
+    label_smoothing: Annotated[float, typer.Option(help=_T1)] = D.label_smoothing,
+    dropout: Annotated[float, typer.Option(help=_T1)] = D.dropout,
+    drop_path: Annotated[float, typer.Option(help=f"{_T1}: stochastic depth.")] = D.drop_path,
+    mixup_prob: Annotated[float, typer.Option(help=f"{_T1}: probability of Mixup per batch.")] = D.mixup_prob,
+    mixup_alpha: Annotated[float, typer.Option(help="Beta(alpha, alpha) of the Mixup weight.")] = D.mixup_alpha,
+    cutmix_prob: Annotated[
+        float, typer.Option(help="Probability of CutMix per batch (off in the paper).")
+    ] = D.cutmix_prob,
+    cutmix_alpha: Annotated[float, typer.Option(help="Beta(alpha, alpha) of the CutMix weight.")] = D.cutmix_alpha,
+    erasing_prob: Annotated[float, typer.Option(help=f"{_T1}: random erasing probability.")] = D.erasing_prob,
+    tau: Annotated[float, typer.Option(help="Distillation temperature (paper: 3).")] = D.tau,
     lam: Annotated[
         float, typer.Option("--lambda", help="Teacher weight lambda of Eq. 4, 5 (DeiT) and 7 (paper: 0.5).")
-    ] = 0.5,
-    clip_grad: Annotated[float | None, typer.Option(help="Max gradient norm (off by default).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, order, Mixup and erasing.")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="bf16 (autocast on CUDA) | fp32.")] = "bf16",
+    ] = D.lam,
+    clip_grad: Annotated[float | None, typer.Option(help="Max gradient norm (off by default).")] = D.clip_grad,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, order, Mixup and erasing.")] = D.seed,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = D.device,
+    precision: Annotated[str, typer.Option(help="bf16 (autocast on CUDA) | fp32.")] = D.precision,
     compile: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: on CUDA).")
-    ] = None,
-    workers: Annotated[int, typer.Option(help="FFCV loader threads.")] = 2,
-    eval_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = 1,
-    eval_batch_size: Annotated[int, typer.Option(help="Batch size of validation.")] = 1024,
-    model_kwargs: Annotated[str, typer.Option(help="Extra model arguments as JSON, e.g. '{\"depth\": 6}'.")] = "{}",
+    ] = D.compile,
+    workers: Annotated[int, typer.Option(help="FFCV loader threads.")] = D.workers,
+    eval_every: Annotated[int, typer.Option(help="Validate every N epochs.")] = D.eval_every,
+    eval_batch_size: Annotated[int, typer.Option(help="Batch size of validation.")] = D.eval_batch_size,
+    model_kwargs: Annotated[
+        str, typer.Option(help="Extra model arguments as JSON, e.g. '{\"depth\": 6}'.")
+    ] = json.dumps(D.model_kwargs),
     align: Annotated[
         str,
         typer.Option(
             help="Align the student with the cached teacher features, e.g. embedding=1.0,patches=1.0,attention=1.0 "
             "(needs a cache made with --targets; see docs/asymmetric.md). Default: none (the paper)."
         ),
-    ] = "",
+    ] = format_align(D.align),
     align_metric: Annotated[
         str, typer.Option(help="cosine | mse: distance of the projected embedding and patch features.")
-    ] = "cosine",
+    ] = D.align_metric,
 ) -> None:
     """Train a ViT / DeiT / CdeiT student; the teacher never runs, its cached logits are joined by index."""
-    import dataclasses
-
     from cdeit.common.console import out as stdout
-    from cdeit.common.errors import CdeitError
-    from cdeit.train.config import TrainConfig, parse_align
     from cdeit.train.rundir import resume_config
+    from cdeit.train.trainer import train as run_training
 
-    given = dict(locals())
-    given["model_kwargs"] = parse_model_kwargs(model_kwargs)
-    given["align"] = parse_align(align)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: given[k] for k in fields}
-    explicit = {k for k in fields if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     if resume is not None:
         if config is not None:
             raise CdeitError(f"--resume {resume} reads the run's own config.json; drop --config.")
-        cfg = resume_config(resume, {k: values[k] for k in explicit})
+        cfg = resume_config(resume, TRAIN_OPTIONS.typed(ctx))  # the run's settings, the options typed here on top
     else:
-        if config is not None:
-            values = TrainConfig.from_json(config).to_json() | {k: values[k] for k in explicit}
-        cfg = TrainConfig(**values)
-    from cdeit.train.trainer import train as run_training
-
+        base = TrainConfig.from_json(config).to_json() if config is not None else None
+        cfg = TRAIN_OPTIONS.build(ctx, base)  # with --config, only the options typed here override it
     summary = run_training(cfg, resume=resume is not None)
     if summary:
         stdout.print(

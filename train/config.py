@@ -101,6 +101,11 @@ def parse_align(text: str) -> dict[str, float]:
     return weights
 
 
+def format_align(weights: dict[str, float]) -> str:
+    """{name: weight} to the `--align` text parse_align reads back ('' for none)."""
+    return ",".join(f"{name}={weight:g}" for name, weight in weights.items())
+
+
 @dataclass
 class TrainConfig:
     # what to train

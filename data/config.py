@@ -1,0 +1,35 @@
+"""The options of `cdeit data prepare`: one dataclass, the only home of their names and defaults.
+
+Kept apart from data/prepare.py (numpy, the readers) so that the command line reads the defaults without
+importing the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from cdeit.common.dataset import CORRUPTIONS
+
+PAPER_SIZES = (4500, 200, 200)  # images per class per type for train / val / test (paper 3.4)
+SplitPolicy = Literal["grouped", "paper"]  # grouped: every variant of a photograph in one split; paper: random
+SPLIT_POLICIES: tuple[str, ...] = get_args(SplitPolicy)
+SourcePool = Literal["all", "train", "test"]  # all: CIFAR-10 train + test photographs pooled (the default)
+SOURCE_POOLS: tuple[str, ...] = get_args(SourcePool)
+
+
+@dataclass
+class PrepareConfig:
+    """The options of `cdeit data prepare` (data/cli.py takes its defaults from here)."""
+
+    cifar10: Path  # CIFAR-10 python version: `cifar-10-batches-py/` or its parent
+    out: Path  # the dataset directory to write
+    cifar10c: Path | None = None  # extracted CIFAR-10-C (or its parent); unused with generate
+    generate: bool = False  # make the ten corruptions with cdeit's own implementation
+    per_class_per_type: tuple[int, int, int] = PAPER_SIZES
+    split: SplitPolicy = "grouped"
+    types: tuple[str, ...] = CORRUPTIONS  # image types to include, clean first
+    seed: int = 0
+    sources: SourcePool = "all"  # which CIFAR-10 photographs may be sources (docs/data.md)
+    workers: int = 2  # processes for corruption generation and packing
