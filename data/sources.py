@@ -68,14 +68,19 @@ def md5_of(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def release_dir(path: str | Path, folder: str, title: str) -> Path:
+    """Accept either the release's folder (`cifar-10-batches-py/`, `CIFAR-10-C/`) itself or the directory holding it."""
+    path = Path(path)
+    if (path / folder).is_dir():
+        return path / folder
+    if not path.is_dir():
+        raise CdeitError(f"{title} directory {path} does not exist; run `cdeit data download --to DIR` first.")
+    return path
+
+
 def cifar10_dir(path: str | Path) -> Path:
     """Accept either `cifar-10-batches-py/` itself or the directory that contains it."""
-    path = Path(path)
-    if (path / "cifar-10-batches-py").is_dir():
-        return path / "cifar-10-batches-py"
-    if not path.is_dir():
-        raise CdeitError(f"CIFAR-10 directory {path} does not exist; run `cdeit data download --to DIR` first.")
-    return path
+    return release_dir(path, "cifar-10-batches-py", "CIFAR-10")
 
 
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray, bytes]:
@@ -136,12 +141,8 @@ def _class_names(path: Path) -> list[str]:
 
 
 def cifar10c_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if (path / "CIFAR-10-C").is_dir():
-        return path / "CIFAR-10-C"
-    if not path.is_dir():
-        raise CdeitError(f"CIFAR-10-C directory {path} does not exist; run `cdeit data download --to DIR` first.")
-    return path
+    """Accept either `CIFAR-10-C/` itself or the directory that contains it."""
+    return release_dir(path, "CIFAR-10-C", "CIFAR-10-C")
 
 
 def read_cifar10c(path: str | Path, names: list[str], test_labels: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:

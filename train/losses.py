@@ -33,10 +33,15 @@ def tempered_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tau: 
 
 
 def _get(outputs: Outputs, key: str, loss: nn.Module) -> torch.Tensor:
+    if not isinstance(outputs, dict):
+        raise CdeitError(
+            f"{type(loss).__name__} needs every head's logits but got one tensor (the class logits); "
+            "call model.set_return_heads(True) before training."
+        )
     if key not in outputs:
         raise CdeitError(
             f"{type(loss).__name__} needs the model output {key!r} but got {sorted(outputs)}; "
-            "build the loss with the same student and head_strategy as the model, and call the model in train mode."
+            "build the loss with the same student and head_strategy as the model."
         )
     return outputs[key]
 

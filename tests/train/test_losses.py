@@ -206,6 +206,8 @@ def test_mismatched_targets_and_outputs(data: dict) -> None:
         build_loss("deit", "hard")(out, targets(data, "none"))
     with pytest.raises(CdeitError, match="needs the model output 'corr_to_cls'"):
         build_loss("cdeit", "hard", "linear")(outputs(data, "cls", "dist", "corr"), targets(data, "hard"))
+    with pytest.raises(CdeitError, match=r"got one tensor .*set_return_heads"):
+        build_loss("deit", "hard")(out["cls"], targets(data, "hard"))  # a model that returns the class logits
     no_corruption = make_targets(data["y"], None, data["t"], distill="hard")
     with pytest.raises(CdeitError, match="needs corruption targets"):
         build_loss("cdeit", "hard", "none")(outputs(data, "cls", "dist", "corr"), no_corruption)
@@ -226,7 +228,8 @@ def test_optimisation_lowers_the_loss(student: str, strategy: str | None, distil
     teacher = 3 * torch.randn(16, C, generator=g)
     t = make_targets(labels, corruption, teacher, distill=distill)
     images, t = mix_with(images, t, "mixup", 0.8)  # a fixed mixed batch: every target is a soft distribution
-    model = build_student(student, strategy, depth=2, embed_dim=48, num_heads=3, drop_path_rate=0.0).train()
+    model = build_student(student, strategy, depth=2, embed_dim=48, num_heads=3, drop_path_rate=0.0)
+    model.train().set_return_heads(True)  # the losses take every head
     loss_fn = build_loss(student, distill, strategy)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
     losses = []
