@@ -39,3 +39,35 @@ def test_nested_packages_are_found(tmp_path: Path) -> None:
         (tmp_path / folder / "__init__.py").write_text("")
     (tmp_path / "data" / "fixtures").mkdir(parents=True)
     assert package_folders(tmp_path) == {"cdeit.common", "cdeit.common.cache", "cdeit.train"}
+
+
+def cdeit_imports(path: Path) -> set[str]:
+    """The cdeit stages a module imports (`cdeit.train.models` -> 'train'), wherever the import statement is."""
+    import ast
+
+    stages = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        stages |= {n.split(".")[1] for n in names if n.startswith("cdeit.")}
+    return stages
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_dependency_rule(stage: str) -> None:
+    """A stage imports common and itself, never another stage; common imports no stage (docs/architecture.md)."""
+    allowed = {"common", stage}
+    broken = {
+        f"{path.relative_to(ROOT)} imports cdeit.{other}"
+        for path in sorted((ROOT / stage).rglob("*.py"))
+        for other in cdeit_imports(path) - allowed
+    }
+    assert not broken, "; ".join(sorted(broken))
+
+
+def test_the_import_scan(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("import cdeit.train.models\nfrom cdeit.data import prepare\n")
+    module.write_text(module.read_text() + "def f():\n    from cdeit.common.x import y\n")  # inside a function too
+    assert cdeit_imports(module) == {"train", "data", "common"}
