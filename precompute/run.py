@@ -176,7 +176,7 @@ def prepare_run(cfg: PrecomputeConfig) -> Run:
     device = resolve_device(cfg.device, env.local_rank)
     batch = resolve_batch_size(cfg, device)
     teacher = build_teacher(cfg.teacher, cfg.checkpoint, cfg.random_weights, cfg.seed, cfg.teacher_module)
-    if {"patches", "attention"} & set(cfg.targets):
+    if set(TOKEN_TARGETS) & set(cfg.targets):
         from cdeit.common.tokens import check_vit
 
         check_vit(teacher.model, cfg.teacher)

@@ -54,7 +54,7 @@ INFO_KEYS = ("weights_source", "device_type", "resize", "tool_version", "teacher
 # same-view shard with logits (and its pre-logit `features` when store_features), as every cache before them.
 VIEW_KEYS = ("view", "token_targets", "target_grid", "teacher_grid")
 VIEWS = ("same", "clean")  # same: the teacher saw each sample itself; clean: its clean source image
-TARGETS = ("logits", "embedding", "patches", "attention")  # what a cache can hold, in canonical order
+TARGETS = ("logits", "embedding", *TOKEN_TARGETS)  # what a cache can hold, in canonical order
 TARGET_DATASETS = {"logits": "logits", "embedding": "features", "patches": "patches", "attention": "attention"}
 # checked finite wherever a shard is read
 FLOAT_DATASETS = ("logits", "features", "patches", "attention", "view_logits")
