@@ -185,7 +185,7 @@ def _plan_cifar10c_test_only(cfg, rows, rng, y, pool_test, sources, n_train, cod
             for s in range(3):
                 chosen = perm[bounds[s] : bounds[s + 1]]
                 _plan_rows(rows, s, 0, y, sources[chosen], chosen, np.zeros(len(chosen), np.int64))
-        cand_pooled, cand_sev = np.repeat(pool_test, SEVERITIES), np.tile(np.arange(1, SEVERITIES + 1), len(pool_test))
+        cand_pooled, cand_sev = np.repeat(pool_test, len(SEVERITIES)), np.tile(np.array(SEVERITIES), len(pool_test))
         for t in corrupt_codes:
             _need(len(cand_pooled), sum(sizes), "CIFAR-10-C images per corruption")
             pick = rng.permutation(len(cand_pooled))[: sum(sizes)]
@@ -193,7 +193,7 @@ def _plan_cifar10c_test_only(cfg, rows, rng, y, pool_test, sources, n_train, cod
                 sel = pick[bounds[s] : bounds[s + 1]]
                 _add_c10c(rows, s, t, y, cand_pooled[sel], cand_sev[sel], sources, n_train, n_test)
         return
-    per_split = [max(n if 0 in codes else 0, math.ceil(n / SEVERITIES) if corrupt_codes else 0) for n in sizes]
+    per_split = [max(n if 0 in codes else 0, math.ceil(n / len(SEVERITIES)) if corrupt_codes else 0) for n in sizes]
     _need(len(pool_test), sum(per_split), "CIFAR-10 test photographs (--sources test, grouped split)")
     perm = rng.permutation(pool_test)
     pb = np.cumsum((0, *per_split))
@@ -202,8 +202,8 @@ def _plan_cifar10c_test_only(cfg, rows, rng, y, pool_test, sources, n_train, cod
         if 0 in codes:
             chosen = rng.permutation(photos)[: sizes[s]]
             _plan_rows(rows, s, 0, y, sources[chosen], chosen, np.zeros(len(chosen), np.int64))
-        cand_pooled = np.repeat(photos, SEVERITIES)
-        cand_sev = np.tile(np.arange(1, SEVERITIES + 1), len(photos))
+        cand_pooled = np.repeat(photos, len(SEVERITIES))
+        cand_sev = np.tile(np.array(SEVERITIES), len(photos))
         for t in corrupt_codes:
             pick = rng.permutation(len(cand_pooled))[: sizes[s]]
             _add_c10c(rows, s, t, y, cand_pooled[pick], cand_sev[pick], sources, n_train, n_test)
