@@ -22,6 +22,7 @@ import numpy as np
 from cdeit.common.atomic import atomic_path
 from cdeit.common.dataset import CORRUPTIONS
 from cdeit.common.errors import CdeitError
+from cdeit.train.config import DEFAULT_HEAD_STRATEGY
 from cdeit.train.study import PLAN, planned_runs, read_plan
 
 NOT_GROUPED = ("seed", "out", "workers", "eval_every", "eval_batch_size", "device", "compile", "data", "teacher_cache")
@@ -68,7 +69,8 @@ class Group:
 # ------------------------------------------------------------------------------------------ reading
 def group_key(config: dict[str, Any]) -> str:
     kept = {k: v for k, v in sorted(config.items()) if k not in NOT_GROUPED}
-    kept["head_strategy"] = kept.get("head_strategy") or ("linear" if kept.get("student") == "cdeit" else None)
+    default = DEFAULT_HEAD_STRATEGY if kept.get("student") == "cdeit" else None
+    kept["head_strategy"] = kept.get("head_strategy") or default
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -305,7 +307,7 @@ def _csv(path: Path, columns: list[str] | tuple[str, ...], rows: list[list[str]]
 def _setting(config: dict[str, Any], key: str) -> str:
     """A configuration's value for a table cell; CdeiT's unset head strategy is the paper's strategy 2."""
     if key == "head_strategy":
-        return config.get(key) or ("linear" if config.get("student") == "cdeit" else "-")
+        return config.get(key) or (DEFAULT_HEAD_STRATEGY if config.get("student") == "cdeit" else "-")
     return str(config.get(key))
 
 
