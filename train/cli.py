@@ -25,6 +25,19 @@ def parse_model_kwargs(text: str) -> dict:
         value = None
     if not isinstance(value, dict):
         raise CdeitError(f"--model-kwargs {text!r} is not a JSON object; write e.g. '{{\"depth\": 6}}'.")
+    from cdeit.train.models import MODEL_KWARGS, kwarg_ok
+
+    for key, item in value.items():  # only what a saved model may carry, so every trained model loads again
+        if key in ("head_strategy", "drop_path_rate", "drop_rate"):
+            option = {"head_strategy": "--head-strategy", "drop_path_rate": "--drop-path", "drop_rate": "--dropout"}
+            raise CdeitError(f"--model-kwargs sets {key}; use {option[key]} instead.")
+        if key not in MODEL_KWARGS:
+            raise CdeitError(
+                f"--model-kwargs key {key!r} is not a student argument cdeit saves; "
+                f"choose from {', '.join(MODEL_KWARGS)}."
+            )
+        if not kwarg_ok(item, *MODEL_KWARGS[key]):
+            raise CdeitError(f"--model-kwargs {key}={json.dumps(item)} has the wrong type or range.")
     return value
 
 

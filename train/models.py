@@ -419,7 +419,7 @@ MODEL_KWARGS: dict[str, tuple[str, Any, Any]] = {
 }  # fmt: skip
 
 
-def _kwarg_ok(value: Any, kind: str, low: Any, high: Any) -> bool:
+def kwarg_ok(value: Any, kind: str, low: Any, high: Any) -> bool:
     """Whether one metadata value has the JSON type and range MODEL_KWARGS allows."""
     import math
 
@@ -428,7 +428,7 @@ def _kwarg_ok(value: Any, kind: str, low: Any, high: Any) -> bool:
         return is_int and low <= value < high
     if kind == "img_size":
         items = value if isinstance(value, list) and len(value) == 2 else [value]
-        return all(_kwarg_ok(v, "int", low, high) for v in items)
+        return all(kwarg_ok(v, "int", low, high) for v in items)
     if kind in ("float", "float_or_none"):
         if value is None:
             return kind == "float_or_none"
@@ -469,7 +469,7 @@ def checked_model_config(raw: str, path: str | os.PathLike) -> tuple[str, dict[s
                 f"{path}: model argument {str(key)[:80]!r} in its metadata is not one cdeit accepts from a file; "
                 "refusing it (only the students' own sizes and rates are read)."
             )
-        if not _kwarg_ok(value, *MODEL_KWARGS[key]):
+        if not kwarg_ok(value, *MODEL_KWARGS[key]):
             raise CdeitError(
                 f"{path}: model argument {key}={json.dumps(value)[:80]} in its metadata has the wrong type or range."
             )
