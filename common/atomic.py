@@ -7,9 +7,12 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cdeit.common.errors import CdeitError
 
 
 def tmp_name(final: Path) -> Path:
@@ -29,9 +32,11 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create 0600: give the user's permissions
         os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if _is_write_failure(exc):
+            raise write_error(final, exc) from None
         raise
 
 
@@ -53,17 +58,56 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def _is_write_failure(exc: BaseException) -> bool:
+    """OSError, and what torch.save (RuntimeError 'file write failed') and safetensors raise when a write fails."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc).lower()
+    if type(exc).__name__ == "SafetensorError":
+        return True
+    return isinstance(exc, RuntimeError) and any(w in text for w in ("write", "disk", "space", "errno"))
+
+
+def write_error(path: str | os.PathLike, exc: BaseException) -> CdeitError:
+    """One sentence naming `path` for a failed write (full disk, read-only folder, ...)."""
+    if isinstance(exc, OSError):
+        from cdeit.common.console import os_error_sentence
+
+        return CdeitError(os_error_sentence(exc, path))
+    try:  # torch and safetensors do not keep the errno: a nearly full disk is the usual reason
+        full = shutil.disk_usage(Path(path).parent).free < (64 << 20)
+    except OSError:
+        full = False
+    if full:
+        return CdeitError(f"the disk is full while writing {path}; free space (or choose another output) and rerun.")
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return CdeitError(
+        f"cannot write {path} ({lines[0][:160]}); check the disk and the folder's permissions, then rerun."
+    )
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON atomically; non-finite numbers become null (never NaN)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def remove_stale_tmp(directory: str | os.PathLike) -> None:
-    """Delete temporary files left by a killed run (any `.NAME.tmp-PID`)."""
-    for p in Path(directory).glob(".*.tmp-*"):
+def remove_stale_tmp(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete temporary files left by killed runs (`.NAME.tmp-PID` whose PID is gone); returns what it removed.
+
+    A file whose PID is still alive (this process, or another one writing there) is never touched.
+    """
+    from cdeit.common.lock import pid_alive
+
+    removed = []
+    for p in Path(directory).glob("**/.*.tmp-*" if recursive else ".*.tmp-*"):
+        pid = p.name.rpartition(".tmp-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
         with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+            p.unlink() if not p.is_dir() else shutil.rmtree(p)
+            removed.append(p)
+    return removed
 
 
 def read_manifest_json(directory: str | os.PathLike, what: str, command: str) -> tuple[Path, Any]:
@@ -84,3 +128,31 @@ def read_manifest_json(directory: str | os.PathLike, what: str, command: str) ->
     if not isinstance(manifest, dict):
         raise CdeitError(f"{path} is not the manifest of {what}; pass a directory made by `{command}`.")
     return path, manifest
+
+
+def probe_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and prove a file can be written in it, before any work; one sentence if not."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CdeitError(f"{folder} is a file, not a folder; choose a folder for the output.")
+    probe = folder / f".write-probe.tmp-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    return folder
+
+
+def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
+    """Refuse, in one sentence, work whose output (`need` bytes) does not fit the free space where `folder` goes."""
+    where = Path(folder)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise CdeitError(
+            f"{what} needs about {need / 2**20:,.1f} MiB but only {free / 2**20:,.1f} MiB are free on {where}; "
+            "free space or choose another output."
+        )

@@ -104,9 +104,12 @@ def precompute_teacher(
     cutmix_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of CutMix.")] = D.cutmix_alpha,
 ) -> None:
     """Cache the teacher's logits of every image: features, a fitted 10-way head, logits in HDF5 shards."""
+    from cdeit.common.lock import output_lock
     from cdeit.precompute.run import precompute_teacher as run
 
-    run(PRECOMPUTE_OPTIONS.build(ctx))
+    cfg = PRECOMPUTE_OPTIONS.build(ctx)
+    with output_lock(cfg.out, "cdeit precompute-teacher"):
+        run(cfg)
 
 
 @app.command("info")
@@ -228,8 +231,10 @@ def merge(
     """Join slices computed on different machines into one cache, refusing to mix teachers, heads or data."""
     from cdeit.common.cache import merge_caches
     from cdeit.common.console import out
+    from cdeit.common.lock import output_lock
 
-    manifest = merge_caches(caches, out_dir)
+    with output_lock(out_dir, "cdeit cache merge"):
+        manifest = merge_caches(caches, out_dir)
     state = "complete" if manifest["complete"] else "incomplete (run precompute-teacher on it to finish)"
     out.print(f"merged {len(caches)} caches into {out_dir}: {len(manifest['shards'])} logit shards, {state}.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -120,7 +121,10 @@ def train(
     else:
         base = TrainConfig.from_json(config).to_json() if config is not None else None
         cfg = TRAIN_OPTIONS.build(ctx, base)  # with --config, only the options typed here override it
-    summary = run_training(cfg, resume=resume is not None)
+    from cdeit.common.lock import output_lock
+
+    with output_lock(cfg.out, "cdeit train") if cfg.out else contextlib.nullcontext():
+        summary = run_training(cfg, resume=resume is not None)
     if summary:
         stdout.print(
             f"done: {summary['epochs']} epochs, {summary['steps']} steps, "
@@ -144,10 +148,16 @@ def evaluate(
     from rich.table import Table
 
     from cdeit.common.console import out
+    from cdeit.common.lock import output_lock
     from cdeit.train.evaluate import evaluate as run_eval
     from cdeit.train.report import key_table
 
-    result = run_eval(run, data, split, baseline, teacher_cache, device, batch_size, workers)
+    if not (run / "config.json").is_file():  # the lock would create RUN/eval: first check RUN is a run
+        from cdeit.common.errors import CdeitError
+
+        raise CdeitError(f"{run} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
+    with output_lock(run / "eval", "cdeit evaluate"):
+        result = run_eval(run, data, split, baseline, teacher_cache, device, batch_size, workers)
     table = Table(title=f"{run} on {split}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -222,9 +232,11 @@ def export(
 ) -> None:
     """Write the student as safetensors plus a JSON model config that timm.create_model rebuilds."""
     from cdeit.common.console import out
+    from cdeit.common.lock import output_lock
     from cdeit.train.use import export as run_export
 
-    weights, config = run_export(run, to)
+    with output_lock(to.parent, "cdeit export"):
+        weights, config = run_export(run, to)
     out.print(f"wrote {weights} and {config}")
 
 

@@ -50,7 +50,13 @@ class Run:
             raise CdeitError(f"{path} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
         if not model_file.is_file():
             raise CdeitError(f"{model_file} is missing; finish the run with `cdeit train --resume {path}`.")
-        return cls(path, json.loads(cfg_file.read_text()), model_file)
+        try:
+            config = json.loads(cfg_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CdeitError(f"{cfg_file} is not valid JSON ({type(exc).__name__}); restore it or retrain.") from None
+        if not isinstance(config, dict) or not all(isinstance(config.get(k), str) for k in ("data", "student")):
+            raise CdeitError(f"{cfg_file} is not a cdeit run config (no data and student); restore it or retrain.")
+        return cls(path, config, model_file)
 
     def load_model(self, device: torch.device) -> Any:
         from cdeit.train.models import load_safetensors
@@ -247,6 +253,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     from cdeit.common.device import resolve_device
     from cdeit.train.config import check_head_strategy
 
+    if batch_size < 1 or workers < 1:
+        raise CdeitError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}.")
     run = Run.open(run_dir)
     data = data or run.config["data"]
     manifest = load_manifest(data)

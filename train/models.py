@@ -28,7 +28,7 @@ from torch import nn
 from cdeit.common.atomic import atomic_path
 from cdeit.common.dataset import CLASSES, CORRUPTIONS
 from cdeit.common.errors import CdeitError
-from cdeit.train.config import HeadStrategy, StudentKind, check_head_strategy
+from cdeit.train.config import HEAD_STRATEGIES, HeadStrategy, StudentKind, check_head_strategy
 
 MODEL_NAMES: dict[str, str] = {
     "vit": "vit_tiny_patch4_32",

@@ -230,6 +230,21 @@ class Trainer:
             raise CdeitError(
                 f"checkpoint {path} could not be read ({type(exc).__name__}); delete it to start over."
             ) from None
+        try:
+            self._restore(payload)
+        except CdeitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # another model, or not a cdeit checkpoint
+            raise CdeitError(
+                f"checkpoint {path} does not belong to this run ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'mismatch'}); "
+                "resume with the run's own settings, or delete it to start over."
+            ) from None
+        return True
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        """Model, projections, optimizer, scheduler, RNG states and counters from a checkpoint payload."""
+        path = Path(self.cfg.out) / CHECKPOINT
         self.raw_model.load_state_dict(payload["model"])
         if self.alignment is not None:
             if "alignment" not in payload:
@@ -245,7 +260,6 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.state = State(**payload["state"])
         self.last_record = payload.get("record")
-        return True
 
     # ---------------------------------------------------------------- loop
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
