@@ -30,6 +30,8 @@ def friendly_errors(fn: F) -> F:
     case cdeit does not know yet: one line naming the command and how to see the traceback (exit 1).
     """
 
+    import click
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -40,6 +42,8 @@ def friendly_errors(fn: F) -> F:
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished files are kept, rerun the same command to resume.[/]")
             sys.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # typer.Exit(1) and usage errors: click prints and exits as it should
         except OSError as exc:
             if os.environ.get(DEBUG_ENV) == "1":
                 raise
@@ -58,7 +62,9 @@ def friendly_errors(fn: F) -> F:
 
 
 def _error(sentence: str) -> None:
-    console.print(f"[bold red]error:[/] {sentence}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False)
 
 
 def _command_name() -> str:

@@ -66,6 +66,8 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     from cdeit.common.atomic import read_manifest_json
 
     path, manifest = read_manifest_json(data_dir, "a cdeit dataset", "cdeit data prepare")
+    if not isinstance(manifest.get("splits", {}), dict):
+        raise CdeitError(f"{path} is not a cdeit dataset manifest; rebuild the dataset with `cdeit data prepare`.")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CdeitError(
@@ -128,7 +130,81 @@ def write_beton(path: str | os.PathLike, arrays: dict[str, np.ndarray], workers:
     ffcv.writer.tqdm = _QuietBar  # FFCV prints its own tqdm bar; the caller shows progress instead
     with atomic_path(path) as tmp:
         writer = DatasetWriter(str(tmp), fields, num_workers=max(1, workers))
-        writer.from_indexed_dataset(_Arrays(arrays), chunksize=1000)
+        write_watched(writer, _Arrays(arrays), Path(path))
+
+
+def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000) -> None:
+    """`writer.from_indexed_dataset(dataset)`, but a writer process that dies becomes one sentence, never a hang.
+
+    FFCV's parent waits in a loop for a sample count that a dead worker (ENOSPC, killed by the OOM killer)
+    never reaches. A watchdog thread follows the worker processes and interrupts the wait when one exits
+    with an error; the other workers are stopped, FFCV's shared memory released, and the caller's temporary
+    file removed (atomic_path). The workers' own tracebacks go to a buffer, not the user's terminal.
+    """
+    import _thread
+    import io
+    import multiprocessing
+    import signal
+    import sys
+    import threading
+
+    failed: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        seen: dict[int, Any] = {}
+        while not stop.wait(0.05):
+            seen.update({p.pid: p for p in multiprocessing.active_children()})
+            dead = [p.exitcode for p in seen.values() if p.exitcode not in (None, 0)]
+            if dead:
+                failed.append(dead[0])
+                _thread.interrupt_main(signal.SIGINT)
+                return
+
+    watchdog = threading.Thread(target=watch, daemon=True, name="ffcv-writer-watchdog")
+    stderr, sys.stderr = sys.stderr, io.StringIO()  # forked workers inherit this: their tracebacks stay quiet
+    watchdog.start()
+    try:
+        writer.from_indexed_dataset(dataset, chunksize=chunksize)
+    except KeyboardInterrupt:
+        if not failed:
+            raise
+        _stop_writer(writer)
+        raise _worker_error(final, failed[0]) from None
+    finally:
+        stop.set()
+        watchdog.join()
+        sys.stderr = stderr
+    if failed:  # a worker died after the wait ended but before the watchdog saw it finish cleanly
+        raise _worker_error(final, failed[0])
+
+
+def _stop_writer(writer: Any) -> None:
+    """Terminate FFCV's remaining writer processes and free its shared metadata block."""
+    import contextlib
+    import multiprocessing
+
+    for p in multiprocessing.active_children():
+        p.terminate()
+        p.join(5)
+    with contextlib.suppress(Exception):
+        writer.metadata_sm.close()
+        writer.metadata_sm.unlink()
+
+
+def _worker_error(final: Path, exitcode: int) -> CdeitError:
+    import shutil
+
+    try:
+        full = shutil.disk_usage(final.parent).free < (64 << 20)
+    except OSError:
+        full = False
+    if full:
+        return CdeitError(f"the disk is full while writing {final}; free space (or choose another --out) and rerun.")
+    return CdeitError(
+        f"an FFCV writer process died (exit code {exitcode}) while writing {final}; nothing was kept. "
+        "Check free memory and disk, then rerun the same command."
+    )
 
 
 class _QuietBar:
@@ -181,18 +257,24 @@ def make_loader(
             pipelines[name] = [SimpleRGBImageDecoder(), ToTensor(), ToDevice(dev, non_blocking), ToTorchImage()]
         else:
             pipelines[name] = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(dev, non_blocking)]
-    return Loader(
-        str(path),
-        batch_size=batch_size,
-        num_workers=workers,
-        order=OrderOption.RANDOM if order == "random" else OrderOption.SEQUENTIAL,
-        drop_last=drop_last,
-        distributed=distributed,
-        seed=seed,
-        indices=indices,
-        pipelines=pipelines,
-        batches_ahead=batches_ahead,
-    )
+    try:
+        return Loader(
+            str(path),
+            batch_size=batch_size,
+            num_workers=workers,
+            order=OrderOption.RANDOM if order == "random" else OrderOption.SEQUENTIAL,
+            drop_last=drop_last,
+            distributed=distributed,
+            seed=seed,
+            indices=indices,
+            pipelines=pipelines,
+            batches_ahead=batches_ahead,
+        )
+    except (AssertionError, ValueError, IndexError, KeyError, TypeError, OSError) as exc:  # FFCV's header checks
+        raise CdeitError(
+            f"{path} is not a readable FFCV .beton ({type(exc).__name__}: {str(exc)[:80]}); "
+            "it is damaged or truncated: rebuild the dataset with `cdeit data prepare`."
+        ) from None
 
 
 def read_split(

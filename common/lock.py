@@ -68,9 +68,8 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(path)  # before the release: a waiting process then finds the file gone and retries
         os.close(fd)
-        if created:  # a command refused before writing anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        if created:  # a command refused before writing anything leaves no (tree of) empty folders behind
+            _remove_empty_tree(folder)
 
 
 def _acquire(path: Path, fcntl: object) -> int | None:
@@ -97,6 +96,15 @@ def _acquire(path: Path, fcntl: object) -> int | None:
             return fd
         os.close(fd)
     raise CdeitError(f"could not lock {path}: it keeps being replaced; check what else writes there.")
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove `folder` and the folders under it if no file is anywhere inside; leave everything else alone."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # fails, as it should, on a folder that holds a file
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def pid_alive(pid: int) -> bool:

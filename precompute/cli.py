@@ -234,9 +234,23 @@ def merge(
     from cdeit.common.lock import output_lock
 
     with output_lock(out_dir, "cdeit cache merge"):
+        _check_merge_space(caches, out_dir)
         manifest = merge_caches(caches, out_dir)
     state = "complete" if manifest["complete"] else "incomplete (run precompute-teacher on it to finish)"
     out.print(f"merged {len(caches)} caches into {out_dir}: {len(manifest['shards'])} logit shards, {state}.")
+
+
+def _check_merge_space(caches: list[Path], out_dir: Path) -> None:
+    """Refuse a merge whose shards do not fit the free space of --out, before copying any (one sentence)."""
+    from cdeit.common.atomic import check_free_space
+    from cdeit.common.cache import read_cache_manifest
+
+    need = 0
+    for cache in caches:
+        manifest = read_cache_manifest(cache)
+        entries = manifest["shards"] + manifest["feature_shards"]
+        need += sum(int(e.get("bytes", 0)) for e in entries if not (out_dir / e["file"]).is_file())
+    check_free_space(out_dir, need + (1 << 16), f"merging into {out_dir}")
 
 
 def register(root: typer.Typer) -> None:

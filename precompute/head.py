@@ -156,6 +156,8 @@ def load_head(path: str | os.PathLike, teacher: Teacher, num_classes: int) -> Li
         raise CdeitError(
             f"head file {path} holds {shapes}, not weight {want} and bias ({num_classes},) for {teacher.name}."
         )
+    if not (bool(weight.isfinite().all()) and bool(bias.isfinite().all())):  # an all-NaN cache would follow
+        raise CdeitError(f"head file {path} holds NaN or infinite values; fit the head again or pass another file.")
     if meta.get("weights_hash") not in (None, teacher.weights_hash):
         raise CdeitError(f"head file {path} was fitted on another teacher's features (weights {meta['weights_hash']}).")
     return LinearHead(weight.float(), bias.float(), meta | {"source": meta.get("source", "file")})
