@@ -31,6 +31,7 @@ def friendly_errors(fn: F) -> F:
     """
 
     import click
+    import typer
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,7 +43,7 @@ def friendly_errors(fn: F) -> F:
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished files are kept, rerun the same command to resume.[/]")
             sys.exit(130)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # typer.Exit(1) and usage errors: click prints and exits as it should
         except OSError as exc:
             if os.environ.get(DEBUG_ENV) == "1":

@@ -80,6 +80,84 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (what the manifest records for each .beton)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+HASH_CACHE_ENV = "CDEIT_HASH_CACHE"  # file of verified hashes; default ~/.cache/cdeit/verified-betons.json
+
+
+def _hash_cache_path() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cdeit" / "verified-betons.json"
+    return Path(os.environ.get(HASH_CACHE_ENV) or default)
+
+
+def _file_key(path: Path) -> str:
+    """What changes whenever the file's bytes may have: size, mtime, ctime (not settable by users) and inode."""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def _known_hashes() -> dict[str, Any]:
+    try:
+        value = json.loads(_hash_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _remember_hash(path: Path, key: str, digest: str) -> None:
+    """Record a verified hash; a cache that cannot be written only costs a rehash next time."""
+    import contextlib
+
+    from cdeit.common.atomic import atomic_path
+
+    known = _known_hashes()
+    known[str(path.resolve())] = {"key": key, "sha256": digest}
+    cache = _hash_cache_path()
+    with contextlib.suppress(OSError, CdeitError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps(known, sort_keys=True))
+
+
+def check_betons(
+    data_dir: str | os.PathLike, manifest: dict[str, Any], splits: Sequence[str], full: bool = False
+) -> None:
+    """Check each split's .beton against the checksum the manifest recorded when it was written.
+
+    Cheap by default: the size always, the full sha256 only when the file changed since it was last verified
+    (size, mtime, ctime and inode); `full=True` always rehashes (`cdeit cache verify`). A file swapped for
+    another dataset's, truncated or edited is refused in one sentence naming it. Datasets written before the
+    checksum was recorded are checked by size only.
+    """
+    data_dir = Path(data_dir)
+    for split in splits:
+        entry = manifest.get("source_images") if split == "sources" else split_info(manifest, split, data_dir)
+        path = data_dir / SOURCES_FILE if split == "sources" else beton_path(data_dir, split)
+        if entry is None or not path.is_file():
+            raise CdeitError(f"{path} is missing; rebuild the dataset with `cdeit data prepare`.")
+        hint = f"it is not the file `cdeit data prepare` wrote into {data_dir}: rebuild the dataset (or restore it)."
+        if "beton_bytes" in entry and path.stat().st_size != entry["beton_bytes"]:
+            raise CdeitError(f"{path} has {path.stat().st_size:,} bytes, not the {entry['beton_bytes']:,} its manifest "
+                             f"records; {hint}")  # fmt: skip
+        want = entry.get("beton_sha256")
+        if not want:
+            continue
+        key = _file_key(path)
+        known = _known_hashes().get(str(path.resolve()), {})
+        if not full and known.get("key") == key and known.get("sha256") == want:
+            continue
+        if file_sha256(path) != want:
+            raise CdeitError(f"{path} does not match the checksum in {data_dir / MANIFEST}; {hint}")
+        _remember_hash(path, key, want)
+
+
 def split_info(manifest: dict[str, Any], split: str, data_dir: str | os.PathLike = "DATA") -> dict[str, Any]:
     """The manifest entry of one split, or a clear error naming the splits that exist."""
     splits = manifest.get("splits", {})
@@ -257,20 +335,28 @@ def make_loader(
             pipelines[name] = [SimpleRGBImageDecoder(), ToTensor(), ToDevice(dev, non_blocking), ToTorchImage()]
         else:
             pipelines[name] = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(dev, non_blocking)]
+    _check_readable(path)
+    return Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=workers,
+        order=OrderOption.RANDOM if order == "random" else OrderOption.SEQUENTIAL,
+        drop_last=drop_last,
+        distributed=distributed,
+        seed=seed,
+        indices=indices,
+        pipelines=pipelines,
+        batches_ahead=batches_ahead,
+    )
+
+
+def _check_readable(path: Path) -> None:
+    """FFCV's reader on the file's header, metadata and allocation table: one sentence if they are damaged."""
+    from ffcv.reader import Reader
+
     try:
-        return Loader(
-            str(path),
-            batch_size=batch_size,
-            num_workers=workers,
-            order=OrderOption.RANDOM if order == "random" else OrderOption.SEQUENTIAL,
-            drop_last=drop_last,
-            distributed=distributed,
-            seed=seed,
-            indices=indices,
-            pipelines=pipelines,
-            batches_ahead=batches_ahead,
-        )
-    except (AssertionError, ValueError, IndexError, KeyError, TypeError, OSError) as exc:  # FFCV's header checks
+        Reader(str(path))
+    except (AssertionError, ValueError, IndexError, KeyError, TypeError, OSError) as exc:  # what FFCV raises
         raise CdeitError(
             f"{path} is not a readable FFCV .beton ({type(exc).__name__}: {str(exc)[:80]}); "
             "it is damaged or truncated: rebuild the dataset with `cdeit data prepare`."
@@ -335,6 +421,7 @@ def write_dataset(
             "distinct_sources": int(len(np.unique(arrays["source"]))),
             "counts_class_by_type": split_counts(arrays),
             "beton_bytes": path.stat().st_size,
+            "beton_sha256": file_sha256(path),
         }
         if on_split:
             on_split()
@@ -347,6 +434,7 @@ def write_dataset(
             "count": int(len(sources["image"])),
             "fingerprint": fingerprint(sources["image"], sources["label"]),
             "beton_bytes": path.stat().st_size,
+            "beton_sha256": file_sha256(path),
         }
     manifest = {
         "format_version": FORMAT_VERSION,

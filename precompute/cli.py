@@ -211,6 +211,8 @@ def verify(
     from cdeit.common.console import out
 
     problems = verify_cache(cache, data, full)
+    if data is not None:
+        problems += _data_file_problems(cache, data)
     if problems:
         out.print(f"[bold red]{cache}: {len(problems)} problem(s)[/]")
         for p in problems:
@@ -220,6 +222,26 @@ def verify(
     if data and views_of(read_cache_manifest(cache)["provenance"]):
         rendered = ", every view re-rendered" if full else ", a sample of views re-rendered"
     out.print(f"[green]{cache}: ok[/] (checksums, coverage, finite values{', fingerprints' if data else ''}{rendered})")
+
+
+def _data_file_problems(cache: Path, data: Path) -> list[str]:
+    """`--data`: each .beton the cache covers, fully rehashed against the dataset manifest's checksum."""
+    from cdeit.common.cache import read_cache_manifest
+    from cdeit.common.dataset import check_betons, load_manifest
+    from cdeit.common.errors import CdeitError
+
+    try:
+        manifest, splits = load_manifest(data), read_cache_manifest(cache)["splits"]
+    except CdeitError:
+        return []  # verify_cache has said what is wrong with either
+    problems = []
+    for split in splits:
+        if split in manifest.get("splits", {}) or (split == "sources" and "source_images" in manifest):
+            try:
+                check_betons(data, manifest, [split], full=True)
+            except CdeitError as exc:
+                problems.append(str(exc))
+    return problems
 
 
 @app.command("merge")

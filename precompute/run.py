@@ -172,6 +172,9 @@ def prepare_run(cfg: PrecomputeConfig) -> Run:
         split_info(data, split, cfg.data)
     if cfg.view == "clean":
         _check_sources(data, cfg.data)
+    from cdeit.common.dataset import check_betons
+
+    check_betons(cfg.data, data, (*cfg.splits, *((SOURCES_SPLIT,) if cfg.view == "clean" else ())))
     env = dist_env()
     device = resolve_device(cfg.device, env.local_rank)
     batch = resolve_batch_size(cfg, device)

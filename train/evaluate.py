@@ -23,6 +23,7 @@ from cdeit.common.dataset import (
     FIELDS,
     SEVERITY_CODES,
     beton_path,
+    check_betons,
     load_manifest,
     make_loader,
     read_split,
@@ -259,6 +260,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     data = data or run.config["data"]
     manifest = load_manifest(data)
     info = split_info(manifest, split, data)
+    check_betons(data, manifest, [split, *(["train"] if split != "train" and "train" in manifest["splits"] else [])])
     dev = resolve_device(device)
     pred = predict(run.load_model(dev), data, split, dev, batch_size, workers)
     out_dir = run.path / "eval"

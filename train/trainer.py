@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from cdeit.common import distributed
 from cdeit.common.atomic import atomic_path, write_json
 from cdeit.common.console import console, progress_bar
-from cdeit.common.dataset import beton_path, load_manifest, make_loader
+from cdeit.common.dataset import beton_path, check_betons, load_manifest, make_loader
 from cdeit.common.device import resolve_device
 from cdeit.common.errors import CdeitError
 from cdeit.common.metrics import ece_bin_stats, ece_from_stats
@@ -96,6 +96,7 @@ class Trainer:
         self.dist = distributed.setup(env, self.device.type)
         self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
         self.manifest = load_manifest(cfg.data)
+        check_betons(cfg.data, self.manifest, ("train", "val"))  # the files themselves, not only the manifest
         self.num_classes = len(self.manifest["classes"])
         self.env = rundir.environment(cfg, self.device, env.world, from_cache=teacher is None)
         if resume and self.dist.main:
