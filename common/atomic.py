@@ -156,3 +156,36 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
             f"{what} needs about {need / 2**20:,.1f} MiB but only {free / 2**20:,.1f} MiB are free on {where}; "
             "free space or choose another output."
         )
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str]) -> Path:
+    """safetensors' `save_file`, atomically, with the metadata in sorted key order and the user's file mode.
+
+    safetensors keeps the metadata in a hash map, so two saves of the same tensors and metadata order its keys
+    differently and the files differ. The header is rewritten in place with sorted keys (same length: only the
+    order changes), which makes identical inputs give identical bytes.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        _sort_header(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files readable by their owner only
+    return path
+
+
+def _sort_header(path: Path) -> None:
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(size)
+        header = json.loads(raw)
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) > size:  # never: reordering keeps the length; leave the file as safetensors wrote it
+            return
+        fh.seek(8)
+        fh.write(new + b" " * (size - len(new)))  # safetensors pads its header with spaces too

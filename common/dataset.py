@@ -9,6 +9,7 @@ original photograph it was made from: CIFAR-10 train image i is i, test image i 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path

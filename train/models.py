@@ -19,13 +19,13 @@ from typing import Any
 import timm
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, trunc_normal_
 from torch import nn
 
-from cdeit.common.atomic import atomic_path
+from cdeit.common.atomic import write_safetensors
 from cdeit.common.dataset import CLASSES, CORRUPTIONS
 from cdeit.common.errors import CdeitError
 from cdeit.train.config import HEAD_STRATEGIES, HeadStrategy, StudentKind, check_head_strategy
@@ -367,10 +367,7 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike) -> Path:
     student = unwrap(model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
     metadata = {"format": "pt", CONFIG_KEY: json.dumps(student.model_config())}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
+    return write_safetensors(path, tensors, metadata)  # sorted metadata: identical inputs, identical bytes
 
 
 def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> TokenViT:

@@ -216,7 +216,7 @@ def read_head_meta(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     info: dict[str, Any] = {"file": HEAD_FILE, "hash": tensor_hash(tensors)}
-    for k, v in meta.items():
+    for k, v in sorted(meta.items()):  # safetensors returns metadata in hash-map order: sort for stable manifests
         try:
             info[k] = json.loads(v)
         except json.JSONDecodeError:
