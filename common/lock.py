@@ -17,6 +17,7 @@ from pathlib import Path
 from cdeit.common.errors import CdeitError
 
 LOCK_NAME = ".cdeit.lock"
+TEST_HOLD_ENV = "CDEIT_TEST_LOCK_HOLD_S"  # tests only: seconds to sleep after taking the lock
 
 
 def _rank() -> int:
@@ -63,6 +64,10 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {command}\n".encode())
+        if hold := float(os.environ.get(TEST_HOLD_ENV, "0") or 0):  # tests: keep the lock a while first
+            import time
+
+            time.sleep(hold)
         yield folder
     finally:
         with contextlib.suppress(OSError):
