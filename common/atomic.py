@@ -31,7 +31,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create 0600: give the user's permissions
+        _test_kill("before", final)
         os.replace(tmp, final)
+        _test_kill("after", final)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -56,6 +58,25 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [json_safe(v) for v in obj]
     return obj
+
+
+KILL_ENV = "CDEIT_TEST_KILL"  # tests only: "before:GLOB[#N]" or "after:GLOB[#N]", SIGKILL at the N-th such rename
+_kill_seen: dict[str, int] = {}
+
+
+def _test_kill(when: str, final: Path) -> None:
+    """kill -9 this process just before or after the N-th file matching GLOB is renamed (the kill tests' hook)."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec or not spec.startswith(f"{when}:"):
+        return
+    import fnmatch
+    import signal
+
+    pattern, _, nth = spec[len(when) + 1 :].partition("#")
+    if fnmatch.fnmatch(final.name, pattern):
+        _kill_seen[spec] = _kill_seen.get(spec, 0) + 1
+        if _kill_seen[spec] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _is_write_failure(exc: BaseException) -> bool:

@@ -251,11 +251,13 @@ def merge(
     out_dir: Annotated[Path, typer.Option("--out", help="The merged cache directory.")],
 ) -> None:
     """Join slices computed on different machines into one cache, refusing to mix teachers, heads or data."""
+    from cdeit.common.atomic import remove_stale_tmp
     from cdeit.common.cache import merge_caches
     from cdeit.common.console import out
     from cdeit.common.lock import output_lock
 
     with output_lock(out_dir, "cdeit cache merge"):
+        remove_stale_tmp(out_dir, recursive=True)  # a killed merge's half-copied shards, features/ included
         _check_merge_space(caches, out_dir)
         manifest = merge_caches(caches, out_dir)
     state = "complete" if manifest["complete"] else "incomplete (run precompute-teacher on it to finish)"
