@@ -37,7 +37,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if _is_write_failure(exc):
+        if _is_write_failure(exc, final):
             raise write_error(final, exc) from None
         raise
 
@@ -79,14 +79,25 @@ def _test_kill(when: str, final: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _is_write_failure(exc: BaseException) -> bool:
+def _is_write_failure(exc: BaseException, final: Path) -> bool:
     """OSError, and what torch.save (RuntimeError 'file write failed') and safetensors raise when a write fails."""
     if isinstance(exc, OSError):
         return True
-    text = str(exc).lower()
     if type(exc).__name__ == "SafetensorError":
         return True
-    return isinstance(exc, RuntimeError) and any(w in text for w in ("write", "disk", "space", "errno"))
+    if not isinstance(exc, RuntimeError) or type(exc).__module__.startswith(("typer", "click")):
+        return False
+    text = str(exc).lower()
+    words = ("write", "disk", "space", "errno", "iostream", "unexpected pos", "file")
+    return any(w in text for w in words) or _nearly_full(final.parent)
+
+
+def _nearly_full(final_dir: Path, margin: int = 64 << 20) -> bool:
+    """Whether the file system of `final_dir` has less than `margin` bytes free."""
+    try:
+        return shutil.disk_usage(final_dir).free < margin
+    except OSError:
+        return False
 
 
 def write_error(path: str | os.PathLike, exc: BaseException) -> CdeitError:
@@ -95,11 +106,7 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> CdeitError:
         from cdeit.common.console import os_error_sentence
 
         return CdeitError(os_error_sentence(exc, path))
-    try:  # torch and safetensors do not keep the errno: a nearly full disk is the usual reason
-        full = shutil.disk_usage(Path(path).parent).free < (64 << 20)
-    except OSError:
-        full = False
-    if full:
+    if _nearly_full(Path(path).parent):  # torch and safetensors do not keep the errno: a full disk is the usual reason
         return CdeitError(f"the disk is full while writing {path}; free space (or choose another output) and rerun.")
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     return CdeitError(

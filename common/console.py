@@ -30,8 +30,7 @@ def friendly_errors(fn: F) -> F:
     case cdeit does not know yet: one line naming the command and how to see the traceback (exit 1).
     """
 
-    import click
-    import typer
+    passthrough = _click_exceptions()
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -43,7 +42,7 @@ def friendly_errors(fn: F) -> F:
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished files are kept, rerun the same command to resume.[/]")
             sys.exit(130)
-        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except passthrough:
             raise  # typer.Exit(1) and usage errors: click prints and exits as it should
         except OSError as exc:
             if os.environ.get(DEBUG_ENV) == "1":
@@ -68,12 +67,35 @@ def _error(sentence: str) -> None:
     console.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False)
 
 
-def _command_name() -> str:
-    """`cdeit data prepare` etc. from click's context (the function name outside a command line)."""
-    import click
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """What typer and click raise on purpose (Exit, Abort, usage errors): the handler lets these through.
 
-    ctx = click.get_current_context(silent=True)
-    return f"`{ctx.command_path}`" if ctx is not None else "cdeit"
+    Recent typer versions carry their own copy of click (`typer._click`), older ones use click itself.
+    """
+    import click
+    import typer
+
+    kinds = {typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException}
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        pass
+    else:
+        kinds.add(ClickException)
+    return tuple(kinds)
+
+
+def _command_name() -> str:
+    """`cdeit data prepare` etc. from the command line's context ('cdeit' outside one)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return "cdeit"
+    path = ctx.command_path.split(" ", 1)
+    return f"`cdeit {path[1]}`" if len(path) == 2 else "`cdeit`"  # the program name differs under test runners
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
