@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- {case.id}{' [xfail]' if case.xfail else ''}: {describe(outcome)}\n", file=sys.stderr)
     total = time.perf_counter() - started
     print(f"cases tried: {len(cases)} (world built in {built:.0f} s, all in {total:.0f} s)")
-    for kind in ("sentence", "traceback", "silent", "hang", "vague", "half-written"):
+    for kind in ("sentence", "traceback", "silent", "hang", "unexpected", "vague", "half-written"):
         print(f"{kind:>14}: {counts.pop(kind, 0)}")
     for kind, n in sorted(counts.items()):
         print(f"{kind:>14}: {n}")

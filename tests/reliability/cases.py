@@ -773,7 +773,6 @@ case(
     lambda w, d: tr("--config", d / "c.json")(w, d),
     ["c.json"],
     setup=lambda w, d: garbage(d / "c.json", b"[1]"),
-    xfail=TRAIN_TRUST,
 )
 case(
     "train/out is a file",

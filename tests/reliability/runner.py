@@ -2,7 +2,8 @@
 
 Outcomes: `sentence` (non-zero exit, no traceback, one error line naming the file or option), `traceback`
 (an exception escaped or a traceback was printed), `silent` (exit 0: a bad input ran to a result), `hang`
-(no answer within the case's time limit), `vague` (non-zero, but the message does not name what is wrong or
+(no answer within the case's time limit), `unexpected` (the handler's one line for an exception cdeit did not
+anticipate: no traceback, but no sentence either), `vague` (non-zero, but the message does not name what is wrong or
 says it in several error lines). Half-written output (new `.tmp-` files, or any change to the case folder for
 a refusal) is reported separately.
 """
@@ -113,6 +114,8 @@ def _classify(result: Any, output: str, names: list[str]) -> str:
         return "traceback"
     if result.exit_code == 0:
         return "silent"
+    if "failed unexpectedly" in output:  # the handler's one line for an exception cdeit did not anticipate
+        return "unexpected"
     flat = " ".join(output.split())  # rich may wrap a long sentence over lines
     if not all(" ".join(str(n).split()) in flat for n in names):
         return "vague"
