@@ -118,7 +118,7 @@ def _remember_hash(path: Path, key: str, digest: str) -> None:
 
     from cdeit.common.atomic import atomic_path
 
-    known = _known_hashes()
+    known = {k: v for k, v in _known_hashes().items() if os.path.exists(k)}  # forget files that are gone
     known[str(path.resolve())] = {"key": key, "sha256": digest}
     cache = _hash_cache_path()
     with contextlib.suppress(OSError, CdeitError):
