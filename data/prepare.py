@@ -274,15 +274,23 @@ def _run_jobs(cfg, jobs, out, plans, pooled_images, advance) -> None:  # noqa: A
             if advance:
                 advance(len(part))
         return
-    with ProcessPoolExecutor(cfg.workers, mp_context=get_context("fork")) as pool:
-        futures = [
-            (split, part, pool.submit(_corrupt_job, pooled_images[plans[split].pooled[part]], name, sev, seed))
-            for split, part, name, sev, seed in jobs
-        ]
-        for split, part, fut in futures:
-            out[split]["image"][part] = fut.result()
-            if advance:
-                advance(len(part))
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("fork")) as pool:
+            futures = [
+                (split, part, pool.submit(_corrupt_job, pooled_images[plans[split].pooled[part]], name, sev, seed))
+                for split, part, name, sev, seed in jobs
+            ]
+            for split, part, fut in futures:
+                out[split]["image"][part] = fut.result()
+                if advance:
+                    advance(len(part))
+    except BrokenProcessPool:  # a worker killed (the OOM killer, a signal): nothing was written yet
+        raise CdeitError(
+            f"a corruption worker process died while preparing {cfg.out} (out of memory?); nothing was written. "
+            "Rerun with fewer --workers or free memory."
+        ) from None
 
 
 def source_images(plans: dict[str, Plan], c10: Cifar10) -> dict[str, np.ndarray]:
