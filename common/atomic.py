@@ -21,7 +21,7 @@ def tmp_name(final: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, rerun: str = "rerun") -> Iterator[Path]:
     """Yield a temporary path; on success fsync and rename it to `final`, on failure remove it."""
     final = Path(final)
     tmp = tmp_name(final)
@@ -38,7 +38,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if _is_write_failure(exc, final):
-            raise write_error(final, exc) from None
+            raise write_error(final, exc, rerun) from None
         raise
 
 
@@ -100,17 +100,17 @@ def _nearly_full(final_dir: Path, margin: int = 64 << 20) -> bool:
         return False
 
 
-def write_error(path: str | os.PathLike, exc: BaseException) -> CdeitError:
+def write_error(path: str | os.PathLike, exc: BaseException, rerun: str = "rerun") -> CdeitError:
     """One sentence naming `path` for a failed write (full disk, read-only folder, ...)."""
     if isinstance(exc, OSError):
         from cdeit.common.console import os_error_sentence
 
-        return CdeitError(os_error_sentence(exc, path))
+        return CdeitError(os_error_sentence(exc, path, rerun))
     if _nearly_full(Path(path).parent):  # torch and safetensors do not keep the errno: a full disk is the usual reason
-        return CdeitError(f"the disk is full while writing {path}; free space (or choose another output) and rerun.")
+        return CdeitError(f"the disk is full while writing {path}; free space and {rerun}.")
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     return CdeitError(
-        f"cannot write {path} ({lines[0][:160]}); check the disk and the folder's permissions, then rerun."
+        f"cannot write {path} ({lines[0][:160]}); check the disk and the folder's permissions, then {rerun}."
     )
 
 

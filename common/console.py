@@ -103,13 +103,13 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     return (lines[0] if lines else "no message")[:limit]
 
 
-def os_error_sentence(exc: OSError, path: Any = None) -> str:
+def os_error_sentence(exc: OSError, path: Any = None, rerun: str = "rerun") -> str:
     """One sentence for a failed read or write: what happened to which file, and what to do."""
     import errno
 
     where = path if path is not None else (exc.filename or "a file")
     if exc.errno == errno.ENOSPC:
-        return f"the disk is full while writing {where}; free space (or choose another output) and rerun."
+        return f"the disk is full while writing {where}; free space and {rerun}."
     if exc.errno == errno.EROFS:
         return f"{where} is on a read-only file system; choose an output folder you can write to."
     if exc.errno in (errno.EACCES, errno.EPERM):

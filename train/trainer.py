@@ -216,7 +216,7 @@ class Trainer:
             payload["alignment"] = self.alignment.state_dict()
         path = self.out / CHECKPOINT
         try:
-            with atomic_path(path) as tmp:
+            with atomic_path(path, rerun="rerun with --resume") as tmp:
                 torch.save(payload, tmp)
         except OSError as exc:
             raise io_error(path, exc) from None
