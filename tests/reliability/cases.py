@@ -642,6 +642,12 @@ case(
     setup=lambda w, d: flip_byte(first_shard(copy(w.cache, d / "c"))),
 )
 case(
+    "merge/second half damaged (nothing left half-merged)",
+    lambda w, d: ["cache", "merge", d / "c", "--out", d / "m"],
+    lambda w, d: [d / "c" / "val-00000.h5"],
+    setup=lambda w, d: flip_byte(copy(w.cache, d / "c") / "val-00000.h5"),
+)
+case(
     "merge/other data",
     lambda w, d: ["cache", "merge", w.cache, w.cache2, "--out", d / "m"],
     lambda w, d: [w.cache, w.cache2],
