@@ -233,13 +233,24 @@ def baseline_predictions(baseline: str | Path, data: str | Path, split: str, tea
         return {k: arrays[k] for k in arrays.files}
 
 
+def _read_result(path: Path) -> dict[str, Any]:
+    """A saved RUN/eval/<split>.json, or one sentence naming it when it is damaged."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        value = None
+    if not isinstance(value, dict):
+        raise CdeitError(f"{path} is not an evaluation written by `cdeit evaluate`; delete it and evaluate again.")
+    return value
+
+
 def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto", batch_size: int = 1024,
                      workers: int = 2) -> list[Path]:  # fmt: skip
     """Evaluate every run of `runs` that has no RUN/eval/<split>.json yet, with the data, baseline and teacher
     cache of the runs already evaluated (so a comparison measures every run the same way); returns those."""
     runs = [Path(r) for r in runs if (Path(r) / "config.json").is_file()]  # run directories only
-    done = [json.loads(p.read_text()) for r in runs if (p := r / "eval" / f"{split}.json").is_file()]
-    like = done[0] if done else {}
+    done = [p for r in runs if (p := r / "eval" / f"{split}.json").is_file()]
+    like = _read_result(done[0]) if done else {}
     missing = [r for r in runs if not (r / "eval" / f"{split}.json").is_file()]
     for run in missing:
         evaluate(run, like.get("data"), split, like.get("baseline"), like.get("teacher_cache"), device, batch_size,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cdeit.common import distributed
-from cdeit.common.atomic import atomic_path, remove_stale_tmp, write_json
+from cdeit.common.atomic import atomic_path, write_json
 from cdeit.common.console import console, progress_bar
 from cdeit.common.dataset import beton_path, check_betons, load_manifest, make_loader
 from cdeit.common.device import resolve_device

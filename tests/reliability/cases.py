@@ -20,7 +20,6 @@ from tests.reliability.runner import Case
 from tests.reliability.world import CACHE_ARGS, TINY, TRAIN_ARGS, World
 
 W = World
-TRAIN_TRUST = "issue 16, branch train-trust"  # `cdeit train` numeric validation lands with helper C's branch
 
 
 # --------------------------------------------------------------------------------------------- building blocks
@@ -759,7 +758,6 @@ case(
     "train/--model-kwargs heads do not divide",
     tr("--model-kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 3}'),
     ["num_heads"],
-    xfail=TRAIN_TRUST,
 )
 case("train/--config missing", tr("--config", "nope.json"), ["nope.json"])
 case(
@@ -796,20 +794,25 @@ case("train/out locked", tr(), lambda w, d: [d / "run", "PID"], setup=lambda w, 
 case("train/out holds a run", tr(), lambda w, d: [d / "run"], setup=lambda w, d: copy(w.run, d / "run"))
 case(
     "train/--resume other settings",
-    tr("--resume", "--epochs", "3"),
-    lambda w, d: ["config.json"],
+    lambda w, d: ["train", "--resume", d / "run", "--epochs", "3"],
+    ["--epochs"],
     setup=lambda w, d: copy(w.run, d / "run"),
 )
 case(
     "train/--resume corrupt config.json",
-    tr("--resume"),
+    lambda w, d: ["train", "--resume", d / "run"],
     ["config.json"],
     setup=lambda w, d: garbage(copy(w.run, d / "run") / "config.json"),
 )
-case("train/--resume another student's last.pt", tr("--resume"), ["last.pt"], setup=other_checkpoint)
+case(
+    "train/--resume another student's last.pt",
+    lambda w, d: ["train", "--resume", d / "run"],
+    ["last.pt"],
+    setup=other_checkpoint,
+)
 case(
     "train/--resume garbage last.pt",
-    tr("--resume"),
+    lambda w, d: ["train", "--resume", d / "run"],
     ["last.pt"],
     setup=lambda w, d: (garbage(other_checkpoint(w, d) / "checkpoints/last.pt"),),
 )
@@ -826,14 +829,14 @@ case("train/--align without feature targets", lambda w, d: soft(lambda w, d: w.c
      "embedding=1"], ["embedding"])  # fmt: skip
 case("train/--align-metric unknown", tr("--align-metric", "l1"), ["--align-metric"])
 case("train/--epochs text", tr("--epochs", "ten"), ["--epochs"])
-case("train/--seed negative", tr("--seed", "-1"), ["--seed"], xfail=TRAIN_TRUST)
-case("train/--lr-per-512 negative", tr("--lr-per-512", "-1e-3"), ["--lr-per-512"], xfail=TRAIN_TRUST)
-case("train/--lr-per-512 nan", tr("--lr-per-512", "nan"), ["--lr-per-512"], xfail=TRAIN_TRUST)
-case("train/--weight-decay negative", tr("--weight-decay", "-0.05"), ["--weight-decay"], xfail=TRAIN_TRUST)
-case("train/--warmup-epochs negative", tr("--warmup-epochs", "-1"), ["--warmup-epochs"], xfail=TRAIN_TRUST)
-case("train/--mixup-alpha 0", tr("--mixup-alpha", "0", "--mixup-prob", "1"), ["--mixup-alpha"], xfail=TRAIN_TRUST)
-case("train/--clip-grad negative", tr("--clip-grad", "-1"), ["--clip-grad"], xfail=TRAIN_TRUST)
-case("train/--tau 0", lambda w, d: soft(lambda w, d: w.cache)(w, d) + ["--tau", "0"], ["--tau"], xfail=TRAIN_TRUST)
+case("train/--seed negative", tr("--seed", "-1"), ["--seed"])
+case("train/--lr-per-512 negative", tr("--lr-per-512", "-1e-3"), ["--lr-per-512"])
+case("train/--lr-per-512 nan", tr("--lr-per-512", "nan"), ["--lr-per-512"])
+case("train/--weight-decay negative", tr("--weight-decay", "-0.05"), ["--weight-decay"])
+case("train/--warmup-epochs negative", tr("--warmup-epochs", "-1"), ["--warmup-epochs"])
+case("train/--mixup-alpha 0", tr("--mixup-alpha", "0", "--mixup-prob", "1"), ["--mixup-alpha"])
+case("train/--clip-grad negative", tr("--clip-grad", "-1"), ["--clip-grad"])
+case("train/--tau 0", lambda w, d: soft(lambda w, d: w.cache)(w, d) + ["--tau", "0"], ["--tau"])
 
 
 # ---- evaluate / compare / predict / export
@@ -902,7 +905,12 @@ case(
 )
 case("evaluate/--device unknown", ev(lambda w, d: w.run, "--device", "abacus"), ["abacus"])
 case("compare/run missing", lambda w, d: ["compare", d / "nope", "--out", d / "cmp"], lambda w, d: [d / "nope"])
-case("compare/run not evaluated", lambda w, d: ["compare", w.run, "--out", d / "cmp"], lambda w, d: [w.run])
+case(
+    "compare/run missing its config",
+    lambda w, d: ["compare", d / "run", "--out", d / "cmp"],
+    ["config.json"],
+    setup=lambda w, d: (copy(w.run, d / "run") / "config.json").unlink(),
+)
 case(
     "compare/eval json garbage",
     lambda w, d: ["compare", d / "run", "--out", d / "cmp"],
