@@ -50,8 +50,15 @@ PREPARE_OPTIONS = ConfigOptions(
     per_class_per_type=_triple,
     split=_split_policy,
     types=lambda text: comma_list(text) or D.types,  # empty: every type
-    workers=lambda n: max(1, n),
+    workers=lambda n: _at_least_one("workers", n),
 )
+
+
+def _at_least_one(name: str, value: int) -> int:
+    """Refuse a count below 1 in one sentence (0 workers would silently become 1)."""
+    if value < 1:
+        raise CdeitError(f"--{name} must be at least 1, got {value}.")
+    return value
 
 
 def _non_negative(**values: int) -> None:
