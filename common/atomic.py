@@ -7,9 +7,12 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cdeit.common.errors import CdeitError
 
 
 def tmp_name(final: Path) -> Path:
@@ -18,7 +21,7 @@ def tmp_name(final: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, rerun: str = "rerun") -> Iterator[Path]:
     """Yield a temporary path; on success fsync and rename it to `final`, on failure remove it."""
     final = Path(final)
     tmp = tmp_name(final)
@@ -28,10 +31,14 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create 0600: give the user's permissions
+        _test_kill("before", final)
         os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        _test_kill("after", final)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if _is_write_failure(exc, final):
+            raise write_error(final, exc, rerun) from None
         raise
 
 
@@ -53,17 +60,82 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+KILL_ENV = "CDEIT_TEST_KILL"  # tests only: "before:GLOB[#N]" or "after:GLOB[#N]", SIGKILL at the N-th such rename
+_kill_seen: dict[str, int] = {}
+
+
+def _test_kill(when: str, final: Path) -> None:
+    """kill -9 this process just before or after the N-th file matching GLOB is renamed (the kill tests' hook)."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec or not spec.startswith(f"{when}:"):
+        return
+    import fnmatch
+    import signal
+
+    pattern, _, nth = spec[len(when) + 1 :].partition("#")
+    if fnmatch.fnmatch(final.name, pattern):
+        _kill_seen[spec] = _kill_seen.get(spec, 0) + 1
+        if _kill_seen[spec] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _is_write_failure(exc: BaseException, final: Path) -> bool:
+    """OSError, and what torch.save (RuntimeError 'file write failed') and safetensors raise when a write fails."""
+    if isinstance(exc, OSError):
+        return True
+    if type(exc).__name__ == "SafetensorError":
+        return True
+    if not isinstance(exc, RuntimeError) or type(exc).__module__.startswith(("typer", "click")):
+        return False
+    text = str(exc).lower()
+    words = ("write", "disk", "space", "errno", "iostream", "unexpected pos", "file")
+    return any(w in text for w in words) or _nearly_full(final.parent)
+
+
+def _nearly_full(final_dir: Path, margin: int = 64 << 20) -> bool:
+    """Whether the file system of `final_dir` has less than `margin` bytes free."""
+    try:
+        return shutil.disk_usage(final_dir).free < margin
+    except OSError:
+        return False
+
+
+def write_error(path: str | os.PathLike, exc: BaseException, rerun: str = "rerun") -> CdeitError:
+    """One sentence naming `path` for a failed write (full disk, read-only folder, ...)."""
+    if isinstance(exc, OSError):
+        from cdeit.common.console import os_error_sentence
+
+        return CdeitError(os_error_sentence(exc, path, rerun))
+    if _nearly_full(Path(path).parent):  # torch and safetensors do not keep the errno: a full disk is the usual reason
+        return CdeitError(f"the disk is full while writing {path}; free space and {rerun}.")
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return CdeitError(
+        f"cannot write {path} ({lines[0][:160]}); check the disk and the folder's permissions, then {rerun}."
+    )
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON atomically; non-finite numbers become null (never NaN)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def remove_stale_tmp(directory: str | os.PathLike) -> None:
-    """Delete temporary files left by a killed run (any `.NAME.tmp-PID`)."""
-    for p in Path(directory).glob(".*.tmp-*"):
+def remove_stale_tmp(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete temporary files left by killed runs (`.NAME.tmp-PID` whose PID is gone); returns what it removed.
+
+    A file whose PID is still alive (this process, or another one writing there) is never touched.
+    """
+    from cdeit.common.lock import pid_alive
+
+    removed = []
+    for p in Path(directory).glob("**/.*.tmp-*" if recursive else ".*.tmp-*"):
+        pid = p.name.rpartition(".tmp-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
         with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+            p.unlink() if not p.is_dir() else shutil.rmtree(p)
+            removed.append(p)
+    return removed
 
 
 def read_manifest_json(directory: str | os.PathLike, what: str, command: str) -> tuple[Path, Any]:
@@ -84,3 +156,64 @@ def read_manifest_json(directory: str | os.PathLike, what: str, command: str) ->
     if not isinstance(manifest, dict):
         raise CdeitError(f"{path} is not the manifest of {what}; pass a directory made by `{command}`.")
     return path, manifest
+
+
+def probe_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and prove a file can be written in it, before any work; one sentence if not."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CdeitError(f"{folder} is a file, not a folder; choose a folder for the output.")
+    probe = folder / f".write-probe.tmp-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    return folder
+
+
+def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
+    """Refuse, in one sentence, work whose output (`need` bytes) does not fit the free space where `folder` goes."""
+    where = Path(folder)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise CdeitError(
+            f"{what} needs about {need / 2**20:,.1f} MiB but only {free / 2**20:,.1f} MiB are free on {where}; "
+            "free space or choose another output."
+        )
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str]) -> Path:
+    """safetensors' `save_file`, atomically, with the metadata in sorted key order and the user's file mode.
+
+    safetensors keeps the metadata in a hash map, so two saves of the same tensors and metadata order its keys
+    differently and the files differ. The header is rewritten in place with sorted keys (same length: only the
+    order changes), which makes identical inputs give identical bytes.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        _sort_header(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files readable by their owner only
+    return path
+
+
+def _sort_header(path: Path) -> None:
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(size)
+        header = json.loads(raw)
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) > size:  # never: reordering keeps the length; leave the file as safetensors wrote it
+            return
+        fh.seek(8)
+        fh.write(new + b" " * (size - len(new)))  # safetensors pads its header with spaces too

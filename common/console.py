@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -19,23 +20,103 @@ out = Console(highlight=False, soft_wrap=True)  # results go to stdout, chatter 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+DEBUG_ENV = "CDEIT_DEBUG"  # =1: let unexpected exceptions through with their traceback
+
+
 def friendly_errors(fn: F) -> F:
-    """Print a CdeitError as one red sentence and exit 2 instead of showing a traceback."""
+    """Print any failure as one red sentence and exit non-zero instead of showing a traceback.
+
+    A CdeitError is the sentence itself (exit 2); an OSError names its file (exit 2); anything else is a bug or a
+    case cdeit does not know yet: one line naming the command and how to see the traceback (exit 1).
+    """
+
+    passthrough = _click_exceptions()
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except CdeitError as exc:  # escaped: a sentence may name [study] tables or paths with brackets
-            from rich.markup import escape
-
-            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        except CdeitError as exc:
+            _error(str(exc))
             sys.exit(2)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted; finished files are kept, rerun the same command to resume.[/]")
             sys.exit(130)
+        except passthrough:
+            raise  # typer.Exit(1) and usage errors: click prints and exits as it should
+        except OSError as exc:
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            _error(os_error_sentence(exc))
+            sys.exit(2)
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            _error(
+                f"{_command_name()} failed unexpectedly ({type(exc).__name__}: {_first_line(exc)}); "
+                f"rerun with {DEBUG_ENV}=1 for the traceback and report it."
+            )
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error(sentence: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(sentence)}", highlight=False)
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """What typer and click raise on purpose (Exit, Abort, usage errors): the handler lets these through.
+
+    Recent typer versions carry their own copy of click (`typer._click`), older ones use click itself.
+    """
+    import click
+    import typer
+
+    kinds = {typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException}
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        pass
+    else:
+        kinds.add(ClickException)
+    return tuple(kinds)
+
+
+def _command_name() -> str:
+    """`cdeit data prepare` etc. from the command line's context ('cdeit' outside one)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return "cdeit"
+    path = ctx.command_path.split(" ", 1)
+    return f"`cdeit {path[1]}`" if len(path) == 2 else "`cdeit`"  # the program name differs under test runners
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else "no message")[:limit]
+
+
+def os_error_sentence(exc: OSError, path: Any = None, rerun: str = "rerun") -> str:
+    """One sentence for a failed read or write: what happened to which file, and what to do."""
+    import errno
+
+    where = path if path is not None else (exc.filename or "a file")
+    if exc.errno == errno.ENOSPC:
+        return f"the disk is full while writing {where}; free space and {rerun}."
+    if exc.errno == errno.EROFS:
+        return f"{where} is on a read-only file system; choose an output folder you can write to."
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{where} cannot be accessed ({exc.strerror}); check its permissions or choose a folder you can write."
+    if exc.errno == errno.ENOENT:
+        return f"{where} does not exist; check the path."
+    return f"{where}: {exc.strerror or _first_line(exc)}; check the path and rerun."
 
 
 class RateColumn(TextColumn):
@@ -126,6 +207,4 @@ def _every() -> float:
 
 
 def _force_progress() -> bool:
-    import os
-
     return os.environ.get("CDEIT_PROGRESS", "") == "1"

@@ -9,6 +9,7 @@ original photograph it was made from: CIFAR-10 train image i is i, test image i 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,6 +67,8 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     from cdeit.common.atomic import read_manifest_json
 
     path, manifest = read_manifest_json(data_dir, "a cdeit dataset", "cdeit data prepare")
+    if not isinstance(manifest.get("splits", {}), dict):
+        raise CdeitError(f"{path} is not a cdeit dataset manifest; rebuild the dataset with `cdeit data prepare`.")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CdeitError(
@@ -76,6 +79,84 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
         if not beton_path(data_dir, split).is_file():
             raise CdeitError(f"{beton_path(data_dir, split)} listed in {path} is missing; rebuild the dataset.")
     return manifest
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (what the manifest records for each .beton)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+HASH_CACHE_ENV = "CDEIT_HASH_CACHE"  # file of verified hashes; default ~/.cache/cdeit/verified-betons.json
+
+
+def _hash_cache_path() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cdeit" / "verified-betons.json"
+    return Path(os.environ.get(HASH_CACHE_ENV) or default)
+
+
+def _file_key(path: Path) -> str:
+    """What changes whenever the file's bytes may have: size, mtime, ctime (not settable by users) and inode."""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def _known_hashes() -> dict[str, Any]:
+    try:
+        value = json.loads(_hash_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _remember_hash(path: Path, key: str, digest: str) -> None:
+    """Record a verified hash; a cache that cannot be written only costs a rehash next time."""
+    import contextlib
+
+    from cdeit.common.atomic import atomic_path
+
+    known = {k: v for k, v in _known_hashes().items() if os.path.exists(k)}  # forget files that are gone
+    known[str(path.resolve())] = {"key": key, "sha256": digest}
+    cache = _hash_cache_path()
+    with contextlib.suppress(OSError, CdeitError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps(known, sort_keys=True))
+
+
+def check_betons(
+    data_dir: str | os.PathLike, manifest: dict[str, Any], splits: Sequence[str], full: bool = False
+) -> None:
+    """Check each split's .beton against the checksum the manifest recorded when it was written.
+
+    Cheap by default: the size always, the full sha256 only when the file changed since it was last verified
+    (size, mtime, ctime and inode); `full=True` always rehashes (`cdeit cache verify`). A file swapped for
+    another dataset's, truncated or edited is refused in one sentence naming it. Datasets written before the
+    checksum was recorded are checked by size only.
+    """
+    data_dir = Path(data_dir)
+    for split in splits:
+        entry = manifest.get("source_images") if split == "sources" else split_info(manifest, split, data_dir)
+        path = data_dir / SOURCES_FILE if split == "sources" else beton_path(data_dir, split)
+        if entry is None or not path.is_file():
+            raise CdeitError(f"{path} is missing; rebuild the dataset with `cdeit data prepare`.")
+        hint = f"it is not the file `cdeit data prepare` wrote into {data_dir}: rebuild the dataset (or restore it)."
+        if "beton_bytes" in entry and path.stat().st_size != entry["beton_bytes"]:
+            raise CdeitError(f"{path} has {path.stat().st_size:,} bytes, not the {entry['beton_bytes']:,} its manifest "
+                             f"records; {hint}")  # fmt: skip
+        want = entry.get("beton_sha256")
+        if not want:
+            continue
+        key = _file_key(path)
+        known = _known_hashes().get(str(path.resolve()), {})
+        if not full and known.get("key") == key and known.get("sha256") == want:
+            continue
+        if file_sha256(path) != want:
+            raise CdeitError(f"{path} does not match the checksum in {data_dir / MANIFEST}; {hint}")
+        _remember_hash(path, key, want)
 
 
 def split_info(manifest: dict[str, Any], split: str, data_dir: str | os.PathLike = "DATA") -> dict[str, Any]:
@@ -128,7 +209,81 @@ def write_beton(path: str | os.PathLike, arrays: dict[str, np.ndarray], workers:
     ffcv.writer.tqdm = _QuietBar  # FFCV prints its own tqdm bar; the caller shows progress instead
     with atomic_path(path) as tmp:
         writer = DatasetWriter(str(tmp), fields, num_workers=max(1, workers))
-        writer.from_indexed_dataset(_Arrays(arrays), chunksize=1000)
+        write_watched(writer, _Arrays(arrays), Path(path))
+
+
+def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000) -> None:
+    """`writer.from_indexed_dataset(dataset)`, but a writer process that dies becomes one sentence, never a hang.
+
+    FFCV's parent waits in a loop for a sample count that a dead worker (ENOSPC, killed by the OOM killer)
+    never reaches. A watchdog thread follows the worker processes and interrupts the wait when one exits
+    with an error; the other workers are stopped, FFCV's shared memory released, and the caller's temporary
+    file removed (atomic_path). The workers' own tracebacks go to a buffer, not the user's terminal.
+    """
+    import _thread
+    import io
+    import multiprocessing
+    import signal
+    import sys
+    import threading
+
+    failed: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        seen: dict[int, Any] = {}
+        while not stop.wait(0.05):
+            seen.update({p.pid: p for p in multiprocessing.active_children()})
+            dead = [p.exitcode for p in seen.values() if p.exitcode not in (None, 0)]
+            if dead:
+                failed.append(dead[0])
+                _thread.interrupt_main(signal.SIGINT)
+                return
+
+    watchdog = threading.Thread(target=watch, daemon=True, name="ffcv-writer-watchdog")
+    stderr, sys.stderr = sys.stderr, io.StringIO()  # forked workers inherit this: their tracebacks stay quiet
+    watchdog.start()
+    try:
+        writer.from_indexed_dataset(dataset, chunksize=chunksize)
+    except KeyboardInterrupt:
+        if not failed:
+            raise
+        _stop_writer(writer)
+        raise _worker_error(final, failed[0]) from None
+    finally:
+        stop.set()
+        watchdog.join()
+        sys.stderr = stderr
+    if failed:  # a worker died after the wait ended but before the watchdog saw it finish cleanly
+        raise _worker_error(final, failed[0])
+
+
+def _stop_writer(writer: Any) -> None:
+    """Terminate FFCV's remaining writer processes and free its shared metadata block."""
+    import contextlib
+    import multiprocessing
+
+    for p in multiprocessing.active_children():
+        p.terminate()
+        p.join(5)
+    with contextlib.suppress(Exception):
+        writer.metadata_sm.close()
+        writer.metadata_sm.unlink()
+
+
+def _worker_error(final: Path, exitcode: int) -> CdeitError:
+    import shutil
+
+    try:
+        full = shutil.disk_usage(final.parent).free < (64 << 20)
+    except OSError:
+        full = False
+    if full:
+        return CdeitError(f"the disk is full while writing {final}; free space (or choose another --out) and rerun.")
+    return CdeitError(
+        f"an FFCV writer process died (exit code {exitcode}) while writing {final}; nothing was kept. "
+        "Check free memory and disk, then rerun the same command."
+    )
 
 
 class _QuietBar:
@@ -181,6 +336,7 @@ def make_loader(
             pipelines[name] = [SimpleRGBImageDecoder(), ToTensor(), ToDevice(dev, non_blocking), ToTorchImage()]
         else:
             pipelines[name] = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(dev, non_blocking)]
+    _check_readable(path)
     return Loader(
         str(path),
         batch_size=batch_size,
@@ -193,6 +349,19 @@ def make_loader(
         pipelines=pipelines,
         batches_ahead=batches_ahead,
     )
+
+
+def _check_readable(path: Path) -> None:
+    """FFCV's reader on the file's header, metadata and allocation table: one sentence if they are damaged."""
+    from ffcv.reader import Reader
+
+    try:
+        Reader(str(path))
+    except (AssertionError, ValueError, IndexError, KeyError, TypeError, OSError) as exc:  # what FFCV raises
+        raise CdeitError(
+            f"{path} is not a readable FFCV .beton ({type(exc).__name__}: {str(exc)[:80]}); "
+            "it is damaged or truncated: rebuild the dataset with `cdeit data prepare`."
+        ) from None
 
 
 def read_split(
@@ -253,6 +422,7 @@ def write_dataset(
             "distinct_sources": int(len(np.unique(arrays["source"]))),
             "counts_class_by_type": split_counts(arrays),
             "beton_bytes": path.stat().st_size,
+            "beton_sha256": file_sha256(path),
         }
         if on_split:
             on_split()
@@ -265,6 +435,7 @@ def write_dataset(
             "count": int(len(sources["image"])),
             "fingerprint": fingerprint(sources["image"], sources["label"]),
             "beton_bytes": path.stat().st_size,
+            "beton_sha256": file_sha256(path),
         }
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -64,6 +64,9 @@ def run_demo(
     """Run (or finish) every stage in `out`; returns the comparison table (Markdown)."""
     from cdeit.common.dataset import load_manifest
 
+    parts = sizes.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise CdeitError(f"--per-class-per-type {sizes!r} must be three integers TRAIN,VAL,TEST such as 40,10,10.")
     out.mkdir(parents=True, exist_ok=True)
     raw, data, cache, runs = out / "raw", out / "data", out / "cache", out / "runs"
     _stage("1/5 images: procedural 10-class pictures in the CIFAR-10 layout (no download)")

@@ -50,8 +50,24 @@ PREPARE_OPTIONS = ConfigOptions(
     per_class_per_type=_triple,
     split=_split_policy,
     types=lambda text: comma_list(text) or D.types,  # empty: every type
-    workers=lambda n: max(1, n),
+    workers=lambda n: _at_least_one("workers", n),
 )
+
+
+def _at_least_one(name: str, value: int) -> int:
+    """Refuse a count below 1 in one sentence (0 workers would silently become 1)."""
+    if value < 1:
+        raise CdeitError(f"--{name} must be at least 1, got {value}.")
+    return value
+
+
+def _non_negative(**values: int) -> None:
+    """Refuse a negative --seed (numpy's SeedSequence takes none) in one sentence."""
+    from cdeit.common.errors import CdeitError
+
+    for name, value in values.items():
+        if value < 0:
+            raise CdeitError(f"--{name.replace('_', '-')} must be 0 or more, got {value}.")
 
 
 @app.command("prepare")
@@ -89,7 +105,11 @@ def prepare_command(
     from cdeit.data.prepare import prepare
 
     cfg = PREPARE_OPTIONS.build(ctx)
-    manifest = prepare(cfg)
+    _non_negative(seed=cfg.seed)
+    from cdeit.common.lock import output_lock
+
+    with output_lock(cfg.out, "cdeit data prepare"):
+        manifest = prepare(cfg)
     if manifest.get("reused"):
         console.print(f"{out} already holds this dataset; nothing to do.")
     for name, info in manifest["splits"].items():
@@ -139,9 +159,15 @@ def show_command(
     severity: Annotated[int, typer.Option(help="Severity shown for the corrupted rows (1..5).")] = 3,
 ) -> None:
     """Write a PNG grid: rows are the eleven image types, columns the classes."""
+    from cdeit.common.atomic import probe_writable
     from cdeit.common.console import out as stdout
     from cdeit.data.audit import show
 
+    if out.is_dir():
+        from cdeit.common.errors import CdeitError
+
+        raise CdeitError(f"--out {out} is a folder; give the PNG file to write, e.g. {out / 'dataset.png'}.")
+    probe_writable(out.parent)
     stdout.print(f"wrote {show(data, out, split, severity)}")
 
 
@@ -160,6 +186,10 @@ def synth_command(
 
     if train_per_class < 1 or test_per_class < 0:
         raise CdeitError("--train-per-class must be at least 1 and --test-per-class at least 0.")
+    _non_negative(seed=seed)
+    from cdeit.common.atomic import probe_writable
+
+    probe_writable(to)
     stdout.print(f"wrote {write_synthetic_cifar(to, train_per_class, test_per_class, seed)}")
 
 
@@ -203,16 +233,18 @@ def download(
 ) -> None:
     """Download CIFAR-10 and CIFAR-10-C, resuming partial downloads; verify size and MD5; extract."""
     from cdeit.common.console import out
+    from cdeit.common.lock import output_lock
     from cdeit.data.download import Settings, download_datasets
 
-    folders = download_datasets(
-        to,
-        only=[only.value] if only else None,
-        urls={"cifar10": cifar10_url, "cifar10c": cifar10c_url},
-        md5s={"cifar10": cifar10_md5, "cifar10c": cifar10c_md5},
-        keep_archives=keep_archives,
-        settings=Settings(retries=retries, timeout_s=timeout),
-    )
+    with output_lock(to, "cdeit data download"):
+        folders = download_datasets(
+            to,
+            only=[only.value] if only else None,
+            urls={"cifar10": cifar10_url, "cifar10c": cifar10c_url},
+            md5s={"cifar10": cifar10_md5, "cifar10c": cifar10c_md5},
+            keep_archives=keep_archives,
+            settings=Settings(retries=retries, timeout_s=timeout),
+        )
     for folder in folders.values():
         out.print(str(folder))
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cdeit.common.atomic import check_free_space, remove_stale_tmp
 from cdeit.common.console import progress_bar
 from cdeit.common.dataset import (
     CORRUPTIONS,
@@ -27,10 +28,12 @@ from cdeit.common.dataset import (
     write_dataset,
 )
 from cdeit.common.errors import CdeitError
+from cdeit.common.lock import LOCK_NAME
 from cdeit.data.config import SOURCE_POOLS, PrepareConfig
 from cdeit.data.sources import Cifar10, read_cifar10, read_cifar10c
 
 CHUNK = 2048  # images per corruption job
+BYTES_PER_IMAGE = 3072 + 128  # a raw 32x32x3 image plus FFCV's per-sample metadata, generously
 
 
 @dataclass
@@ -271,15 +274,23 @@ def _run_jobs(cfg, jobs, out, plans, pooled_images, advance) -> None:  # noqa: A
             if advance:
                 advance(len(part))
         return
-    with ProcessPoolExecutor(cfg.workers, mp_context=get_context("fork")) as pool:
-        futures = [
-            (split, part, pool.submit(_corrupt_job, pooled_images[plans[split].pooled[part]], name, sev, seed))
-            for split, part, name, sev, seed in jobs
-        ]
-        for split, part, fut in futures:
-            out[split]["image"][part] = fut.result()
-            if advance:
-                advance(len(part))
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("fork")) as pool:
+            futures = [
+                (split, part, pool.submit(_corrupt_job, pooled_images[plans[split].pooled[part]], name, sev, seed))
+                for split, part, name, sev, seed in jobs
+            ]
+            for split, part, fut in futures:
+                out[split]["image"][part] = fut.result()
+                if advance:
+                    advance(len(part))
+    except BrokenProcessPool:  # a worker killed (the OOM killer, a signal): nothing was written yet
+        raise CdeitError(
+            f"a corruption worker process died while preparing {cfg.out} (out of memory?); nothing was written. "
+            "Rerun with fewer --workers or free memory."
+        ) from None
 
 
 def source_images(plans: dict[str, Plan], c10: Cifar10) -> dict[str, np.ndarray]:
@@ -322,7 +333,7 @@ def _check_out(out: Path, wanted: dict[str, Any]) -> bool:
     if out.exists() and not out.is_dir():
         raise CdeitError(f"--out {out} is a file; give a directory path.")
     if out.is_dir():
-        ours = {f"{s}.beton" for s in SPLITS} | {SOURCES_FILE}
+        ours = {f"{s}.beton" for s in SPLITS} | {SOURCES_FILE, LOCK_NAME}
         foreign = [p.name for p in out.iterdir() if p.name not in ours and ".tmp-" not in p.name]
         if foreign:
             raise CdeitError(f"--out {out} already holds other files ({foreign[0]}, ...); choose an empty directory.")
@@ -353,6 +364,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         return load_manifest(cfg.out) | {"reused": True}
     plans = make_plan(cfg, c10, types)
     total = sum(len(p.label) for p in plans.values())
+    remove_stale_tmp(cfg.out)  # half-written betons of a killed run (up to GBs)
+    n_sources = len(np.unique(np.concatenate([p.source for p in plans.values()])))
+    check_free_space(cfg.out, (total + n_sources) * BYTES_PER_IMAGE + (1 << 20), f"the dataset in {cfg.out}")
     with progress_bar("preparing images", total) as advance:
         splits = materialise(cfg, plans, c10, c10c, advance)
     meta = wanted | {"classes": c10.class_names, "config": _config_json(cfg)}

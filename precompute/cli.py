@@ -104,9 +104,12 @@ def precompute_teacher(
     cutmix_alpha: Annotated[float, typer.Option(help="--views: Beta(alpha, alpha) of CutMix.")] = D.cutmix_alpha,
 ) -> None:
     """Cache the teacher's logits of every image: features, a fitted 10-way head, logits in HDF5 shards."""
+    from cdeit.common.lock import output_lock
     from cdeit.precompute.run import precompute_teacher as run
 
-    run(PRECOMPUTE_OPTIONS.build(ctx))
+    cfg = PRECOMPUTE_OPTIONS.build(ctx)
+    with output_lock(cfg.out, "cdeit precompute-teacher"):
+        run(cfg)
 
 
 @app.command("info")
@@ -208,6 +211,8 @@ def verify(
     from cdeit.common.console import out
 
     problems = verify_cache(cache, data, full)
+    if data is not None:
+        problems += _data_file_problems(cache, data)
     if problems:
         out.print(f"[bold red]{cache}: {len(problems)} problem(s)[/]")
         for p in problems:
@@ -219,6 +224,26 @@ def verify(
     out.print(f"[green]{cache}: ok[/] (checksums, coverage, finite values{', fingerprints' if data else ''}{rendered})")
 
 
+def _data_file_problems(cache: Path, data: Path) -> list[str]:
+    """`--data`: each .beton the cache covers, fully rehashed against the dataset manifest's checksum."""
+    from cdeit.common.cache import read_cache_manifest
+    from cdeit.common.dataset import check_betons, load_manifest
+    from cdeit.common.errors import CdeitError
+
+    try:
+        manifest, splits = load_manifest(data), read_cache_manifest(cache)["splits"]
+    except CdeitError:
+        return []  # verify_cache has said what is wrong with either
+    problems = []
+    for split in splits:
+        if split in manifest.get("splits", {}) or (split == "sources" and "source_images" in manifest):
+            try:
+                check_betons(data, manifest, [split], full=True)
+            except CdeitError as exc:
+                problems.append(str(exc))
+    return problems
+
+
 @app.command("merge")
 @friendly_errors
 def merge(
@@ -226,12 +251,30 @@ def merge(
     out_dir: Annotated[Path, typer.Option("--out", help="The merged cache directory.")],
 ) -> None:
     """Join slices computed on different machines into one cache, refusing to mix teachers, heads or data."""
+    from cdeit.common.atomic import remove_stale_tmp
     from cdeit.common.cache import merge_caches
     from cdeit.common.console import out
+    from cdeit.common.lock import output_lock
 
-    manifest = merge_caches(caches, out_dir)
+    with output_lock(out_dir, "cdeit cache merge"):
+        remove_stale_tmp(out_dir, recursive=True)  # a killed merge's half-copied shards, features/ included
+        _check_merge_space(caches, out_dir)
+        manifest = merge_caches(caches, out_dir)
     state = "complete" if manifest["complete"] else "incomplete (run precompute-teacher on it to finish)"
     out.print(f"merged {len(caches)} caches into {out_dir}: {len(manifest['shards'])} logit shards, {state}.")
+
+
+def _check_merge_space(caches: list[Path], out_dir: Path) -> None:
+    """Refuse a merge whose shards do not fit the free space of --out, before copying any (one sentence)."""
+    from cdeit.common.atomic import check_free_space
+    from cdeit.common.cache import read_cache_manifest
+
+    need = 0
+    for cache in caches:
+        manifest = read_cache_manifest(cache)
+        entries = manifest["shards"] + manifest["feature_shards"]
+        need += sum(int(e.get("bytes", 0)) for e in entries if not (out_dir / e["file"]).is_file())
+    check_free_space(out_dir, need + (1 << 16), f"merging into {out_dir}")
 
 
 def register(root: typer.Typer) -> None:

@@ -121,16 +121,10 @@ def fit_settings(fit: HeadFit, teacher: Teacher, fingerprints: dict[str, str]) -
 
 def save_head(path: str | os.PathLike, head: LinearHead) -> None:
     """Write the head as safetensors (tensors `weight`, `bias`; metadata as JSON strings), atomically."""
-    from safetensors.torch import save_file
+    from cdeit.common.atomic import write_safetensors
 
-    from cdeit.common.atomic import atomic_path
-
-    meta = {k: json.dumps(v) for k, v in head.meta.items()}
-    with atomic_path(path) as tmp:
-        save_file({"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, str(tmp), metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files readable by their owner only
+    meta = {k: json.dumps(v, sort_keys=True) for k, v in head.meta.items()}
+    write_safetensors(path, {"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, meta)
 
 
 def load_head(path: str | os.PathLike, teacher: Teacher, num_classes: int) -> LinearHead:
@@ -156,6 +150,8 @@ def load_head(path: str | os.PathLike, teacher: Teacher, num_classes: int) -> Li
         raise CdeitError(
             f"head file {path} holds {shapes}, not weight {want} and bias ({num_classes},) for {teacher.name}."
         )
+    if not (bool(weight.isfinite().all()) and bool(bias.isfinite().all())):  # an all-NaN cache would follow
+        raise CdeitError(f"head file {path} holds NaN or infinite values; fit the head again or pass another file.")
     if meta.get("weights_hash") not in (None, teacher.weights_hash):
         raise CdeitError(f"head file {path} was fitted on another teacher's features (weights {meta['weights_hash']}).")
     return LinearHead(weight.float(), bias.float(), meta | {"source": meta.get("source", "file")})

@@ -27,6 +27,7 @@ from cdeit.common.cache import (
 )
 from cdeit.common.console import console
 from cdeit.common.errors import CdeitError
+from cdeit.common.lock import LOCK_NAME
 from cdeit.precompute.head_stage import is_reusable
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def check_out_dir(run: Run, given: LinearHead | None) -> None:
     if (path / MANIFEST).is_file() or has_shards:
         existing = read_cache_manifest(path) if (path / MANIFEST).is_file() else build_manifest(path)
         _check_same_run(run, existing, given)
-    elif any(path.iterdir()):
+    elif any(p.name != LOCK_NAME for p in path.iterdir()):  # the lock file of this very run does not count
         raise CdeitError(f"--out {path} is not empty and holds no teacher cache; choose a new or empty directory.")
     else:
         write_manifest(path, fallback=run.identity())

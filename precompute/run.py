@@ -172,6 +172,9 @@ def prepare_run(cfg: PrecomputeConfig) -> Run:
         split_info(data, split, cfg.data)
     if cfg.view == "clean":
         _check_sources(data, cfg.data)
+    from cdeit.common.dataset import check_betons
+
+    check_betons(cfg.data, data, (*cfg.splits, *((SOURCES_SPLIT,) if cfg.view == "clean" else ())))
     env = dist_env()
     device = resolve_device(cfg.device, env.local_rank)
     batch = resolve_batch_size(cfg, device)
@@ -225,9 +228,13 @@ def _check_options(cfg: PrecomputeConfig) -> None:
         )
     if cfg.views:
         cfg.augmentation.check()
+    for name, value, low in (("--shard-size", cfg.shard_size, 1), ("--batch-size", cfg.batch_size, 1),
+                             ("--workers", cfg.workers, 1), ("--seed", cfg.seed, 0)):  # fmt: skip
+        if value is not None and value < low:
+            raise CdeitError(f"{name} must be at least {low}, got {value}.")
     if cfg.head_epochs < 1:
         raise CdeitError(f"--head-epochs must be at least 1, got {cfg.head_epochs}.")
-    if not cfg.head_lr > 0:
+    if not 0 < cfg.head_lr < float("inf"):
         raise CdeitError(f"--head-lr must be positive, got {cfg.head_lr}.")
     if cfg.head is None and cfg.view == "same" and not {"train", "val"} <= set(cfg.splits):
         raise CdeitError(

@@ -74,6 +74,16 @@ def make_sourced_dataset(
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hash_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Verified .beton hashes go to the session's temporary folder, not the user's ~/.cache (subprocesses too)."""
+    import os
+
+    from cdeit.common.dataset import HASH_CACHE_ENV
+
+    os.environ[HASH_CACHE_ENV] = str(tmp_path_factory.mktemp("hashes") / "verified-betons.json")
+
+
 @pytest.fixture(scope="session")
 def sourced_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only dataset with shared sources and sources.beton (copy it before modifying)."""

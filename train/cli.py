@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,19 @@ def parse_model_kwargs(text: str) -> dict:
         value = None
     if not isinstance(value, dict):
         raise CdeitError(f"--model-kwargs {text!r} is not a JSON object; write e.g. '{{\"depth\": 6}}'.")
+    from cdeit.train.models import MODEL_KWARGS, kwarg_ok
+
+    for key, item in value.items():  # only what a saved model may carry, so every trained model loads again
+        if key in ("head_strategy", "drop_path_rate", "drop_rate"):
+            option = {"head_strategy": "--head-strategy", "drop_path_rate": "--drop-path", "drop_rate": "--dropout"}
+            raise CdeitError(f"--model-kwargs sets {key}; use {option[key]} instead.")
+        if key not in MODEL_KWARGS:
+            raise CdeitError(
+                f"--model-kwargs key {key!r} is not a student argument cdeit saves; "
+                f"choose from {', '.join(MODEL_KWARGS)}."
+            )
+        if not kwarg_ok(item, *MODEL_KWARGS[key]):
+            raise CdeitError(f"--model-kwargs {key}={json.dumps(item)} has the wrong type or range.")
     return value
 
 
@@ -107,7 +121,10 @@ def train(
     else:
         base = TrainConfig.from_json(config).to_json() if config is not None else None
         cfg = TRAIN_OPTIONS.build(ctx, base)  # with --config, only the options typed here override it
-    summary = run_training(cfg, resume=resume is not None)
+    from cdeit.common.lock import output_lock
+
+    with output_lock(cfg.out, "cdeit train") if cfg.out else contextlib.nullcontext():
+        summary = run_training(cfg, resume=resume is not None)
     if summary:
         stdout.print(
             f"done: {summary['epochs']} epochs, {summary['steps']} steps, "
@@ -131,10 +148,16 @@ def evaluate(
     from rich.table import Table
 
     from cdeit.common.console import out
+    from cdeit.common.lock import output_lock
     from cdeit.train.evaluate import evaluate as run_eval
     from cdeit.train.report import key_table
 
-    result = run_eval(run, data, split, baseline, teacher_cache, device, batch_size, workers)
+    if not (run / "config.json").is_file():  # the lock would create RUN/eval: first check RUN is a run
+        from cdeit.common.errors import CdeitError
+
+        raise CdeitError(f"{run} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
+    with output_lock(run / "eval", "cdeit evaluate"):
+        result = run_eval(run, data, split, baseline, teacher_cache, device, batch_size, workers)
     table = Table(title=f"{run} on {split}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -209,9 +232,11 @@ def export(
 ) -> None:
     """Write the student as safetensors plus a JSON model config that timm.create_model rebuilds."""
     from cdeit.common.console import out
+    from cdeit.common.lock import output_lock
     from cdeit.train.use import export as run_export
 
-    weights, config = run_export(run, to)
+    with output_lock(to.parent, "cdeit export"):
+        weights, config = run_export(run, to)
     out.print(f"wrote {weights} and {config}")
 
 

@@ -74,18 +74,24 @@ def group_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _read_json(path: Path, fix: str) -> dict[str, Any]:
+def _read_json(path: Path, fix: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise CdeitError(f"{path} is missing; {fix}.") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CdeitError(f"{path} could not be read ({exc}); {fix}.") from None
+    if not isinstance(value, dict) or not set(keys) <= set(value):  # a hand edit or another program's file
+        raise CdeitError(
+            f"{path} is not the file cdeit writes there (it lacks {', '.join(keys) or 'a JSON object'}); {fix}."
+        )
+    return value
 
 
 def _load_run(run: Path, split: str, name: str | None = None) -> RunResult:
-    config = _read_json(run / "config.json", "is it a run directory from `cdeit train`?")
-    result = _read_json(run / "eval" / f"{split}.json", f"run `cdeit evaluate {run} --split {split}` first")
+    config = _read_json(run / "config.json", "is it a run directory from `cdeit train`?", ("seed",))
+    result = _read_json(run / "eval" / f"{split}.json", f"run `cdeit evaluate {run} --split {split}`",
+                        ("accuracy", "ece"))  # fmt: skip
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     metrics = {
         "accuracy": 100 * result["accuracy"],

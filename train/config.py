@@ -252,6 +252,8 @@ class TrainConfig:
             raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CdeitError(f"--config {path} could not be read ({exc}); give a run's config.json.") from None
+        if not isinstance(raw, dict):
+            raise CdeitError(f"--config {path} is not a JSON object; give a run's config.json.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

@@ -23,6 +23,7 @@ from cdeit.common.dataset import (
     FIELDS,
     SEVERITY_CODES,
     beton_path,
+    check_betons,
     load_manifest,
     make_loader,
     read_split,
@@ -50,7 +51,13 @@ class Run:
             raise CdeitError(f"{path} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
         if not model_file.is_file():
             raise CdeitError(f"{model_file} is missing; finish the run with `cdeit train --resume {path}`.")
-        return cls(path, json.loads(cfg_file.read_text()), model_file)
+        try:
+            config = json.loads(cfg_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CdeitError(f"{cfg_file} is not valid JSON ({type(exc).__name__}); restore it or retrain.") from None
+        if not isinstance(config, dict) or not all(isinstance(config.get(k), str) for k in ("data", "student")):
+            raise CdeitError(f"{cfg_file} is not a cdeit run config (no data and student); restore it or retrain.")
+        return cls(path, config, model_file)
 
     def load_model(self, device: torch.device) -> Any:
         from cdeit.train.models import load_safetensors
@@ -226,13 +233,24 @@ def baseline_predictions(baseline: str | Path, data: str | Path, split: str, tea
         return {k: arrays[k] for k in arrays.files}
 
 
+def _read_result(path: Path) -> dict[str, Any]:
+    """A saved RUN/eval/<split>.json, or one sentence naming it when it is damaged."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        value = None
+    if not isinstance(value, dict):
+        raise CdeitError(f"{path} is not an evaluation written by `cdeit evaluate`; delete it and evaluate again.")
+    return value
+
+
 def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto", batch_size: int = 1024,
                      workers: int = 2) -> list[Path]:  # fmt: skip
     """Evaluate every run of `runs` that has no RUN/eval/<split>.json yet, with the data, baseline and teacher
     cache of the runs already evaluated (so a comparison measures every run the same way); returns those."""
     runs = [Path(r) for r in runs if (Path(r) / "config.json").is_file()]  # run directories only
-    done = [json.loads(p.read_text()) for r in runs if (p := r / "eval" / f"{split}.json").is_file()]
-    like = done[0] if done else {}
+    done = [p for r in runs if (p := r / "eval" / f"{split}.json").is_file()]
+    like = _read_result(done[0]) if done else {}
     missing = [r for r in runs if not (r / "eval" / f"{split}.json").is_file()]
     for run in missing:
         evaluate(run, like.get("data"), split, like.get("baseline"), like.get("teacher_cache"), device, batch_size,
@@ -247,10 +265,13 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     from cdeit.common.device import resolve_device
     from cdeit.train.config import check_head_strategy
 
+    if batch_size < 1 or workers < 1:
+        raise CdeitError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}.")
     run = Run.open(run_dir)
     data = data or run.config["data"]
     manifest = load_manifest(data)
     info = split_info(manifest, split, data)
+    check_betons(data, manifest, [split, *(["train"] if split != "train" and "train" in manifest["splits"] else [])])
     dev = resolve_device(device)
     pred = predict(run.load_model(dev), data, split, dev, batch_size, workers)
     out_dir = run.path / "eval"

@@ -19,16 +19,16 @@ from typing import Any
 import timm
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, trunc_normal_
 from torch import nn
 
-from cdeit.common.atomic import atomic_path
+from cdeit.common.atomic import write_safetensors
 from cdeit.common.dataset import CLASSES, CORRUPTIONS
 from cdeit.common.errors import CdeitError
-from cdeit.train.config import HeadStrategy, StudentKind, check_head_strategy
+from cdeit.train.config import HEAD_STRATEGIES, HeadStrategy, StudentKind, check_head_strategy
 
 MODEL_NAMES: dict[str, str] = {
     "vit": "vit_tiny_patch4_32",
@@ -367,10 +367,7 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike) -> Path:
     student = unwrap(model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
     metadata = {"format": "pt", CONFIG_KEY: json.dumps(student.model_config())}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
+    return write_safetensors(path, tensors, metadata)  # sorted metadata: identical inputs, identical bytes
 
 
 def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> TokenViT:
@@ -386,7 +383,93 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise CdeitError(f"{path} is not a readable safetensors file ({exc}); save it again with cdeit.") from None
     if raw is None:
         raise CdeitError(f"{path} holds no {CONFIG_KEY} entry, so it was not written by cdeit's save_safetensors.")
-    config = json.loads(raw)
-    model = timm.create_model(config["model_name"], **config["kwargs"])
-    model.load_state_dict(state, strict=True)
+    name, kwargs = checked_model_config(raw, path)
+    try:
+        with torch.device("meta"):  # shapes first, without memory: metadata asking for a huge model costs nothing
+            shapes = {k: tuple(v.shape) for k, v in timm.create_model(name, **kwargs).state_dict().items()}
+        if shapes != {k: tuple(v.shape) for k, v in state.items()}:
+            raise ValueError("tensor names or shapes differ")
+        model = timm.create_model(name, **kwargs)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # sizes that do not build, other weights
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CdeitError(f"{path}: its weights do not fit the model its metadata describes ({first}).") from None
     return model.to(device).eval()
+
+
+# What a model file's metadata may ask timm for: one of cdeit's own model names, and only these keyword arguments
+# of TokenViT with these JSON types. Nothing else reaches timm.create_model, so a file from someone else cannot name
+# another model, `pretrained=True`, `pretrained_cfg_overlay`, `checkpoint_path` or an `hf-hub:` name (which make timm
+# read weights, possibly pickles, from elsewhere). Each entry: (kind, minimum, maximum-exclusive or None).
+_SIZE = ("int", 1, 1 << 16)
+_RATE = ("float", 0.0, 1.0)
+_FLAG = ("bool", None, None)
+MODEL_KWARGS: dict[str, tuple[str, Any, Any]] = {
+    "head_strategy": ("head_strategy", None, None),
+    "num_corruptions": _SIZE, "corr_hidden_dim": _SIZE, "img_size": ("img_size", 1, 1 << 16), "patch_size": _SIZE,
+    "embed_dim": _SIZE, "depth": ("int", 1, 1024), "num_heads": _SIZE, "num_classes": _SIZE, "in_chans": ("int", 1, 65),
+    "drop_path_rate": _RATE, "drop_rate": _RATE, "attn_drop_rate": _RATE, "proj_drop_rate": _RATE,
+    "pos_drop_rate": _RATE, "patch_drop_rate": _RATE, "mlp_ratio": ("float", 1e-3, 1024.0),
+    "init_values": ("float_or_none", 0.0, 1e6), "qkv_bias": _FLAG, "qk_norm": _FLAG, "no_embed_class": _FLAG,
+    "pre_norm": _FLAG, "fc_norm": ("bool_or_none", None, None), "class_token": _FLAG,
+    "global_pool": ("token", None, None),
+}  # fmt: skip
+
+
+def kwarg_ok(value: Any, kind: str, low: Any, high: Any) -> bool:
+    """Whether one metadata value has the JSON type and range MODEL_KWARGS allows."""
+    import math
+
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "int":
+        return is_int and low <= value < high
+    if kind == "img_size":
+        items = value if isinstance(value, list) and len(value) == 2 else [value]
+        return all(kwarg_ok(v, "int", low, high) for v in items)
+    if kind in ("float", "float_or_none"):
+        if value is None:
+            return kind == "float_or_none"
+        return (is_int or isinstance(value, float)) and math.isfinite(value) and low <= value < high
+    if kind in ("bool", "bool_or_none"):
+        return isinstance(value, bool) or (value is None and kind == "bool_or_none")
+    if kind == "head_strategy":
+        return value is None or value in HEAD_STRATEGIES
+    return value == "token"  # global_pool: the students read their prefix tokens
+
+
+def checked_model_config(raw: str, path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(model name, kwargs) from a file's CONFIG_KEY metadata, after checking them against MODEL_KWARGS.
+
+    Every problem is one sentence naming the file and the entry, and nothing is passed on that is not allowed.
+    """
+    try:
+        config = json.loads(raw)
+    except (json.JSONDecodeError, TypeError):
+        config = None
+    if (
+        not isinstance(config, dict)
+        or set(config) != {"model_name", "kwargs"}
+        or not isinstance(config["kwargs"], dict)
+    ):
+        raise CdeitError(
+            f"{path}: its {CONFIG_KEY} metadata is not a cdeit model config; save the model again with cdeit."
+        )
+    name, kwargs = config["model_name"], config["kwargs"]
+    if name not in MODEL_NAMES.values():
+        raise CdeitError(
+            f"{path} names model {str(name)[:80]!r}, not one of cdeit's students ({', '.join(MODEL_NAMES.values())}); "
+            "cdeit loads only its own models from a file."
+        )
+    for key, value in kwargs.items():
+        if key not in MODEL_KWARGS:
+            raise CdeitError(
+                f"{path}: model argument {str(key)[:80]!r} in its metadata is not one cdeit accepts from a file; "
+                "refusing it (only the students' own sizes and rates are read)."
+            )
+        if not kwarg_ok(value, *MODEL_KWARGS[key]):
+            raise CdeitError(
+                f"{path}: model argument {key}={json.dumps(value)[:80]} in its metadata has the wrong type or range."
+            )
+    if name != MODEL_NAMES["cdeit"] and kwargs.get("head_strategy") is not None:
+        raise CdeitError(f"{path}: head_strategy applies only to {MODEL_NAMES['cdeit']}, not {name}.")
+    return name, kwargs

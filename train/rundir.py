@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cdeit.common.atomic import atomic_path, json_safe, write_json
+from cdeit.common.atomic import atomic_path, json_safe, remove_stale_tmp, write_json
 from cdeit.common.errors import CdeitError
 from cdeit.train.config import TrainConfig
 
@@ -130,6 +130,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
         probe.unlink()
     except OSError as exc:
         raise io_error(out, exc) from None
+    remove_stale_tmp(out, recursive=True)  # a killed run's half-written checkpoint or model (dead PIDs only)
     saved = out / CONFIG
     has_run = (out / CHECKPOINT).is_file() or (out / "model.safetensors").is_file()
     if saved.is_file() and not resume and has_run:

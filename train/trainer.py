@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from cdeit.common import distributed
 from cdeit.common.atomic import atomic_path, write_json
 from cdeit.common.console import console, progress_bar
-from cdeit.common.dataset import beton_path, load_manifest, make_loader
+from cdeit.common.dataset import beton_path, check_betons, load_manifest, make_loader
 from cdeit.common.device import resolve_device
 from cdeit.common.errors import CdeitError
 from cdeit.common.metrics import ece_bin_stats, ece_from_stats
@@ -96,6 +96,7 @@ class Trainer:
         self.dist = distributed.setup(env, self.device.type)
         self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
         self.manifest = load_manifest(cfg.data)
+        check_betons(cfg.data, self.manifest, ("train", "val"))  # the files themselves, not only the manifest
         self.num_classes = len(self.manifest["classes"])
         self.env = rundir.environment(cfg, self.device, env.world, from_cache=teacher is None)
         if resume and self.dist.main:
@@ -215,7 +216,7 @@ class Trainer:
             payload["alignment"] = self.alignment.state_dict()
         path = self.out / CHECKPOINT
         try:
-            with atomic_path(path) as tmp:
+            with atomic_path(path, rerun="rerun with --resume") as tmp:
                 torch.save(payload, tmp)
         except OSError as exc:
             raise io_error(path, exc) from None
@@ -230,6 +231,21 @@ class Trainer:
             raise CdeitError(
                 f"checkpoint {path} could not be read ({type(exc).__name__}); delete it to start over."
             ) from None
+        try:
+            self._restore(payload)
+        except CdeitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # another model, or not a cdeit checkpoint
+            raise CdeitError(
+                f"checkpoint {path} does not belong to this run ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'mismatch'}); "
+                "resume with the run's own settings, or delete it to start over."
+            ) from None
+        return True
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        """Model, projections, optimizer, scheduler, RNG states and counters from a checkpoint payload."""
+        path = Path(self.cfg.out) / CHECKPOINT
         self.raw_model.load_state_dict(payload["model"])
         if self.alignment is not None:
             if "alignment" not in payload:
@@ -245,7 +261,6 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.state = State(**payload["state"])
         self.last_record = payload.get("record")
-        return True
 
     # ---------------------------------------------------------------- loop
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:

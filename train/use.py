@@ -29,31 +29,48 @@ def load_student(model: str | Path, device: torch.device) -> tuple[Any, list[str
     if path.is_dir() and config.is_file():
         from cdeit.common.dataset import load_manifest
 
-        data = json.loads(config.read_text()).get("data")
         try:
-            classes = load_manifest(data)["classes"]
-        except CdeitError:
-            classes = None
+            data = json.loads(config.read_text()).get("data")
+            classes = load_manifest(data)["classes"] if isinstance(data, str) else None
+        except (CdeitError, AttributeError, UnicodeDecodeError, json.JSONDecodeError):
+            classes = None  # the model file alone still predicts; classes are then numbered
     sidecar = file.with_suffix(".json")
     if classes is None and sidecar.is_file():
-        classes = json.loads(sidecar.read_text()).get("classes")
+        try:
+            classes = json.loads(sidecar.read_text()).get("classes")
+        except (AttributeError, UnicodeDecodeError, json.JSONDecodeError):
+            raise CdeitError(
+                f"{sidecar} is not the JSON config `cdeit export` writes; export the model again."
+            ) from None
+    if classes is not None and (
+        not isinstance(classes, list)
+        or len(classes) != student.num_classes
+        or not all(isinstance(c, str) for c in classes)
+    ):
+        raise CdeitError(f"the class names beside {file} do not match its {student.num_classes} outputs; export again.")
     return student, list(classes) if classes else [str(i) for i in range(student.num_classes)]
 
 
 def load_image_32(path: Path) -> np.ndarray:
     """Any PNG/JPEG to 32x32x3 uint8: centre-crop to a square, then Pillow bicubic (antialiased) resize."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            side = min(w, h)
-            box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-            return np.asarray(img.resize((32, 32), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse above the warning limit too
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                w, h = img.size
+                side = min(w, h)
+                box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+                return np.asarray(img.resize((32, 32), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
     except FileNotFoundError:
         raise CdeitError(f"{path}: no such file.") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CdeitError(f"{path}: the image is too large to decode safely (a decompression bomb?); skipped.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
         raise CdeitError(f"{path}: not a readable image ({type(exc).__name__}).") from None
 
 

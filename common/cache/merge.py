@@ -27,21 +27,38 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -
     _check_joinable(paths, manifests)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
+    created: list[Path] = []  # what this merge wrote: removed again if a source turns out damaged
+    try:
+        _copy_sources(paths, manifests, out, created)
+    except BaseException:
+        for p in reversed(created):
+            p.unlink(missing_ok=True)
+            if p.parent != out and p.parent.is_dir() and not any(p.parent.iterdir()):
+                p.parent.rmdir()
+        raise
+    with_logits = {e["file"] for m in manifests for e in m["shards"]}
+    for entry in (e for m in manifests for e in m["feature_shards"]):
+        if Path(entry["file"]).name in with_logits:  # features whose logits exist are no longer needed
+            (out / entry["file"]).unlink(missing_ok=True)
+    return write_manifest(out)
+
+
+def _copy_sources(
+    paths: Sequence[Path], manifests: Sequence[Mapping[str, Any]], out: Path, created: list[Path]
+) -> None:
+    """Copy every source's shards (checksums verified) and the head into `out`, noting each file it creates."""
     with_logits = {e["file"] for m in manifests for e in m["shards"]}
     for path, manifest in zip(paths, manifests, strict=True):
         if path == out:
             continue
         for entry in manifest["shards"] + manifest.get("augmented_shards", []):
-            _copy_verified(path, out, entry)
+            _copy_verified(path, out, entry, created)
         for entry in manifest["feature_shards"]:
             if Path(entry["file"]).name not in with_logits:  # features are needed only where logits are missing
-                _copy_verified(path, out, entry)
+                _copy_verified(path, out, entry, created)
         if (path / HEAD_FILE).is_file() and not (out / HEAD_FILE).is_file():
             _copy_file(path / HEAD_FILE, out / HEAD_FILE)
-    for entry in (e for m in manifests for e in m["feature_shards"]):
-        if Path(entry["file"]).name in with_logits:  # features whose logits exist are no longer needed
-            (out / entry["file"]).unlink(missing_ok=True)
-    return write_manifest(out)
+            created.append(out / HEAD_FILE)
 
 
 def _check_joinable(paths: Sequence[Path], manifests: Sequence[Mapping[str, Any]]) -> None:
@@ -74,7 +91,7 @@ def _check_joinable(paths: Sequence[Path], manifests: Sequence[Mapping[str, Any]
             )
 
 
-def _copy_verified(src_dir: Path, out: Path, entry: Mapping[str, Any]) -> None:
+def _copy_verified(src_dir: Path, out: Path, entry: Mapping[str, Any], created: list[Path]) -> None:
     src, dst = src_dir / entry["file"], out / entry["file"]
     if not src.is_file():
         raise CdeitError(f"{src} listed in {src_dir / MANIFEST} is missing; run `cdeit cache verify {src_dir}`.")
@@ -83,6 +100,7 @@ def _copy_verified(src_dir: Path, out: Path, entry: Mapping[str, Any]) -> None:
             raise CdeitError(f"{entry['file']} differs between {src_dir} and {out}; these caches cannot be merged.")
         return
     _copy_file(src, dst)
+    created.append(dst)
     if sha256_file(dst) != entry["sha256"]:
         dst.unlink()
         raise CdeitError(

@@ -15,8 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cdeit.common.cache.format import SOURCES_SPLIT, TARGET_DATASETS, TARGETS, cache_targets, cache_view
-from cdeit.common.cache.store import read_arrays, read_cache_manifest, sha256_file
+from cdeit.common.cache.format import (
+    SOURCES_SPLIT,
+    TARGET_DATASETS,
+    TARGETS,
+    cache_targets,
+    cache_view,
+    provenance_conflicts,
+)
+from cdeit.common.cache.store import read_arrays, read_attrs, read_cache_manifest, sha256_file
 from cdeit.common.errors import CdeitError
 
 if TYPE_CHECKING:
@@ -112,7 +119,7 @@ def load_teacher_targets(
     data_manifest, data_name = _data_manifest(data)
     if view == "same":
         info = _reader_split(manifest, data_manifest, split, cache_dir, data_name)
-        tables, _ = _read_tables(cache_dir, manifest, split, info["count"], targets, checksums)
+        tables, _ = _read_tables(cache_dir, manifest, split, info, targets, checksums)
         return TeacherTargets("same", {k: torch.from_numpy(v).to(device) for k, v in tables.items()})
     if view != "clean":
         raise CdeitError(
@@ -120,7 +127,7 @@ def load_teacher_targets(
             "recompute it with `cdeit precompute-teacher --view same` or `--view clean`."
         )
     info = _reader_sources(manifest, data_manifest, split, cache_dir, data_name)
-    tables, ids = _read_tables(cache_dir, manifest, SOURCES_SPLIT, info["count"], targets, checksums, ("source",))
+    tables, ids = _read_tables(cache_dir, manifest, SOURCES_SPLIT, info, targets, checksums, ("source",))
     lookup = _row_of_source(cache_dir, ids["source"])
     split_source = _split_sources(data, split)
     if split_source is not None:
@@ -278,17 +285,23 @@ def _read_tables(
     cache_dir: Path,
     manifest: Mapping[str, Any],
     split: str,
-    count: int,
+    info: Mapping[str, Any],
     targets: Sequence[str],
     checksums: bool,
     keys: Sequence[str] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Every row of `split` for each target (row = `index`), plus the integer `keys` per row; checks coverage."""
+    """Every row of `split` for each target (row = `index`), plus the integer `keys` per row; checks coverage.
+
+    `info` is the split's manifest entry, already matched to the dataset: each shard's own attributes must name
+    the same split and data fingerprint, and the manifest's teacher, so an edited manifest cannot pass shards off.
+    """
+    count = info["count"]
     tables: dict[str, np.ndarray] = {}
     ints = {k: np.zeros(count, np.int64) for k in keys}
     filled = np.zeros(count, np.int64)
     for entry in (e for e in manifest["shards"] if e["split"] == split):
         index, arrays = _read_shard(cache_dir, entry, targets, keys, checksums)
+        _check_shard_attrs(cache_dir / entry["file"], split, info["fingerprint"], manifest["provenance"])
         for target in targets:
             values = arrays[TARGET_DATASETS[target]]
             if target not in tables:
@@ -305,6 +318,23 @@ def _read_tables(
             "`cdeit cache verify`."
         )
     return tables, ints
+
+
+def _check_shard_attrs(path: Path, split: str, fingerprint: str, provenance: Mapping[str, Any]) -> None:
+    """Refuse a shard whose own attributes name another split, other data or another teacher than the manifest."""
+    attrs = read_attrs(path)
+    hint = f"its manifest was edited or the shard comes from another cache; run `cdeit cache verify {path.parent}`"
+    if attrs.get("split") != split:
+        raise CdeitError(f"shard {path} holds split {attrs.get('split')!r}, not {split!r}; {hint}.")
+    if attrs.get("data_fingerprint") != fingerprint:
+        raise CdeitError(
+            f"shard {path} was computed for other data (fingerprint {str(attrs.get('data_fingerprint'))[:19]}... "
+            f"vs {fingerprint[:19]}...); {hint}."
+        )
+    if conflicts := provenance_conflicts(provenance, attrs):
+        raise CdeitError(
+            f"shard {path} disagrees with the manifest on {', '.join(k for k, _, _ in conflicts)}; {hint}."
+        )
 
 
 def _read_shard(

@@ -216,7 +216,7 @@ def read_head_meta(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     info: dict[str, Any] = {"file": HEAD_FILE, "hash": tensor_hash(tensors)}
-    for k, v in meta.items():
+    for k, v in sorted(meta.items()):  # safetensors returns metadata in hash-map order: sort for stable manifests
         try:
             info[k] = json.loads(v)
         except json.JSONDecodeError:
@@ -320,7 +320,27 @@ def read_cache_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
             f"{path} is {manifest.get('format')!r} version {manifest.get('format_version')!r}, but this cdeit reads "
             f"{CACHE_FORMAT!r} version {FORMAT_VERSION}; recompute the cache with this version."
         )
+    if problem := _manifest_shape_problem(manifest):
+        raise CdeitError(f"{path} is damaged ({problem}); rebuild it with `cdeit precompute-teacher` on this cache.")
     return manifest
+
+
+def _manifest_shape_problem(manifest: Mapping[str, Any]) -> str | None:
+    """What is missing or of the wrong type in a cache manifest (a hand edit, a truncated copy), or None."""
+    for key, kind in (("provenance", dict), ("dataset", dict), ("splits", dict), ("shards", list),
+                      ("feature_shards", list)):  # fmt: skip
+        if not isinstance(manifest.get(key), kind):
+            return f"`{key}` is missing or not a {'list' if kind is list else 'mapping'}"
+    entry_keys = {"file": str, "split": str, "bytes": int, "sha256": str}
+    for entry in manifest["shards"] + manifest["feature_shards"]:
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in entry_keys.items()):
+            return "a shard entry lacks file, split, bytes or sha256"
+    for split, info in manifest["splits"].items():
+        if not isinstance(info, dict) or not isinstance(info.get("count"), int) or "fingerprint" not in info:
+            return f"split {split!r} lacks its count or fingerprint"
+    if not isinstance(manifest["dataset"].get("classes"), list):
+        return "`dataset.classes` is missing"
+    return None
 
 
 def cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:

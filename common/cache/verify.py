@@ -149,6 +149,7 @@ def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
             continue
         if wrong := [key for key, _, _ in provenance_conflicts(provenance, attrs)]:
             problems.append(f"shard {entry['file']} disagrees with the manifest on {', '.join(wrong)}.")
+        problems += _check_own_attrs(entry, attrs, manifest)
         problems += _check_values(entry["file"], arrays, manifest)
         index = arrays.get("index", np.zeros(0, np.int64))
         counts = seen.get(attrs.get("split"))
@@ -166,6 +167,20 @@ def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
         if (repeated := int((counts > 1).sum())) > 0:
             problems.append(f"split {split}: {repeated:,} indices occur more than once.")
     return problems
+
+
+def _check_own_attrs(entry: Mapping[str, Any], attrs: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
+    """What a shard says about itself (split, data fingerprint) against its manifest entry and split."""
+    name, split = entry["file"], entry.get("split")
+    if attrs.get("split") != split:
+        return [f"shard {name} holds split {attrs.get('split')!r} but the manifest lists it under {split!r}."]
+    want = manifest["splits"].get(split, {}).get("fingerprint")
+    if attrs.get("data_fingerprint") != want:
+        return [
+            f"shard {name} was computed for data fingerprint {attrs.get('data_fingerprint')}, but the manifest "
+            f"says {want}: the manifest was edited or the shard comes from another cache."
+        ]
+    return []
 
 
 def _check_sources(name: str, arrays: Mapping[str, np.ndarray], index: np.ndarray, sources: list) -> list[str]:
