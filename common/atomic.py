@@ -138,6 +138,20 @@ def remove_stale_tmp(directory: str | os.PathLike, recursive: bool = False) -> l
     return removed
 
 
+def read_json_object(path: str | os.PathLike, name: str, fix: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; unreadable, invalid or non-object content is one sentence:
+    "NAME could not be read (why); FIX." or "NAME is not a JSON object; FIX."."""
+    from cdeit.common.errors import CdeitError
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CdeitError(f"{name} could not be read ({exc}); {fix}.") from None
+    if not isinstance(value, dict):
+        raise CdeitError(f"{name} is not a JSON object; {fix}.")
+    return value
+
+
 def read_manifest_json(directory: str | os.PathLike, what: str, command: str) -> tuple[Path, Any]:
     """DIRECTORY/manifest.json parsed, and its path; a missing directory or file, or invalid JSON, is a `CdeitError`
     naming it. `what` says what the directory should be ("a teacher cache"), `command` what builds one."""

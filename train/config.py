@@ -247,13 +247,10 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
+        from cdeit.common.atomic import read_json_object
+
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CdeitError(f"--config {path} could not be read ({exc}); give a run's config.json.") from None
-        if not isinstance(raw, dict):
-            raise CdeitError(f"--config {path} is not a JSON object; give a run's config.json.")
+        raw = read_json_object(path, f"--config {path}", "give a run's config.json")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

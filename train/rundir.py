@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cdeit.common.atomic import atomic_path, json_safe, remove_stale_tmp, write_json
+from cdeit.common.atomic import atomic_path, json_safe, read_json_object, remove_stale_tmp, write_json
 from cdeit.common.errors import CdeitError
 from cdeit.train.config import TrainConfig
 
@@ -199,13 +199,7 @@ def resume_config(run: str | Path, given: dict[str, Any]) -> TrainConfig:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CdeitError(f"{path} could not be read ({exc}); restore it or start a new run.") from None
-    if not isinstance(value, dict):
-        raise CdeitError(f"{path} is not a JSON object; restore it or start a new run.")
-    return value
+    return read_json_object(path, str(path), "restore it or start a new run")
 
 
 # ------------------------------------------------------------------------------------------ metrics.jsonl

@@ -36,19 +36,14 @@ from cdeit.common.cache.format import (
     cache_view,
     views_of,
 )
+from cdeit.common.dataset import file_sha256
 from cdeit.common.errors import CdeitError
 from cdeit.common.views import AUG_KEYS
 
 # --------------------------------------------------------------------------------------------- hashing
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes (the checksum manifest.json records for each shard)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = file_sha256  # hex sha256 of a file's bytes: what manifest.json records for each shard
 
 
 def tensor_hash(tensors: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ common.cache.format), index coverage, NaN/inf values, the head file and, given t
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,17 +86,7 @@ def _check_augmented(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
     problems = []
     if not summary.get("complete"):
         problems.append(f"augmented views: {summary.get('shards')} of {summary.get('num_shards')} train shards.")
-    for entry in manifest["augmented_shards"]:
-        path = cache_dir / entry["file"]
-        if not path.is_file():
-            continue
-        try:
-            attrs, arrays = read_attrs(path), read_arrays(path)
-        except Exception as exc:
-            problems.append(f"shard {entry['file']} cannot be read as HDF5 ({type(exc).__name__}).")
-            continue
-        if wrong := [key for key, _, _ in provenance_conflicts(provenance, attrs)]:
-            problems.append(f"shard {entry['file']} disagrees with the manifest on {', '.join(wrong)}.")
+    for entry, attrs, arrays in _readable_shards(cache_dir, manifest["augmented_shards"], provenance, problems):
         n = int(attrs.get("stop", 0)) - int(attrs.get("start", 0))
         shape = (n, k, manifest["dataset"]["num_classes"])
         if arrays.get("view_logits") is None or arrays["view_logits"].shape != shape:
@@ -133,12 +123,13 @@ def _check_renders(cache_dir: Path, data_dir: str | os.PathLike, full: bool) -> 
     ]
 
 
-def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
-    problems: list[str] = []
-    provenance = manifest["provenance"]
-    seen = {split: np.zeros(info["count"], np.int64) for split, info in manifest["splits"].items()}
-    sources: list[np.ndarray] = []  # clean view: the source id of every row
-    for entry in manifest["shards"]:
+def _readable_shards(
+    cache_dir: Path, entries: list[Mapping[str, Any]], provenance: Mapping[str, Any], problems: list[str]
+) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any], dict[str, Any]]]:
+    """(entry, attrs, arrays) of every listed shard present on disk; an unreadable shard, or one whose
+    attributes disagree with the manifest's provenance, adds its sentence to `problems` (listing and checksums
+    are checked elsewhere)."""
+    for entry in entries:
         path = cache_dir / entry["file"]
         if not path.is_file():
             continue
@@ -149,6 +140,15 @@ def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
             continue
         if wrong := [key for key, _, _ in provenance_conflicts(provenance, attrs)]:
             problems.append(f"shard {entry['file']} disagrees with the manifest on {', '.join(wrong)}.")
+        yield entry, attrs, arrays
+
+
+def _check_contents(cache_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    provenance = manifest["provenance"]
+    seen = {split: np.zeros(info["count"], np.int64) for split, info in manifest["splits"].items()}
+    sources: list[np.ndarray] = []  # clean view: the source id of every row
+    for entry, attrs, arrays in _readable_shards(cache_dir, manifest["shards"], provenance, problems):
         problems += _check_own_attrs(entry, attrs, manifest)
         problems += _check_values(entry["file"], arrays, manifest)
         index = arrays.get("index", np.zeros(0, np.int64))
