@@ -6,11 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 need_apt=()
-for pkg in libopencv-dev libturbojpeg0-dev pkg-config; do
+for pkg in libopencv-dev libturbojpeg0-dev pkg-config build-essential python3-dev python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing system packages for FFCV: ${need_apt[*]}"
+  echo "setup: installing system packages (FFCV compiles against OpenCV and libturbojpeg; venv, compiler, headers): ${need_apt[*]}"
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
