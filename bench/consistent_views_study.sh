@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Issue 15's measurement (docs/consistent-views.md): DeiT soft distillation from the real ResNet-20 teacher,
+# three ways to teach at the same budget, seeds 0..2:
+#   a  today's cache (the teacher on each clean sample; targets mixed with the images)
+#   b  a K-view cache, K = epochs (the teacher's logits on the exact erased and mixed images, replayed)
+#   c  the teacher run online on each augmented batch (`cdeit train --online-teacher`)
+# Usage: bash bench/consistent_views_study.sh DATA OUT BASELINES [ARMS]
+#   DATA: a dataset built as in docs/results.md; OUT: the study folder (caches, runs, times.txt, compare.*);
+#   BASELINES: a folder with vit-none-s0..2 (the mCE baseline, e.g. bench/real_teacher_study.sh's runs);
+#   ARMS: which arms to run (default "a b c"). Finished caches, runs and evaluations are skipped.
+# Needs ../shared/models (the ResNet-20 weights); set CDEIT to the cdeit command to use another install.
+set -euo pipefail
+data=$1; out=$2; baselines=$3; arms=${4:-a b c}
+cdeit=${CDEIT:-cdeit}
+here=$(cd "$(dirname "$0")/.." && pwd)
+epochs=3
+weights=$here/../shared/models/resnet20_cifar10.safetensors
+module=$here/examples/cifar_resnet.py
+teacher=(--teacher-module "$module" --teacher resnet20_cifar --checkpoint "$weights" --head none --device cpu
+         --workers 2)
+model='{"depth": 4, "embed_dim": 96, "num_heads": 3}'  # the budget of bench/real_teacher_study.sh
+budget=(--epochs $epochs --batch-size 128 --lr-per-512 4e-3 --warmup-epochs 0.5 --eval-batch-size 512 --device cpu
+        --workers 2 --model-kwargs "$model")
+mkdir -p "$out"
+timed() {  # timed NAME COMMAND...: run once, append its wall seconds to times.txt
+  local name=$1; shift; local start; start=$(date +%s)
+  "$@"
+  echo "$name: $(( $(date +%s) - start )) s" >> "$out/times.txt"
+}
+[ -f "$out/cache-a/manifest.json" ] || timed cache-a $cdeit precompute-teacher --data "$data" --out "$out/cache-a" \
+  "${teacher[@]}"
+if [[ " $arms " == *" b "* ]] && [ ! -f "$out/cache-b/manifest.json" ]; then
+  timed cache-b $cdeit precompute-teacher --data "$data" --out "$out/cache-b" "${teacher[@]}" --views $epochs
+  $cdeit cache info "$out/cache-b"
+  $cdeit cache verify "$out/cache-b" --data "$data" --full
+fi
+for seed in 0 1 2; do
+  for arm in $arms; do
+    run=$out/deit-soft-$arm-s$seed
+    case $arm in
+      a) source=(--teacher-cache "$out/cache-a") ;;
+      b) source=(--teacher-cache "$out/cache-b") ;;
+      c) source=(--teacher-cache "$out/cache-a" --online-teacher --teacher-checkpoint "$weights"
+                 --teacher-module "$module") ;;
+    esac
+    [ -f "$run/summary.json" ] || timed "deit-soft-$arm-s$seed" $cdeit train --student deit --distill soft \
+      --data "$data" --out "$run" --seed "$seed" "${source[@]}" "${budget[@]}"
+    [ -f "$run/eval/test.json" ] || $cdeit evaluate "$run" --split test --baseline "$baselines/vit-none-s$seed" \
+      --teacher-cache "$out/cache-a" --device cpu --batch-size 512 --workers 2
+  done
+done
+$cdeit compare "$out"/deit-soft-?-s? --out "$out" --split test
