@@ -8,13 +8,14 @@
 #   DATA: a dataset built as in docs/results.md; OUT: the study folder (caches, runs, times.txt, compare.*);
 #   BASELINES: a folder with vit-none-s0..2 (the mCE baseline, e.g. bench/real_teacher_study.sh's runs);
 #   ARMS: which arms to run (default "a b c"). Finished caches, runs and evaluations are skipped.
-# Needs ../shared/models (the ResNet-20 weights); set CDEIT to the cdeit command to use another install.
+# Needs ../shared/models (the ResNet-20 weights; SHARED=DIR elsewhere); set CDEIT to the cdeit command to use another install.
 set -euo pipefail
 data=$1; out=$2; baselines=$3; arms=${4:-a b c}
 cdeit=${CDEIT:-cdeit}
 here=$(cd "$(dirname "$0")/.." && pwd)
 epochs=3
-weights=$here/../shared/models/resnet20_cifar10.safetensors
+shared=${SHARED:-$here/../shared}  # the shared folder beside the checkout
+weights=$shared/models/resnet20_cifar10.safetensors
 module=$here/examples/cifar_resnet.py
 teacher=(--teacher-module "$module" --teacher resnet20_cifar --checkpoint "$weights" --head none --device cpu
          --workers 2)
