@@ -47,7 +47,7 @@ class OnlineTeacher:
     def __init__(self, name: str, num_classes: int, device: torch.device, autocast: bool):
         import timm
 
-        from cdeit.precompute.preprocess import DeviceResize, preprocessing_for
+        from cdeit.common.preprocess import DeviceResize, preprocessing_for
 
         self.model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         self.model = self.model.to(device).eval().requires_grad_(False)

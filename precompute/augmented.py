@@ -30,8 +30,8 @@ from cdeit.precompute.resume import shard_complete
 if TYPE_CHECKING:
     import torch
 
-    from cdeit.precompute.head import LinearHead
-    from cdeit.precompute.preprocess import DeviceResize
+    from cdeit.common.head import LinearHead
+    from cdeit.common.preprocess import DeviceResize
     from cdeit.precompute.run import Run
 
 
@@ -49,7 +49,7 @@ def pass_augmented(
     With the head known from the start, each rank of a torchrun renders its own shards; a head fitted at the end
     leaves them all to rank 0 (`rank`, `world` = 0, 1: the whole slice).
     """
-    from cdeit.precompute.preprocess import DeviceResize
+    from cdeit.common.preprocess import DeviceResize
 
     specs = augmented_specs(run, plan, rank, world)
     todo = [s for s in specs if not shard_complete(run, s, AUGMENTED, head)]

@@ -21,8 +21,8 @@ from cdeit.common.errors import CdeitError
 if TYPE_CHECKING:
     import torch
 
-    from cdeit.precompute.preprocess import DeviceResize
-    from cdeit.precompute.teacher import Teacher
+    from cdeit.common.preprocess import DeviceResize
+    from cdeit.common.teacher import Teacher
 
 LOADER_FIELDS = ("image", "label", "corruption", "index")  # the order make_loader yields them in
 

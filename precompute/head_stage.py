@@ -14,7 +14,7 @@ import numpy as np
 from cdeit.common.cache import FEATURES, HEAD_FILE, SOURCES_SPLIT, ShardSpec, read_arrays, read_head_meta
 from cdeit.common.console import console
 from cdeit.common.errors import CdeitError
-from cdeit.precompute.head import LinearHead, fit_head, fit_settings, load_head
+from cdeit.common.head import LinearHead, fit_head, fit_settings, load_head
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def given_head(run: Run) -> LinearHead | None:
     """The head named by --head: a file, the teacher's own classifier (`none`), or None to fit one."""
-    from cdeit.precompute.teacher import own_head
+    from cdeit.common.teacher import own_head
 
     choice, classes = run.cfg.head, len(run.data["classes"])
     if choice is None:

@@ -25,18 +25,18 @@ from cdeit.common.cache import (
 )
 from cdeit.common.console import console, progress_bar
 from cdeit.common.distributed import assign_shards
-from cdeit.precompute.head import save_head
+from cdeit.common.head import save_head
 from cdeit.precompute.resume import shard_complete
 
 if TYPE_CHECKING:
-    from cdeit.precompute.head import LinearHead
+    from cdeit.common.head import LinearHead
     from cdeit.precompute.run import Run
 
 
 def pass_features(run: Run, plan: list[ShardSpec], head: LinearHead | None) -> tuple[int, float]:
     """Pass 1 over this process's shards that have neither logits nor features yet; returns (images, seconds)."""
     from cdeit.precompute.features import compute_feature_shards
-    from cdeit.precompute.preprocess import DeviceResize
+    from cdeit.common.preprocess import DeviceResize
 
     cfg, env = run.cfg, run.env
     mine = assign_shards(plan, cfg.shard_index, cfg.num_shards, env.rank, env.world)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from cdeit.common.console import console, out
 
 if TYPE_CHECKING:
-    from cdeit.precompute.head import LinearHead
+    from cdeit.common.head import LinearHead
     from cdeit.precompute.run import Run
 
 

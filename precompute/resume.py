@@ -31,7 +31,7 @@ from cdeit.common.lock import LOCK_NAME
 from cdeit.precompute.head_stage import is_reusable
 
 if TYPE_CHECKING:
-    from cdeit.precompute.head import LinearHead
+    from cdeit.common.head import LinearHead
     from cdeit.precompute.run import Run
 
 

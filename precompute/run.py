@@ -26,13 +26,13 @@ from cdeit.common.errors import CdeitError
 from cdeit.common.tokens import TOKEN_TARGETS
 from cdeit.precompute.augmented import pass_augmented
 from cdeit.precompute.config import PrecomputeConfig
-from cdeit.precompute.head import HeadFit, LinearHead
+from cdeit.common.head import HeadFit, LinearHead
 from cdeit.precompute.head_stage import fit_if_ready, given_head, reusable_head
 from cdeit.precompute.passes import pass_features, pass_logits
 from cdeit.precompute.report import joined_accuracy, report
 from cdeit.precompute.resume import check_out_dir, manifest_sums
 from cdeit.precompute.storage import check_storage
-from cdeit.precompute.teacher import Teacher
+from cdeit.common.teacher import Teacher
 
 if TYPE_CHECKING:
     import torch
@@ -164,7 +164,7 @@ def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
 def prepare_run(cfg: PrecomputeConfig) -> Run:
     """Check the options against the dataset, pick the device and batch size, and build the teacher."""
     from cdeit.common.dataset import load_manifest, split_info
-    from cdeit.precompute.teacher import build_teacher
+    from cdeit.common.teacher import build_teacher
 
     data = load_manifest(cfg.data)
     _check_options(cfg)

@@ -154,7 +154,7 @@ def provenance(
     """The attributes every shard of one run shares (IDENTITY_KEYS), its informational keys and, only for a cache
     that differs from the paper's (a clean view or per-patch targets), the VIEW_KEYS.
 
-    `preprocessing` holds input_size, interpolation, mean, std and resize (precompute.preprocess); `teacher_grid`
+    `preprocessing` holds input_size, interpolation, mean, std and resize (common.preprocess); `teacher_grid`
     is the teacher's patch grid, which per-patch targets are pooled from onto the students' TARGET_GRID;
     `teacher_module` and its file's sha256 are written only for a teacher of the user's own code (--teacher-module).
     `augmentation` (AUG_KEYS: views, view_seed and the aug_ settings) only for a K-view cache (`--views K`).

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from cdeit.common.errors import CdeitError
-from cdeit.precompute.head import HeadFit, LinearHead, fit_head, load_head, save_head
-from cdeit.precompute.preprocess import DeviceResize, Preprocessing
+from cdeit.common.head import HeadFit, LinearHead, fit_head, load_head, save_head
+from cdeit.common.preprocess import DeviceResize, Preprocessing
 
 TEACHER = SimpleNamespace(name="stub", num_features=16, weights_hash="sha256:t")
 

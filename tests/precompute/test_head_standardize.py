@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cdeit.precompute.head import HeadFit, fit_head
+from cdeit.common.head import HeadFit, fit_head
 
 
 def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

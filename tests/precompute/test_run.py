@@ -27,7 +27,7 @@ from cdeit.common.cache import (
 )
 from cdeit.common.dataset import read_split
 from cdeit.common.errors import CdeitError
-from cdeit.precompute.head import LinearHead
+from cdeit.common.head import LinearHead
 from cdeit.precompute.run import precompute_teacher
 from tests.precompute.helpers import CLI_ARGS, config
 

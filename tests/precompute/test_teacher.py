@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from cdeit.common.errors import CdeitError
-from cdeit.precompute.teacher import build_teacher, own_head
+from cdeit.common.teacher import build_teacher, own_head
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from cdeit.common.cli import app
 from cdeit.common.errors import CdeitError
 from cdeit.common.hub import timm_weights_in_cache
-from cdeit.precompute.preprocess import DeviceResize
-from cdeit.precompute.teacher import build_teacher, import_teacher_module, own_head
+from cdeit.common.preprocess import DeviceResize
+from cdeit.common.teacher import build_teacher, import_teacher_module, own_head
 from tests.precompute.helpers import fake_hf_cache
 
 REPO = Path(__file__).resolve().parents[2]

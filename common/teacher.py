@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cdeit.common.console import console
 from cdeit.common.errors import CdeitError
 from cdeit.common.hub import DEFAULT_TEACHER, cached_snapshot, cached_weights, hub_cache_dir, hub_offline
-from cdeit.precompute.preprocess import Preprocessing, preprocessing_for
+from cdeit.common.preprocess import Preprocessing, preprocessing_for
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,7 @@ from cdeit.common.errors import CdeitError
 if TYPE_CHECKING:
     import torch
 
-    from cdeit.precompute.teacher import Teacher
+    from cdeit.common.teacher import Teacher
 
 
 @dataclass(frozen=True)
