@@ -25,10 +25,10 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 from cdeit.common.device import resolve_device  # noqa: E402
-from cdeit.precompute.features import extract_features  # noqa: E402
 from cdeit.common.preprocess import DeviceResize  # noqa: E402
-from cdeit.precompute.run import BATCH_CPU, BATCH_CUDA  # noqa: E402
 from cdeit.common.teacher import build_teacher  # noqa: E402
+from cdeit.precompute.features import extract_features  # noqa: E402
+from cdeit.precompute.run import BATCH_CPU, BATCH_CUDA  # noqa: E402
 
 FULL_DATASET = 539_000  # 495k train + 22k val + 22k test images
 

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
 def pass_features(run: Run, plan: list[ShardSpec], head: LinearHead | None) -> tuple[int, float]:
     """Pass 1 over this process's shards that have neither logits nor features yet; returns (images, seconds)."""
-    from cdeit.precompute.features import compute_feature_shards
     from cdeit.common.preprocess import DeviceResize
+    from cdeit.precompute.features import compute_feature_shards
 
     cfg, env = run.cfg, run.env
     mine = assign_shards(plan, cfg.shard_index, cfg.num_shards, env.rank, env.world)

@@ -23,16 +23,16 @@ from cdeit.common.dataset import SPLITS
 from cdeit.common.device import resolve_device
 from cdeit.common.distributed import DistEnv, barrier, dist_env, process_group
 from cdeit.common.errors import CdeitError
+from cdeit.common.head import HeadFit, LinearHead
+from cdeit.common.teacher import Teacher
 from cdeit.common.tokens import TOKEN_TARGETS
 from cdeit.precompute.augmented import pass_augmented
 from cdeit.precompute.config import PrecomputeConfig
-from cdeit.common.head import HeadFit, LinearHead
 from cdeit.precompute.head_stage import fit_if_ready, given_head, reusable_head
 from cdeit.precompute.passes import pass_features, pass_logits
 from cdeit.precompute.report import joined_accuracy, report
 from cdeit.precompute.resume import check_out_dir, manifest_sums
 from cdeit.precompute.storage import check_storage
-from cdeit.common.teacher import Teacher
 
 if TYPE_CHECKING:
     import torch

@@ -56,6 +56,19 @@ def train(
     ] = D.head_strategy,
     data: Annotated[str, typer.Option(help="Dataset directory from `cdeit data prepare`.")] = D.data,
     teacher_cache: Annotated[str | None, typer.Option(help="Cache from `cdeit precompute-teacher`.")] = D.teacher_cache,
+    online_teacher: Annotated[
+        bool,
+        typer.Option(
+            help="Run the cache's teacher (its weights and head, proved by their hashes) on every augmented batch "
+            "instead of reading its cached logits: the slow reference of docs/consistent-views.md."
+        ),
+    ] = D.online_teacher,
+    teacher_checkpoint: Annotated[
+        str | None, typer.Option(help="--online-teacher: the weights file the cache's teacher was computed from.")
+    ] = D.teacher_checkpoint,
+    teacher_module: Annotated[
+        str | None, typer.Option(help="--online-teacher: the --teacher-module file of the cache's teacher.")
+    ] = D.teacher_module,
     out: Annotated[str, typer.Option(help="Run directory (config, checkpoints, metrics, model).")] = D.out,
     config: Annotated[
         Path | None, typer.Option(help="Repeat a run: read RUN/config.json; options given override.")

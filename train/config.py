@@ -114,6 +114,9 @@ class TrainConfig:
     head_strategy: HeadStrategy | None = None  # CdeiT only; None -> "linear" (strategy 2, the paper's best)
     data: str = ""  # dataset directory from `cdeit data prepare`
     teacher_cache: str | None = None  # cache directory from `cdeit precompute-teacher` (soft / hard only)
+    online_teacher: bool = False  # run the cache's teacher on each augmented batch instead (train/online.py)
+    teacher_checkpoint: str | None = None  # --online-teacher: the weights file the cache's teacher was built from
+    teacher_module: str | None = None  # --online-teacher: the --teacher-module file the cache's teacher came from
     out: str = ""  # run directory
     # Table 1 of the paper
     epochs: int = 15
@@ -187,6 +190,7 @@ class TrainConfig:
         self._validate_numbers()
         self._validate_lambda()
         self._validate_align()
+        self._validate_online()
         check_model_kwargs(self.model_kwargs, self.student, self.resolved_head_strategy())
         return self
 
@@ -227,6 +231,20 @@ class TrainConfig:
                 f"--lambda {self.lam} does not enter CdeiT's {loss} loss, the plain average of the three tokens' "
                 "losses (paper 3.3); drop it, or use --distill soft with --head-strategy linear or mlp (Eq. 7)."
             )
+
+    def _validate_online(self) -> None:
+        """--online-teacher rebuilds the cache's teacher; its two file options mean nothing without it."""
+        if not self.online_teacher:
+            for name in ("teacher_checkpoint", "teacher_module"):
+                if getattr(self, name):
+                    raise CdeitError(
+                        f"--{name.replace('_', '-')} names the online teacher's files; add --online-teacher or drop it."
+                    )
+            return
+        if self.distill == "none":
+            raise CdeitError("--online-teacher runs a teacher to distil from, but --distill is none; drop it.")
+        if self.align:
+            raise CdeitError("--online-teacher gives the teacher's logits only; drop --align or train from the cache.")
 
     def _validate_align(self) -> None:
         for name, weight in self.align.items():

@@ -91,6 +91,17 @@ def make_targets(
     return Targets(label, teacher, corr, distill=distill, tau=tau if distill == "soft" else None, features=feats)
 
 
+def with_teacher(targets: Targets, teacher_logits: torch.Tensor, distill: DistillKind, tau: float) -> Targets:
+    """`targets` with the teacher targets of logits the teacher computed on the batch as augmented (not mixed)."""
+    check_distill(distill)
+    if distill == "none":
+        raise CdeitError("with_teacher needs --distill soft or hard.")
+    return replace(
+        targets, teacher=teacher_targets(teacher_logits, distill, tau), distill=distill,
+        tau=tau if distill == "soft" else None,
+    )  # fmt: skip
+
+
 def teacher_targets(teacher_logits: torch.Tensor, distill: Literal["soft", "hard"], tau: float) -> torch.Tensor:
     """Soft: tempered probabilities softmax(z_t / tau) (Eq. 4). Hard: one-hot argmax(z_t) (Eq. 5), unsmoothed."""
     z_t = teacher_logits.float()  # (B, C)

@@ -3,7 +3,7 @@
 The Trainer asks one `TeacherSource` for each batch's targets. A run loads it from the teacher cache
 (`load_teacher`: common.cache's `TeacherTargets`, a table on the device gathered by index or source id). Any
 other object with the same four members plugs in through `Trainer(cfg, teacher=...)`: bench/bench_train.py
-passes a teacher that runs online on each batch's images, the way DeiT and timm distil.
+passes one with random logits, and `--online-teacher` (train/online.py) runs the teacher on each augmented batch.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import torch
 
     from cdeit.common.cache import TeacherTargets
+    from cdeit.train.models import Normalise
+    from cdeit.train.online import OnlineTeacher
     from cdeit.train.replay import ViewReplay
 
 
@@ -49,17 +51,28 @@ def target_names(cfg: TrainConfig) -> tuple[str, ...]:
     return logits + tuple(k for k in ALIGN_TARGETS if k in cfg.align)
 
 
-def load_teacher(cfg: TrainConfig, device: torch.device) -> TeacherTargets | ViewReplay | None:
+def load_teacher(
+    cfg: TrainConfig, device: torch.device, normalise: Normalise | None = None
+) -> TeacherTargets | ViewReplay | OnlineTeacher | None:
     """The train split's cached targets that `cfg` uses, on `device` (None when it distils and aligns nothing).
 
     Only the tables the run reads are loaded: the paper's recipe loads one (N, classes) logit table even from a
     cache that also holds features. A K-view cache (`precompute-teacher --views K`) gives a `ViewReplay`
     (train/replay.py), which also renders each batch's images: the optional members `start_epoch(epoch)` and
-    `replay(batch) -> (uint8 images, Targets)` that the Trainer calls when a source has them.
+    `replay(batch) -> (uint8 images, Targets)` that the Trainer calls when a source has them. `--online-teacher`
+    gives an `OnlineTeacher` (train/online.py): the cache's teacher rebuilt, with the optional member
+    `teach_augmented(images)` that the Trainer calls on the student's erased and mixed batch (`normalise`: the
+    student's input normalisation, which it inverts).
     """
     names = target_names(cfg)
     if not names:
         return None
+    if cfg.online_teacher:
+        from cdeit.train.online import load_online_teacher
+
+        if normalise is None:
+            raise ValueError("an online teacher needs the student's Normalise")
+        return load_online_teacher(cfg, device, normalise)
     from cdeit.common.cache import load_teacher_targets, read_cache_manifest, views_of
 
     if views_of(read_cache_manifest(cfg.teacher_cache)["provenance"]):

@@ -129,7 +129,7 @@ class Trainer:
 
         self.teacher_names = target_names(cfg)  # logits to distil from, then the features --align compares
         if self.teacher is None:
-            self.teacher = load_teacher(cfg, dev)
+            self.teacher = load_teacher(cfg, dev, self.normalise)
         keys = self.teacher.fields if self.teacher is not None else ()
         self.batch_fields = (*TRAIN_FIELDS, *(k for k in keys if k not in TRAIN_FIELDS))  # + source: clean view
         self.train_loader = make_loader(
@@ -264,7 +264,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        from cdeit.train.mixing import make_targets, mix_batch
+        from cdeit.train.mixing import make_targets, mix_batch, with_teacher
 
         cfg = self.cfg
         images_u8, labels, corruption, *_ = batch  # then index, and `source` when the cache is keyed by source
@@ -273,15 +273,19 @@ class Trainer:
             images_u8, targets = replay(dict(zip(self.batch_fields, batch, strict=True)))
             images = self.normalise(images_u8)
         else:
-            teacher = self.teacher_for(dict(zip(self.batch_fields, batch, strict=True)))
+            online = getattr(self.teacher, "teach_augmented", None)  # a teacher run on the augmented batch itself
+            teacher = {} if online is not None else self.teacher_for(dict(zip(self.batch_fields, batch, strict=True)))
             features = {k: teacher[k] for k in self.alignment.names} if self.alignment is not None else None
-            targets = make_targets(labels, corruption, teacher.get("logits"), cfg.distill, cfg.tau,
-                                   cfg.label_smoothing, num_classes=self.num_classes, features=features)  # fmt: skip
+            targets = make_targets(labels, corruption, teacher.get("logits"), "none" if online else cfg.distill,
+                                   cfg.tau, cfg.label_smoothing, num_classes=self.num_classes,
+                                   features=features)  # fmt: skip
             images = self.normalise(images_u8)
             if self.erasing is not None:  # per-image erasing before batch mixing, in DeiT's order
                 images, targets = self.erasing(images, targets, self.erase_gen)
             images, targets = mix_batch(images, targets, cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob,
                                         cfg.cutmix_alpha, generator=self.mix_gen)  # fmt: skip
+            if online is not None:  # the teacher saw the mixed image: its target is not mixed
+                targets = with_teacher(targets, online(images), cfg.distill, cfg.tau)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             if self.alignment is None:
                 outputs = self.model(images)

@@ -16,11 +16,11 @@ from cdeit.common.cache import read_arrays, read_cache_manifest, verify_cache
 from cdeit.common.cli import app
 from cdeit.common.dataset import read_split
 from cdeit.common.errors import CdeitError
+from cdeit.common.preprocess import DeviceResize
+from cdeit.common.teacher import build_teacher
 from cdeit.common.tokens import cls_attention, pool_map, pool_patches
 from cdeit.precompute.features import extract_features, extract_targets
-from cdeit.common.preprocess import DeviceResize
 from cdeit.precompute.run import precompute_teacher
-from cdeit.common.teacher import build_teacher
 from tests.conftest import ALL_TARGETS
 from tests.precompute.helpers import config
 

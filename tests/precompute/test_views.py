@@ -45,10 +45,10 @@ def view_sums(cache: Path) -> dict[str, str]:
 
 
 def test_cache_holds_the_teachers_logits_on_each_rendered_view(views_cache: Path, tiny_dataset: Path) -> None:
-    from cdeit.precompute.features import extract_features
     from cdeit.common.head import load_head
     from cdeit.common.preprocess import DeviceResize
     from cdeit.common.teacher import build_teacher
+    from cdeit.precompute.features import extract_features
 
     m = read_cache_manifest(views_cache)
     assert m["complete"] and m["augmented"]["views"] == 2 and m["augmented"]["shards"] == 4
