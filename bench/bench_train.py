@@ -2,8 +2,8 @@
 at 224px on every batch (the DeiT / timm way), (c) the same student without distillation.
 
 All three use the same Trainer, data, student, batch and device in one process; (b) only replaces the
-cached-logit gather by a teacher forward on the batch, upsampled on the device, plugged in through the
-Trainer's `teacher=` extension point (train/teacher_source.py's `TeacherSource`). Also reports the share of
+cached-logit gather by a teacher forward on the erased and mixed batch, upsampled on the device: the teacher of
+`cdeit train --online-teacher` (train/online.py), plugged in through the Trainer's `teacher=` extension point. Also reports the share of
 step time the FFCV loader takes (one pass of the loader alone over the same number of batches).
 
     python bench/bench_train.py --data DATA [--batch-size 128] [--steps 20] [--device auto]
@@ -31,38 +31,24 @@ from cdeit.common.cache import TeacherTargets  # noqa: E402
 from cdeit.common.dataset import load_manifest  # noqa: E402
 from cdeit.common.device import resolve_device  # noqa: E402
 from cdeit.train.config import TrainConfig  # noqa: E402
+from cdeit.train.online import OnlineTeacher  # noqa: E402
 from cdeit.train.teacher_source import TeacherSource  # noqa: E402
 from cdeit.train.trainer import Trainer  # noqa: E402
 
 TEACHER = "deit3_small_patch16_224"
 
 
-class OnlineTeacher:
-    """(b): a `TeacherSource` (train/teacher_source.py) that runs the teacher on each batch's images, upsampled
-    on the device to its input size, under no_grad (bf16 autocast on CUDA, as the student)."""
+def online_teacher(name: str, num_classes: int, device: torch.device, autocast: bool) -> OnlineTeacher:
+    """(b): `cdeit train --online-teacher`'s teacher (train/online.py), with random weights and a random 10-way head:
+    each batch is erased and mixed first, then the teacher reads it upsampled on the device (bf16 on CUDA)."""
+    from cdeit.common.head import LinearHead
+    from cdeit.common.teacher import build_teacher
+    from cdeit.train.models import CIFAR10_MEAN, CIFAR10_STD, Normalise
 
-    view = "same"  # the teacher sees each sample itself, before augmentation
-    fields = ("image",)
-
-    def __init__(self, name: str, num_classes: int, device: torch.device, autocast: bool):
-        import timm
-
-        from cdeit.common.preprocess import DeviceResize, preprocessing_for
-
-        self.model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-        self.model = self.model.to(device).eval().requires_grad_(False)
-        cuda = device.type == "cuda"
-        if cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.resize = DeviceResize(preprocessing_for(self.model), device, channels_last=cuda)
-        self.device, self.autocast = device, autocast
-        self.shapes = {"logits": (num_classes,)}
-
-    @torch.no_grad()
-    def targets_for(self, batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(self.resize(batch["image"])).float()
-        return {"logits": logits}
+    teacher = build_teacher(name, random_weights=True)
+    head = LinearHead(torch.randn(num_classes, teacher.num_features) * 0.02, torch.zeros(num_classes))
+    student_normalise = Normalise(CIFAR10_MEAN, CIFAR10_STD, device)
+    return OnlineTeacher(teacher, head, student_normalise, device, autocast)
 
 
 def cached_table(num_samples: int, num_classes: int, device: torch.device) -> TeacherTargets:
@@ -128,7 +114,7 @@ def build_trainers(
     autocast = dev.type == "cuda"  # the Trainer's bf16 autocast on CUDA (TrainConfig's default precision)
     teachers: dict[str, TeacherSource] = {
         "a_cached": cached_table(n, classes, dev),
-        "b_online": OnlineTeacher(TEACHER, classes, dev, autocast),
+        "b_online": online_teacher(TEACHER, classes, dev, autocast),
     }
     hard = dict(student="deit", distill="hard", **common)
     runs = {
