@@ -3,8 +3,8 @@ at 224px on every batch (the DeiT / timm way), (c) the same student without dist
 
 All three use the same Trainer, data, student, batch and device in one process; (b) only replaces the
 cached-logit gather by a teacher forward on the erased and mixed batch, upsampled on the device: the teacher of
-`cdeit train --online-teacher` (train/online.py), plugged in through the Trainer's `teacher=` extension point. Also reports the share of
-step time the FFCV loader takes (one pass of the loader alone over the same number of batches).
+`cdeit train --online-teacher` (train/online.py), plugged in through the Trainer's `teacher=` extension point.
+Also reports the share of step time the FFCV loader takes (one pass of the loader alone over as many batches).
 
     python bench/bench_train.py --data DATA [--batch-size 128] [--steps 20] [--device auto]
 """
@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
