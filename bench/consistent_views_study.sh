@@ -4,16 +4,18 @@
 #   a  today's cache (the teacher on each clean sample; targets mixed with the images)
 #   b  a K-view cache, K = epochs (the teacher's logits on the exact erased and mixed images, replayed)
 #   c  the teacher run online on each augmented batch (`cdeit train --online-teacher`)
-# Usage: bash bench/consistent_views_study.sh DATA OUT BASELINES [ARMS]
+#   vit  ViT without distillation (the mCE baseline), trained into OUT/vit-none-sSEED
+# Usage: [EPOCHS=3] [SEEDS="0 1 2"] bash bench/consistent_views_study.sh DATA OUT BASELINES [ARMS]
 #   DATA: a dataset built as in docs/results.md; OUT: the study folder (caches, runs, times.txt, compare.*);
-#   BASELINES: a folder with vit-none-s0..2 (the mCE baseline, e.g. bench/real_teacher_study.sh's runs);
-#   ARMS: which arms to run (default "a b c"). Finished caches, runs and evaluations are skipped.
+#   BASELINES: a folder with vit-none-sSEED for each seed (the mCE baseline: OUT itself with the vit arm, or
+#   bench/real_teacher_study.sh's runs at its 3 epochs); ARMS: which arms to run, in order (default "a b c").
+#   EPOCHS is also the K of cache b. Finished caches, runs and evaluations are skipped.
 # Needs ../shared/models (the ResNet-20 weights; SHARED=DIR elsewhere); set CDEIT to the cdeit command to use another install.
 set -euo pipefail
 data=$1; out=$2; baselines=$3; arms=${4:-a b c}
 cdeit=${CDEIT:-cdeit}
 here=$(cd "$(dirname "$0")/.." && pwd)
-epochs=3
+epochs=${EPOCHS:-3}
 shared=${SHARED:-$here/../shared}  # the shared folder beside the checkout
 weights=$shared/models/resnet20_cifar10.safetensors
 module=$here/examples/cifar_resnet.py
@@ -35,19 +37,22 @@ if [[ " $arms " == *" b "* ]] && [ ! -f "$out/cache-b/manifest.json" ]; then
   $cdeit cache info "$out/cache-b"
   $cdeit cache verify "$out/cache-b" --data "$data" --full
 fi
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   for arm in $arms; do
-    run=$out/deit-soft-$arm-s$seed
     case $arm in
-      a) source=(--teacher-cache "$out/cache-a") ;;
-      b) source=(--teacher-cache "$out/cache-b") ;;
-      c) source=(--teacher-cache "$out/cache-a" --online-teacher --teacher-checkpoint "$weights"
-                 --teacher-module "$module") ;;
+      vit) name=vit-none-s$seed; train=(--student vit --distill none) ;;
+      a) name=deit-soft-a-s$seed; train=(--student deit --distill soft --teacher-cache "$out/cache-a") ;;
+      b) name=deit-soft-b-s$seed; train=(--student deit --distill soft --teacher-cache "$out/cache-b") ;;
+      c) name=deit-soft-c-s$seed; train=(--student deit --distill soft --teacher-cache "$out/cache-a" --online-teacher
+                                          --teacher-checkpoint "$weights" --teacher-module "$module") ;;
+      *) echo "unknown arm $arm (choose from vit a b c)" >&2; exit 2 ;;
     esac
-    [ -f "$run/summary.json" ] || timed "deit-soft-$arm-s$seed" $cdeit train --student deit --distill soft \
-      --data "$data" --out "$run" --seed "$seed" "${source[@]}" "${budget[@]}"
+    run=$out/$name
+    [ -f "$run/summary.json" ] || timed "$name" $cdeit train --data "$data" --out "$run" --seed "$seed" \
+      "${train[@]}" "${budget[@]}"
     [ -f "$run/eval/test.json" ] || $cdeit evaluate "$run" --split test --baseline "$baselines/vit-none-s$seed" \
       --teacher-cache "$out/cache-a" --device cpu --batch-size 512 --workers 2
   done
 done
-$cdeit compare "$out"/deit-soft-?-s? --out "$out" --split test
+runs=(); for run in "$out"/deit-soft-?-s* "$out"/vit-none-s*; do [ -d "$run" ] && runs+=("$run"); done
+$cdeit compare "${runs[@]}" --out "$out" --split test
