@@ -25,7 +25,19 @@ from cdeit.common.errors import CdeitError
 from cdeit.train.config import DEFAULT_HEAD_STRATEGY
 from cdeit.train.study import PLAN, planned_runs, read_plan
 
-NOT_GROUPED = ("seed", "out", "workers", "eval_every", "eval_batch_size", "device", "compile", "data", "teacher_cache")
+NOT_GROUPED = (
+    "seed",
+    "out",
+    "workers",
+    "eval_every",
+    "eval_batch_size",
+    "device",
+    "compile",
+    "data",
+    "teacher_cache",
+    "teacher_checkpoint",
+    "teacher_module",
+)  # paths; a cache's teaching enters the key by content
 METRICS = ("accuracy", "clean", "corrupted", "mce", "ece")
 TITLES = {"accuracy": "accuracy (%)", "clean": "clean accuracy (%)", "corrupted": "corrupted accuracy (%)",
           "mce": "mCE (%)", "ece": "ECE"}  # fmt: skip
@@ -67,8 +79,12 @@ class Group:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def group_key(config: dict[str, Any]) -> str:
+def group_key(config: dict[str, Any], teaching: dict[str, Any] | None = None) -> str:
+    """A hash of the settings that make a configuration, seed and paths excluded; `teaching`: what the run's
+    cache stores (a K-view cache's K and augmentation settings, `_teaching`), so its runs form their own group."""
     kept = {k: v for k, v in sorted(config.items()) if k not in NOT_GROUPED}
+    if teaching:
+        kept["teaching"] = teaching
     default = DEFAULT_HEAD_STRATEGY if kept.get("student") == "cdeit" else None
     kept["head_strategy"] = kept.get("head_strategy") or default
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
@@ -102,7 +118,7 @@ def _load_run(run: Path, split: str, name: str | None = None) -> RunResult:
     }
     seed = config["seed"]
     name = name or run.name.removesuffix(f"-s{seed}")  # runs/deit-soft-s1 is one of the group deit-soft
-    return RunResult(run, group_key(config), name, seed, config, result, summary, metrics)
+    return RunResult(run, group_key(config, _teaching(config)), name, seed, config, result, summary, metrics)
 
 
 def collect(paths: list[Path], split: str) -> tuple[list[RunResult], dict[str, Any]]:
@@ -146,13 +162,32 @@ def group_runs(runs: list[RunResult]) -> list[Group]:
 
 
 # ------------------------------------------------------------------------------------------ checks
-def _cache_identity(cache: str) -> str:
-    """What makes two caches the same: their manifest's provenance (less per-machine details), else the path."""
+def _provenance(cache: str) -> dict[str, Any] | None:
     try:
         provenance = json.loads((Path(cache) / "manifest.json").read_text())["provenance"]
-    except (OSError, KeyError, json.JSONDecodeError):
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    return provenance if isinstance(provenance, dict) else None
+
+
+def _cache_identity(cache: str) -> str:
+    """What makes two caches the same teacher: their manifest's provenance less per-machine details and less what
+    a K-view cache adds (its views are another way to teach from that teacher, a group of its own), else the path."""
+    from cdeit.common.views import AUG_KEYS
+
+    provenance = _provenance(cache)
+    if provenance is None:
         return str(Path(cache).resolve())
-    return json.dumps({k: v for k, v in provenance.items() if k not in CACHE_INFO_KEYS}, sort_keys=True)
+    skip = (*CACHE_INFO_KEYS, *AUG_KEYS)
+    return json.dumps({k: v for k, v in provenance.items() if k not in skip}, sort_keys=True)
+
+
+def _teaching(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A K-view cache's K and augmentation settings (its runs replay them), None for a plain cache or none."""
+    from cdeit.common.cache import augmentation_of
+
+    provenance = _provenance(config["teacher_cache"]) if _uses_cache(config) else None
+    return (augmentation_of(provenance) or None) if provenance else None
 
 
 def _uses_cache(config: dict[str, Any]) -> bool:
@@ -177,7 +212,7 @@ def check_comparable(runs: list[RunResult]) -> dict[str, list[RunResult]]:
         a, b = list(identities.values())[:2]
         raise CdeitError(
             f"{a.path} and {b.path} were distilled from different teacher caches ({a.config['teacher_cache']}, "
-            f"{b.config['teacher_cache']}); compare runs that share one cache."
+            f"{b.config['teacher_cache']}); compare runs taught by one teacher (its K-view caches may differ)."
         )
     return caches
 
@@ -352,6 +387,9 @@ def cache_savings(caches: dict[str, list[RunResult]]) -> list[str]:
     if not caches:
         return ["No compared run read a teacher cache (no distillation), so the cache saved nothing here."]
     lines = []
+    online = [r for runs in caches.values() for r in runs if r.config.get("online_teacher")]
+    cached_runs = {p: [r for r in runs if not r.config.get("online_teacher")] for p, runs in caches.items()}
+    caches = {p: runs for p, runs in cached_runs.items() if runs}
     for path, runs in caches.items():
         try:
             seconds = _recorded_seconds(json.loads((Path(path) / "manifest.json").read_text()))
@@ -363,6 +401,12 @@ def cache_savings(caches: dict[str, list[RunResult]]) -> list[str]:
             f"Teacher cache `{path}`: {paid} paid once, reused by {len(runs)} runs; a trainer running the teacher "
             f"online would have added about {train_s * (ONLINE_SLOWDOWN - 1):,.0f} s to their {train_s:,.0f} s of "
             f"training (x{ONLINE_SLOWDOWN} per step, the ratio measured in {ONLINE_SLOWDOWN_SOURCE})."
+        )
+    if online:
+        train_s = sum(r.summary.get("train_seconds") or 0 for r in online)
+        lines.append(
+            f"{len(online)} run{'s' if len(online) > 1 else ''} ran the teacher online instead (`--online-teacher`), "
+            f"{train_s:,.0f} s of training in all, the teacher's forward passes included."
         )
     return lines
 

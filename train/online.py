@@ -39,6 +39,7 @@ class OnlineTeacher:
 
     view = "augmented"
     fields = ("image",)
+    description = "run online on every erased and mixed batch"
 
     def __init__(self, teacher: Teacher, head: LinearHead, normalise: Normalise, device: torch.device, amp: bool):
         from cdeit.common.preprocess import DeviceResize

@@ -27,7 +27,8 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoints/last.pt"
 # settings a resume may change: they do not alter what is trained (paths are compared by identity instead)
 RESUME_FREE = ("workers", "eval_every", "eval_batch_size", "device")
-PATH_FIELDS = ("data", "teacher_cache", "out")
+# paths stored absolute, and compared on resume by what they hold (the online teacher's files: by the cache's hashes)
+PATH_FIELDS = ("data", "teacher_cache", "out", "teacher_checkpoint", "teacher_module")
 VERSIONED = ("cdeit", "torch", "timm", "ffcv", "numpy")
 
 
@@ -40,8 +41,13 @@ def io_error(path: Path, exc: OSError) -> CdeitError:
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """The same settings with data, teacher cache and run directory as absolute paths."""
-    resolved = {k: str(Path(v).expanduser().resolve()) for k in PATH_FIELDS if (v := getattr(cfg, k))}
+    """The same settings with data, teacher cache, run directory and the online teacher's files as absolute paths
+    (a --teacher-module given as a dotted module name stays a name)."""
+    resolved = {
+        k: str(Path(v).expanduser().resolve())
+        for k in PATH_FIELDS
+        if (v := getattr(cfg, k)) and (k != "teacher_module" or Path(v).expanduser().is_file())
+    }
     return dataclasses.replace(cfg, **resolved)
 
 
@@ -54,13 +60,17 @@ def data_identity(data: str | Path) -> dict[str, str]:
 
 
 def cache_identity(cache: str | Path) -> str:
-    """sha256 over the cache's logit shards (file name and checksum) and its head: its content, not its path."""
+    """sha256 over the cache's logit shards (file name and checksum), its head and, for a K-view cache, its view
+    shards: its content, not its path (a plain cache's identity is what it was before K-view caches existed)."""
     from cdeit.common.cache import read_cache_manifest
 
     manifest = read_cache_manifest(cache)
     shards = sorted((e["file"], e["sha256"]) for e in manifest.get("shards", []))
     head = (manifest.get("head") or {}).get("hash")
-    return hashlib.sha256(json.dumps({"shards": shards, "head": head}).encode()).hexdigest()
+    content: dict[str, Any] = {"shards": shards, "head": head}
+    if manifest.get("augmented_shards"):  # the views a run replays are part of what it trained on
+        content["augmented_shards"] = sorted((e["file"], e["sha256"]) for e in manifest["augmented_shards"])
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()
 
 
 def _git_commit() -> str | None:

@@ -457,10 +457,9 @@ class Trainer:
                 )
             if self.beyond_paper_teacher:
                 aligned = ", ".join(f"{k} x{w:g}" for k, w in cfg.align.items()) or "none"
-                console.print(
-                    f"teacher: {self.teacher.view}-view cache joined by {', '.join(self.teacher.fields)}; "
-                    f"alignment: {aligned} ({cfg.align_metric})"
-                )
+                where = getattr(self.teacher, "description", None)  # a source that is not a cache says what it is
+                where = where or f"{self.teacher.view}-view cache joined by {', '.join(self.teacher.fields)}"
+                console.print(f"teacher: {where}; alignment: {aligned} ({cfg.align_metric})")
         remaining = (cfg.epochs - self.state.epoch) * self.steps_per_epoch
         with progress_bar("training", remaining, unit="steps") as advance:
             for epoch in range(self.state.epoch, cfg.epochs):

@@ -98,15 +98,23 @@ def test_the_teacher_reads_the_erased_and_mixed_batch(
     assert torch.allclose(targets.label, label * targets.weight + label[targets.perm] * (1 - targets.weight))
 
 
-def test_a_run_with_the_online_teacher(teacher_files: tuple[Path, Path], tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_run_with_the_online_teacher(
+    teacher_files: tuple[Path, Path],
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     from cdeit.common.cli import run_command
 
     weights, cache = teacher_files
     run = tmp_path / "run"
+    monkeypatch.chdir(weights.parent)  # a relative --teacher-checkpoint is stored absolute
     run_command(["train", "--student", "deit", "--distill", "hard", "--data", str(tiny_dataset), "--teacher-cache",
-                 str(cache), "--online-teacher", "--teacher-checkpoint", str(weights), "--out", str(run),
+                 str(cache), "--online-teacher", "--teacher-checkpoint", weights.name, "--out", str(run),
                  "--epochs", "1", "--batch-size", "32", "--warmup-epochs", "0.5", "--workers", "1",
                  "--eval-batch-size", "64", "--model-kwargs", json.dumps(TINY)])  # fmt: skip
+    assert "teacher: run online on every erased and mixed batch" in " ".join(capsys.readouterr().err.split())
     summary = json.loads((run / "summary.json").read_text())
     saved = json.loads((run / "config.json").read_text())
     assert summary["teacher_view"] == "augmented" and summary["steps"] == 6

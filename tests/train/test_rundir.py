@@ -209,3 +209,21 @@ def test_checkpoint_keeps_the_epoch_record(tiny_dataset: Path, tmp_path: Path, o
     train(_cfg(tiny_dataset, tmp_path / "run"))
     payload = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert payload["record"]["epoch"] == 1 and "val_acc" in payload["record"]
+
+
+def test_cache_identity_covers_the_views_a_run_replays(views_cache: Path, same_feature_cache: Path) -> None:
+    """A K-view cache's identity covers its view shards; a plain cache's is what it always was."""
+    import hashlib
+
+    from cdeit.common.cache import read_cache_manifest
+    from cdeit.train.rundir import cache_identity
+
+    def logits_and_head(cache: Path) -> str:
+        manifest = read_cache_manifest(cache)
+        shards = sorted((e["file"], e["sha256"]) for e in manifest["shards"])
+        content = {"shards": shards, "head": manifest["head"]["hash"]}
+        return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+
+    assert cache_identity(same_feature_cache) == logits_and_head(same_feature_cache)
+    assert read_cache_manifest(views_cache)["augmented_shards"]
+    assert cache_identity(views_cache) != logits_and_head(views_cache)

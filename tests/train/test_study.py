@@ -388,3 +388,31 @@ def test_paper_table_puts_the_papers_numbers_beside_the_measured_ones() -> None:
     assert rows[0][0] == "-"  # the ViT has no head strategy
     (line,) = cache_savings({"cache/": groups[0].runs})
     assert "time not recorded" in line and "reused by 2 runs" in line and f"{20 * 3.49:,.0f} s" in line
+
+
+def test_compare_groups_each_way_to_teach_from_one_teacher(study: dict, tmp_path: Path) -> None:
+    """A plain cache, a K-view cache of the same teacher and the online teacher are three groups, comparable."""
+    from cdeit.common.views import AUG_KEYS
+
+    run = next(r for r in sorted((study["dir"] / "runs").iterdir()) if r.name.startswith("cdeit-"))
+    teacher = {"teacher": "t", "weights_hash": "sha256:w", "head_hash": "sha256:h"}
+    views = {k: 0.5 for k in AUG_KEYS} | {"views": 3, "view_seed": 0}
+    caches = {"plain": teacher, "views": teacher | views, "other": teacher | {"weights_hash": "x"}}
+    for name, provenance in caches.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"provenance": provenance}))
+    arms = {"a": ("plain", {}), "b": ("views", {}), "c": ("plain", {"online_teacher": True})}
+    for arm, (cache, extra) in arms.items():
+        shutil.copytree(run, tmp_path / arm)
+        config = json.loads((run / "config.json").read_text()) | {"distill": "soft"} | extra
+        config["teacher_cache"] = str(tmp_path / cache)
+        (tmp_path / arm / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["compare", *(str(tmp_path / a) for a in arms), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "o" / "compare.md").read_text()
+    assert all(f"| CdeiT ({arm}) | soft | linear | 1 |" in table for arm in arms), table  # 3 groups, not 1 of 3
+    assert "reused by 1 runs" in table and "1 run ran the teacher online instead" in table
+    config = json.loads((tmp_path / "a" / "config.json").read_text()) | {"teacher_cache": str(tmp_path / "other")}
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["compare", *(str(tmp_path / a) for a in arms), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "different teacher caches" in result.output
