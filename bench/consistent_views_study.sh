@@ -13,6 +13,9 @@
 # Needs ../shared/models (the ResNet-20 weights; SHARED=DIR elsewhere); set CDEIT to the cdeit command to use another install.
 set -euo pipefail
 data=$1; out=$2; baselines=$3; arms=${4:-a b c}
+for arm in $arms; do
+  case $arm in vit|a|b|c) ;; *) echo "unknown arm $arm: choose from vit a b c" >&2; exit 2 ;; esac
+done
 cdeit=${CDEIT:-cdeit}
 here=$(cd "$(dirname "$0")/.." && pwd)
 epochs=${EPOCHS:-3}
@@ -45,7 +48,6 @@ for seed in ${SEEDS:-0 1 2}; do
       b) name=deit-soft-b-s$seed; train=(--student deit --distill soft --teacher-cache "$out/cache-b") ;;
       c) name=deit-soft-c-s$seed; train=(--student deit --distill soft --teacher-cache "$out/cache-a" --online-teacher
                                           --teacher-checkpoint "$weights" --teacher-module "$module") ;;
-      *) echo "unknown arm $arm (choose from vit a b c)" >&2; exit 2 ;;
     esac
     run=$out/$name
     [ -f "$run/summary.json" ] || timed "$name" $cdeit train --data "$data" --out "$run" --seed "$seed" \

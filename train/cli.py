@@ -122,7 +122,7 @@ def train(
         str, typer.Option(help="cosine | mse: distance of the projected embedding and patch features.")
     ] = D.align_metric,
 ) -> None:
-    """Train a ViT / DeiT / CdeiT student; the teacher never runs, its cached logits are joined by index."""
+    """Train a ViT / DeiT / CdeiT student from cached teacher logits joined by index (--online-teacher: run it)."""
     from cdeit.common.console import out as stdout
     from cdeit.train.rundir import resume_config
     from cdeit.train.trainer import train as run_training

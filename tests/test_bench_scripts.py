@@ -1,0 +1,39 @@
+"""The analysis scripts under bench/ that docs cite run on a small cache (their numbers are the docs' business)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _module(name: str):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_on_views_scores_every_kind_of_target(views_cache: Path, tiny_dataset: Path) -> None:
+    from cdeit.common.cache import load_augmented_views
+
+    result = _module("teacher_on_views").measure(str(views_cache), str(tiny_dataset), 3.0)
+    views = load_augmented_views(views_cache, tiny_dataset)
+    mixed = int((views.params.mode == 1).sum())
+    assert result["clean sample (plain cache)"]["n"] == 220
+    kinds = [k for k in result if k.startswith("view,")]
+    assert sum(result[k]["n"] for k in kinds) == 220 * views.views  # every view counted once
+    assert result["Mixup pairs, blended clean targets (default trainer)"]["n"] == mixed > 0
+    for r in result.values():
+        assert 0 <= r["accuracy"] <= 1 and 0.1 <= r["confidence"] <= 1  # probabilities of 10 classes
+
+
+def test_study_script_is_valid_bash_and_refuses_an_unknown_arm(tmp_path: Path) -> None:
+    script = BENCH / "consistent_views_study.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    out = tmp_path / "study"
+    done = subprocess.run(["bash", str(script), "DATA", str(out), "BASE", "a z"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown arm z: choose from vit a b c" in done.stderr
+    assert not out.exists()  # refused before any work
