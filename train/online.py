@@ -107,7 +107,8 @@ def load_online_teacher(cfg: TrainConfig, device: torch.device, normalise: Norma
             f"cache {cache}'s teacher {prov['teacher']} comes from --teacher-module {module}; pass the same file "
             "as --teacher-module FILE."
         )
-    teacher = build_teacher(prov["teacher"], cfg.teacher_checkpoint, module=cfg.teacher_module)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # build_teacher seeds torch:
+        teacher = build_teacher(prov["teacher"], cfg.teacher_checkpoint, module=cfg.teacher_module)  # keep the run's
     _check_same_teacher(cache, prov, teacher, cfg)
     head = load_head(cache / HEAD_FILE, teacher, len(prov["classes"]))
     if head.hash != prov.get("head_hash"):
@@ -115,12 +116,17 @@ def load_online_teacher(cfg: TrainConfig, device: torch.device, normalise: Norma
             f"{cache / HEAD_FILE} (head {head.hash[:19]}) is not the head of cache {cache}'s logits "
             f"({str(prov.get('head_hash'))[:19]}); run `cdeit cache verify {cache}`."
         )
-    amp = prov.get("compute_dtype") == "bfloat16"
+    amp = cache_amp(prov)
     console.print(
         f"teacher: {teacher.name} online on every augmented batch ({teacher.weights_source}; weights and head "
         f"of cache {cache}, {'bf16' if amp and device.type == 'cuda' else 'float32'})"
     )
     return OnlineTeacher(teacher, head, normalise, device, amp)
+
+
+def cache_amp(provenance: Mapping[str, Any]) -> bool:
+    """Whether the cache's teacher ran under bf16 autocast (a CUDA precompute records "bfloat16-autocast")."""
+    return str(provenance.get("compute_dtype", "")).startswith("bfloat16")
 
 
 def _check_same_teacher(cache: Path, prov: Mapping[str, Any], teacher: Teacher, cfg: TrainConfig) -> None:

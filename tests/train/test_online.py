@@ -170,3 +170,27 @@ def test_a_teacher_module_cache(tiny_dataset: Path, tmp_path: Path) -> None:
     images = split_tensors(tiny_dataset, "train", "cpu", ("image",))["image"][:64]
     online = trainer.teacher.targets_for({"image": images}, ("logits",))["logits"]
     assert torch.allclose(online, load_teacher_logits(cache, tiny_dataset, "train")[:64], atol=1e-4)
+
+
+def test_rebuilding_the_teacher_leaves_the_run_s_random_state(
+    teacher_files: tuple[Path, Path], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Drop-path and anything else on torch's global generator draw as in a cached run of the same seed."""
+    weights, cache = teacher_files
+    states = {}
+    for online in (True, False):
+        cfg = _cfg(tiny_dataset, cache, weights if online else None, tmp_path / str(online), seed=3)
+        Trainer(dataclasses.replace(cfg, online_teacher=online))
+        states[online] = torch.get_rng_state()
+    assert torch.equal(states[True], states[False])
+
+
+def test_a_bf16_cache_runs_its_teacher_under_bf16() -> None:
+    """The dtype a precompute records (precompute.run.Run.compute_dtype) decides the online teacher's autocast."""
+    from cdeit.precompute.run import Run
+    from cdeit.train.online import cache_amp
+
+    for device, amp in (("cuda", True), ("cpu", False)):
+        run = Run.__new__(Run)
+        run.device = torch.device(device)
+        assert cache_amp({"compute_dtype": run.compute_dtype}) is amp
