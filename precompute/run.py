@@ -104,6 +104,7 @@ class Run:
             teacher_module=t.module.name if t.module else None,
             teacher_module_sha256=t.module.sha256 if t.module else None,
             augmentation=self.view_settings(),
+            teacher_spec=None if self.cfg.checkpoint or t.random_weights else self.cfg.teacher,
         )
 
     def view_settings(self) -> dict[str, Any] | None:

@@ -82,7 +82,10 @@ class Group:
 def group_key(config: dict[str, Any], teaching: dict[str, Any] | None = None) -> str:
     """A hash of the settings that make a configuration, seed and paths excluded; `teaching`: what the run's
     cache stores (a K-view cache's K and augmentation settings, `_teaching`), so its runs form their own group."""
-    kept = {k: v for k, v in sorted(config.items()) if k not in NOT_GROUPED}
+    from cdeit.train.config import TrainConfig
+
+    full = TrainConfig().to_json() | config  # a setting added since a run was made takes its default
+    kept = {k: v for k, v in sorted(full.items()) if k not in NOT_GROUPED}
     if teaching:
         kept["teaching"] = teaching
     default = DEFAULT_HEAD_STRATEGY if kept.get("student") == "cdeit" else None
@@ -228,7 +231,8 @@ def _predictions(run: RunResult, split: str) -> dict[str, np.ndarray]:
 def _baseline_key(path: str) -> str:
     """The group a stored mCE's baseline run belongs to (its settings less the seed), else its path."""
     try:
-        return group_key(json.loads((Path(path) / "config.json").read_text()))
+        config = json.loads((Path(path) / "config.json").read_text())
+        return group_key(config, _teaching(config))
     except (OSError, json.JSONDecodeError, AttributeError):
         return path
 

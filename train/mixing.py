@@ -96,6 +96,11 @@ def with_teacher(targets: Targets, teacher_logits: torch.Tensor, distill: Distil
     check_distill(distill)
     if distill == "none":
         raise CdeitError("with_teacher needs --distill soft or hard.")
+    if teacher_logits.shape != targets.label.shape:
+        raise CdeitError(
+            f"teacher logits have shape {tuple(teacher_logits.shape)} but the batch needs "
+            f"{tuple(targets.label.shape)}; check that the teacher's head matches the dataset's classes."
+        )
     return replace(
         targets, teacher=teacher_targets(teacher_logits, distill, tau), distill=distill,
         tau=tau if distill == "soft" else None,

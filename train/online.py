@@ -13,6 +13,7 @@ the reference arm of docs/consistent-views.md.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,14 +108,23 @@ def load_online_teacher(cfg: TrainConfig, device: torch.device, normalise: Norma
             f"cache {cache}'s teacher {prov['teacher']} comes from --teacher-module {module}; pass the same file "
             "as --teacher-module FILE."
         )
+    _check_module_file(cache, prov, cfg)  # before the file is imported, which runs its code
+    if not (cache / HEAD_FILE).is_file() or not prov.get("head_hash"):
+        raise CdeitError(
+            f"cache {cache} has no {HEAD_FILE} (or no head_hash) to rebuild its teacher's head from; run "
+            f"`cdeit cache verify {cache}` and finish or recompute the cache."
+        )
+    # the name asked for at precompute (`name.tag`, `hf-hub:org/repo`) finds the same weights; a checkpoint file
+    # loads into the architecture's name
+    name = prov["teacher"] if cfg.teacher_checkpoint else prov.get("teacher_spec") or prov["teacher"]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # build_teacher seeds torch:
-        teacher = build_teacher(prov["teacher"], cfg.teacher_checkpoint, module=cfg.teacher_module)  # keep the run's
+        teacher = build_teacher(name, cfg.teacher_checkpoint, module=cfg.teacher_module)  # keep the run's stream
     _check_same_teacher(cache, prov, teacher, cfg)
     head = load_head(cache / HEAD_FILE, teacher, len(prov["classes"]))
-    if head.hash != prov.get("head_hash"):
+    if head.hash != prov["head_hash"]:
         raise CdeitError(
             f"{cache / HEAD_FILE} (head {head.hash[:19]}) is not the head of cache {cache}'s logits "
-            f"({str(prov.get('head_hash'))[:19]}); run `cdeit cache verify {cache}`."
+            f"({prov['head_hash'][:19]}); run `cdeit cache verify {cache}`."
         )
     amp = cache_amp(prov)
     console.print(
@@ -129,12 +139,26 @@ def cache_amp(provenance: Mapping[str, Any]) -> bool:
     return str(provenance.get("compute_dtype", "")).startswith("bfloat16")
 
 
-def _check_same_teacher(cache: Path, prov: Mapping[str, Any], teacher: Teacher, cfg: TrainConfig) -> None:
-    """The rebuilt teacher has the cache's module file, weights and preprocessing, one sentence per difference."""
-    if teacher.module is not None and prov.get("teacher_module_sha256") not in (None, teacher.module.sha256):
+def _check_module_file(cache: Path, prov: Mapping[str, Any], cfg: TrainConfig) -> None:
+    """A --teacher-module file has the sha256 the cache recorded (a dotted module name is checked after import)."""
+    path = Path(cfg.teacher_module or "")
+    want = prov.get("teacher_module_sha256")
+    if not (cfg.teacher_module and want and path.is_file()):
+        return
+    have = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    if have != want:
         raise CdeitError(
             f"--teacher-module {cfg.teacher_module} is not the file cache {cache} was computed with "
-            f"(sha256 {teacher.module.sha256[:19]}, cache {prov['teacher_module_sha256'][:19]}); pass that file."
+            f"(sha256 {have[:19]}, cache {want[:19]}); pass that file."
+        )
+
+
+def _check_same_teacher(cache: Path, prov: Mapping[str, Any], teacher: Teacher, cfg: TrainConfig) -> None:
+    """The rebuilt teacher has the cache's module, weights and preprocessing, one sentence per difference."""
+    if teacher.module is not None and prov.get("teacher_module_sha256") not in (None, teacher.module.sha256):
+        raise CdeitError(
+            f"--teacher-module {cfg.teacher_module} is not the module cache {cache} was computed with "
+            f"(sha256 {teacher.module.sha256[:19]}, cache {prov['teacher_module_sha256'][:19]}); pass that one."
         )
     if teacher.weights_hash != prov["weights_hash"]:
         given = f"--teacher-checkpoint {cfg.teacher_checkpoint}" if cfg.teacher_checkpoint else teacher.weights_source

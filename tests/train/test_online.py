@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from cdeit.common.cache import HEAD_FILE, load_teacher_logits
 from cdeit.common.errors import CdeitError
+from cdeit.common.head import LinearHead, load_head, save_head
+from cdeit.common.teacher import build_teacher
 from cdeit.common.views import split_tensors
 from cdeit.precompute.run import precompute_teacher
 from cdeit.train.config import TrainConfig
@@ -96,6 +98,8 @@ def test_the_teacher_reads_the_erased_and_mixed_batch(
     assert torch.allclose(targets.teacher, F.softmax(seen["logits"] / 3.0, -1))  # its own logits, not mixed
     label = F.one_hot(batch[1], 10) * 0.9 + 0.01
     assert torch.allclose(targets.label, label * targets.weight + label[targets.perm] * (1 - targets.weight))
+    kind = F.one_hot(batch[2], 11).float()  # the corruption types are mixed like the labels
+    assert torch.allclose(targets.corruption, kind * targets.weight + kind[targets.perm] * (1 - targets.weight))
 
 
 def test_a_run_with_the_online_teacher(
@@ -137,6 +141,15 @@ def test_refusals(teacher_files: tuple[Path, Path], tiny_dataset: Path, views_ca
     _checkpoint(changed / HEAD_FILE, 2)  # not even a head: a sentence from the head reader
     with pytest.raises(CdeitError, match=r"head file .*head.safetensors holds"):
         Trainer(_cfg(tiny_dataset, changed, weights, tmp_path / "d"))
+    head = load_head(cache / HEAD_FILE, build_teacher("test_vit", weights), 10)
+    save_head(changed / HEAD_FILE, LinearHead(head.weight + 0.01, head.bias, head.meta))  # a head, not this one
+    with pytest.raises(CdeitError, match=r"head.safetensors \(head sha256:.*\) is not the head of cache"):
+        Trainer(_cfg(tiny_dataset, changed, weights, tmp_path / "d2"))
+    (changed / HEAD_FILE).unlink()
+    with pytest.raises(CdeitError, match=r"has no head.safetensors \(or no head_hash\) to rebuild"):
+        Trainer(_cfg(tiny_dataset, changed, weights, tmp_path / "d3"))
+    with pytest.raises(CdeitError, match=r"checkpoint .*missing.safetensors does not exist"):
+        Trainer(_cfg(tiny_dataset, cache, tmp_path / "missing.safetensors", tmp_path / "d4"))
     with pytest.raises(CdeitError, match=r"--teacher-checkpoint names the online teacher's files; add --online"):
         _cfg(tiny_dataset, cache, weights, tmp_path / "e", online_teacher=False).validate()
     with pytest.raises(CdeitError, match="--online-teacher runs a teacher to distil from, but --distill is none"):
@@ -194,3 +207,54 @@ def test_a_bf16_cache_runs_its_teacher_under_bf16() -> None:
         run = Run.__new__(Run)
         run.device = torch.device(device)
         assert cache_amp({"compute_dtype": run.compute_dtype}) is amp
+
+
+def test_refuses_a_clean_view_cache_and_other_preprocessing(
+    teacher_files: tuple[Path, Path], clean_cache: Path, sourced_dataset: Path, tmp_path: Path
+) -> None:
+    from cdeit.common.cache import read_cache_manifest
+    from cdeit.train.online import _check_same_teacher
+
+    weights, cache = teacher_files
+    with pytest.raises(CdeitError, match="is a clean-view cache .* use a --view same cache"):
+        Trainer(_cfg(sourced_dataset, clean_cache, weights, tmp_path / "a"))
+    prov = read_cache_manifest(cache)["provenance"]
+    teacher = build_teacher("test_vit", weights)
+    cfg = _cfg(sourced_dataset, cache, weights, tmp_path / "b")
+    _check_same_teacher(cache, prov, teacher, cfg)  # the cache's own teacher passes
+    with pytest.raises(CdeitError, match=r"preprocesses differently from cache .* \(interpolation, mean\)"):
+        _check_same_teacher(cache, prov | {"interpolation": "nearest", "mean": [0.0, 0.0, 0.0]}, teacher, cfg)
+
+
+@pytest.mark.slow  # two subprocesses (a precompute and a run) with their own Hugging Face cache (40 s)
+def test_a_hub_teacher_is_found_again_by_its_spelling(tiny_dataset: Path, tmp_path: Path) -> None:
+    """`--teacher hf-hub:org/repo` names other weights than its architecture's default: the spelling is kept."""
+    import os
+    import subprocess
+    import sys
+
+    import timm
+
+    from tests.precompute.helpers import fake_hf_cache
+
+    torch.manual_seed(123)
+    weights = timm.create_model("test_vit", num_classes=10)
+    fake_hf_cache(tmp_path / "hf" / "hub", "someone/cifar_teacher", weights)  # not timm's test_vit weights
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    cli = [sys.executable, "-m", "cdeit.common.cli"]
+    steps = (
+        ["precompute-teacher", "--data", str(tiny_dataset), "--out", str(cache), "--teacher",
+         "hf-hub:someone/cifar_teacher", "--batch-size", "32", "--shard-size", "64", "--head-epochs", "2",
+         "--workers", "1", "--device", "cpu"],
+        ["train", "--student", "deit", "--distill", "soft", "--data", str(tiny_dataset), "--teacher-cache",
+         str(cache), "--online-teacher", "--out", str(run), "--epochs", "1", "--batch-size", "32", "--workers",
+         "1", "--eval-batch-size", "64", "--warmup-epochs", "0.5", "--model-kwargs", json.dumps(TINY)],
+    )  # fmt: skip
+    for args in steps:
+        done = subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    provenance = json.loads((cache / "manifest.json").read_text())["provenance"]
+    assert provenance["teacher"] == "test_vit" and provenance["teacher_spec"] == "hf-hub:someone/cifar_teacher"
+    assert json.loads((run / "summary.json").read_text())["teacher_view"] == "augmented"

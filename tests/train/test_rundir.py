@@ -211,7 +211,9 @@ def test_checkpoint_keeps_the_epoch_record(tiny_dataset: Path, tmp_path: Path, o
     assert payload["record"]["epoch"] == 1 and "val_acc" in payload["record"]
 
 
-def test_cache_identity_covers_the_views_a_run_replays(views_cache: Path, same_feature_cache: Path) -> None:
+def test_cache_identity_covers_the_views_a_run_replays(
+    views_cache: Path, same_feature_cache: Path, tmp_path: Path
+) -> None:
     """A K-view cache's identity covers its view shards; a plain cache's is what it always was."""
     import hashlib
 
@@ -227,3 +229,30 @@ def test_cache_identity_covers_the_views_a_run_replays(views_cache: Path, same_f
     assert cache_identity(same_feature_cache) == logits_and_head(same_feature_cache)
     assert read_cache_manifest(views_cache)["augmented_shards"]
     assert cache_identity(views_cache) != logits_and_head(views_cache)
+    assert cache_identity(views_cache, legacy=True) == logits_and_head(views_cache)
+    copy = Path(shutil.copytree(views_cache, tmp_path / "copy"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["augmented_shards"][0]["sha256"] = "sha256:" + "0" * 64  # other view bytes, same logits and head
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert cache_identity(copy) != cache_identity(views_cache)
+    assert cache_identity(copy, legacy=True) == cache_identity(views_cache, legacy=True)
+
+
+def test_resume_accepts_a_legacy_view_identity_and_new_online_teacher_paths(views_cache: Path, tmp_path: Path) -> None:
+    from cdeit.train.rundir import ENVIRONMENT, cache_identity, check_identity, resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {"data": {"path": "d", "fingerprints": {}}, "teacher_cache": {"path": str(views_cache)}}
+    for recorded, ok in ((cache_identity(views_cache, legacy=True), True), ("sha256:other", False)):
+        (run / ENVIRONMENT).write_text(json.dumps({"started": env | {"teacher_cache": {"identity": recorded}}}))
+        now = env | {"teacher_cache": {"path": str(views_cache), "identity": cache_identity(views_cache)}}
+        if ok:
+            check_identity(run, now)  # a K-view run recorded before the identity covered its view shards
+        else:
+            with pytest.raises(CdeitError, match="is not the one the run trained with"):
+                check_identity(run, now)
+    saved = TrainConfig(data="d", out=str(run), teacher_cache="c", online_teacher=True, teacher_checkpoint="/old.st")
+    (run / "config.json").write_text(json.dumps(saved.to_json()))
+    resumed = resume_config(run, {"teacher_checkpoint": "/moved/teacher.safetensors"})
+    assert resumed.teacher_checkpoint == "/moved/teacher.safetensors" and resumed.online_teacher
