@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 from pathlib import Path
 
@@ -37,3 +38,12 @@ def test_study_script_is_valid_bash_and_refuses_an_unknown_arm(tmp_path: Path) -
     done = subprocess.run(["bash", str(script), "DATA", str(out), "BASE", "a z"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown arm z: choose from vit a b c" in done.stderr
     assert not out.exists()  # refused before any work
+
+
+def test_confidence_weights_the_bins_by_their_counts(tmp_path: Path) -> None:
+    run = tmp_path / "run-s0"
+    (run / "eval").mkdir(parents=True)
+    bins = {"count": [0, 3, 1], "accuracy": [None, 0.5, 1.0], "confidence": [None, 0.4, 0.8]}
+    (run / "eval" / "test.json").write_text(json.dumps({"accuracy": 0.625, "reliability": bins}))
+    accuracy, confidence = _module("confidence").accuracy_and_confidence(run, "test")
+    assert accuracy == 0.625 and abs(confidence - (3 * 0.4 + 0.8) / 4) < 1e-12
