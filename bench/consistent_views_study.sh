@@ -5,12 +5,15 @@
 #   b  a K-view cache, K = epochs (the teacher's logits on the exact erased and mixed images, replayed)
 #   c  the teacher run online on each augmented batch (`cdeit train --online-teacher`)
 #   vit  ViT without distillation (the mCE baseline), trained into OUT/vit-none-sSEED
-# Usage: [EPOCHS=3] [SEEDS="0 1 2"] bash bench/consistent_views_study.sh DATA OUT BASELINES [ARMS]
+# Usage: [EPOCHS=3] [SEEDS="0 1 2"] [TEACHER=NAME] [DEVICE=cpu] \
+#          bash bench/consistent_views_study.sh DATA OUT BASELINES [ARMS]
 #   DATA: a dataset built as in docs/results.md; OUT: the study folder (caches, runs, times.txt, compare.*);
 #   BASELINES: a folder with vit-none-sSEED for each seed (the mCE baseline: OUT itself with the vit arm, or
 #   bench/real_teacher_study.sh's runs at its 3 epochs); ARMS: which arms to run, in order (default "a b c").
 #   EPOCHS is also the K of cache b. Finished caches, runs and evaluations are skipped.
-# Needs ../shared/models (the ResNet-20 weights; SHARED=DIR elsewhere); set CDEIT to the cdeit command to use another install.
+#   TEACHER: another teacher than the ResNet-20 (e.g. deit3_small_patch16_224.fb_in22k_ft_in1k from a local
+#   Hugging Face cache); DEVICE: where everything runs (cpu, as measured; cuda on a GPU machine).
+# The default teacher needs ../shared/models (SHARED=DIR elsewhere); CDEIT names another cdeit command.
 set -euo pipefail
 data=$1; out=$2; baselines=$3; arms=${4:-a b c}
 for arm in $arms; do
@@ -19,13 +22,20 @@ done
 cdeit=${CDEIT:-cdeit}
 here=$(cd "$(dirname "$0")/.." && pwd)
 epochs=${EPOCHS:-3}
-shared=${SHARED:-$here/../shared}  # the shared folder beside the checkout
-weights=$shared/models/resnet20_cifar10.safetensors
-module=$here/examples/cifar_resnet.py
-teacher=(--teacher-module "$module" --teacher resnet20_cifar --checkpoint "$weights" --head none --device cpu
-         --workers 2)
+device=${DEVICE:-cpu}
+if [ -n "${TEACHER:-}" ]; then  # another teacher: a timm name, name.tag or hf-hub:org/repo (with its head fitted)
+  teacher=(--teacher "$TEACHER" --device "$device" --workers 2)
+  online=()
+else  # the real ResNet-20 of ../shared/models, through the example module, with its own head
+  shared=${SHARED:-$here/../shared}  # the shared folder beside the checkout
+  weights=$shared/models/resnet20_cifar10.safetensors
+  module=$here/examples/cifar_resnet.py
+  teacher=(--teacher-module "$module" --teacher resnet20_cifar --checkpoint "$weights" --head none --device "$device"
+           --workers 2)
+  online=(--teacher-checkpoint "$weights" --teacher-module "$module")
+fi
 model='{"depth": 4, "embed_dim": 96, "num_heads": 3}'  # the budget of bench/real_teacher_study.sh
-budget=(--epochs $epochs --batch-size 128 --lr-per-512 4e-3 --warmup-epochs 0.5 --eval-batch-size 512 --device cpu
+budget=(--epochs $epochs --batch-size 128 --lr-per-512 4e-3 --warmup-epochs 0.5 --eval-batch-size 512 --device "$device"
         --workers 2 --model-kwargs "$model")
 mkdir -p "$out"
 timed() {  # timed NAME COMMAND...: run once, append its wall seconds to times.txt
@@ -47,13 +57,13 @@ for seed in ${SEEDS:-0 1 2}; do
       a) name=deit-soft-a-s$seed; train=(--student deit --distill soft --teacher-cache "$out/cache-a") ;;
       b) name=deit-soft-b-s$seed; train=(--student deit --distill soft --teacher-cache "$out/cache-b") ;;
       c) name=deit-soft-c-s$seed; train=(--student deit --distill soft --teacher-cache "$out/cache-a" --online-teacher
-                                          --teacher-checkpoint "$weights" --teacher-module "$module") ;;
+                                          ${online[@]+"${online[@]}"}) ;;
     esac
     run=$out/$name
     [ -f "$run/summary.json" ] || timed "$name" $cdeit train --data "$data" --out "$run" --seed "$seed" \
       "${train[@]}" "${budget[@]}"
     [ -f "$run/eval/test.json" ] || $cdeit evaluate "$run" --split test --baseline "$baselines/vit-none-s$seed" \
-      --teacher-cache "$out/cache-a" --device cpu --batch-size 512 --workers 2
+      --teacher-cache "$out/cache-a" --device "$device" --batch-size 512 --workers 2
   done
 done
 runs=(); for run in "$out"/deit-soft-?-s* "$out"/vit-none-s*; do [ -d "$run" ] && runs+=("$run"); done
