@@ -8,10 +8,11 @@ original photograph it was made from: CIFAR-10 train image i is i, test image i 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -242,9 +243,11 @@ def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000)
 
     watchdog = threading.Thread(target=watch, daemon=True, name="ffcv-writer-watchdog")
     stderr, sys.stderr = sys.stderr, io.StringIO()  # forked workers inherit this: their tracebacks stay quiet
+    interruptible = _sigint_handled()
     watchdog.start()
     try:
-        writer.from_indexed_dataset(dataset, chunksize=chunksize)
+        with interruptible:
+            writer.from_indexed_dataset(dataset, chunksize=chunksize)
     except KeyboardInterrupt:
         if not failed:
             raise
@@ -256,6 +259,28 @@ def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000)
         sys.stderr = stderr
     if failed:  # a worker died after the wait ended but before the watchdog saw it finish cleanly
         raise _worker_error(final, failed[0])
+
+
+@contextlib.contextmanager
+def _sigint_handled() -> Iterator[None]:
+    """Python's SIGINT handler for the block, so the watchdog's `interrupt_main` reaches the main thread.
+
+    `interrupt_main` does nothing while SIGINT is ignored, as it is in a command started in the background by a
+    non-interactive shell (`cdeit data prepare ... &` in a script): the wait would never end. Only the main thread
+    can install a handler; elsewhere the block runs unchanged.
+    """
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGINT)
+    if callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_writer(writer: Any) -> None:

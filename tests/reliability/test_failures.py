@@ -52,6 +52,31 @@ def test_a_dead_ffcv_writer_is_a_sentence_not_a_hang(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # the temporary file went with the failure
 
 
+def test_a_dead_writer_is_a_sentence_with_sigint_ignored(tmp_path: Path) -> None:
+    """A command started in the background by a non-interactive shell inherits SIGINT ignored; the watchdog's
+    interrupt must still end FFCV's wait (it hung before), and the ignored disposition is restored after."""
+    import signal
+
+    import ffcv.writer
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    from cdeit.common.dataset import _QuietBar
+
+    ffcv.writer.tqdm = _QuietBar
+    fields = {"image": RGBImageField(write_mode="raw")} | {f: IntField() for f in INT_FIELDS}
+    final = tmp_path / "train.beton"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        start = time.monotonic()
+        with pytest.raises(CdeitError, match=r"FFCV writer process died \(exit code 3\)"), atomic_path(final) as tmp:
+            write_watched(DatasetWriter(str(tmp), fields, num_workers=2), _DiesAt(3000, 1500), final, chunksize=100)
+        assert time.monotonic() - start < 60
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_full_disk_writes_name_the_file(world: World) -> None:
     if world.full is None:
         pytest.skip("needs a small tmpfs (root)")
