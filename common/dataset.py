@@ -217,33 +217,42 @@ def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000)
     """`writer.from_indexed_dataset(dataset)`, but a writer process that dies becomes one sentence, never a hang.
 
     FFCV's parent waits in a loop for a sample count that a dead worker (ENOSPC, killed by the OOM killer)
-    never reaches. A watchdog thread follows the worker processes and interrupts the wait when one exits
-    with an error; the other workers are stopped, FFCV's shared memory released, and the caller's temporary
-    file removed (atomic_path). The workers' own tracebacks go to a buffer, not the user's terminal.
+    never reaches. A watchdog thread follows the worker processes (each recorded as FFCV starts it, so one that
+    dies before the first look is not missed) and interrupts the wait when one exits with an error; the other
+    workers are stopped, FFCV's shared memory released, and the caller's temporary file removed (atomic_path).
+    The workers' own tracebacks go to a buffer, not the user's terminal.
     """
     import _thread
     import io
-    import multiprocessing
     import signal
     import sys
     import threading
 
+    import ffcv.writer
+
     failed: list[int] = []
     stop = threading.Event()
+    started: list[Any] = []  # FFCV's writer processes, each recorded as it starts: none can die unseen
+
+    class Tracked(ffcv.writer.Process):  # multiprocessing.Process, which FFCV's writer imports by name
+        def start(self) -> None:
+            super().start()
+            started.append(self)
 
     def watch() -> None:
-        seen: dict[int, Any] = {}
-        while not stop.wait(0.05):
-            seen.update({p.pid: p for p in multiprocessing.active_children()})
-            dead = [p.exitcode for p in seen.values() if p.exitcode not in (None, 0)]
+        while True:
+            dead = [p.exitcode for p in list(started) if p.exitcode not in (None, 0)]
             if dead:
                 failed.append(dead[0])
                 _thread.interrupt_main(signal.SIGINT)
+                return
+            if stop.wait(0.05):
                 return
 
     watchdog = threading.Thread(target=watch, daemon=True, name="ffcv-writer-watchdog")
     stderr, sys.stderr = sys.stderr, io.StringIO()  # forked workers inherit this: their tracebacks stay quiet
     interruptible = _sigint_handled()
+    process, ffcv.writer.Process = ffcv.writer.Process, Tracked
     watchdog.start()
     try:
         with interruptible:
@@ -254,6 +263,7 @@ def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000)
         _stop_writer(writer)
         raise _worker_error(final, failed[0]) from None
     finally:
+        ffcv.writer.Process = process
         stop.set()
         watchdog.join()
         sys.stderr = stderr

@@ -34,7 +34,8 @@ class _DiesAt:
         return (np.zeros((32, 32, 3), np.uint8), *([0] * len(INT_FIELDS)))
 
 
-def test_a_dead_ffcv_writer_is_a_sentence_not_a_hang(tmp_path: Path) -> None:
+@pytest.mark.parametrize("at", [1500, 0])  # 0: the worker dies on its first sample, before the watchdog looks
+def test_a_dead_ffcv_writer_is_a_sentence_not_a_hang(tmp_path: Path, at: int) -> None:
     import ffcv.writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
@@ -47,7 +48,7 @@ def test_a_dead_ffcv_writer_is_a_sentence_not_a_hang(tmp_path: Path) -> None:
     start = time.monotonic()
     died = r"FFCV writer process died \(exit code 3\) while writing .*train.beton"
     with pytest.raises(CdeitError, match=died), atomic_path(final) as tmp:
-        write_watched(DatasetWriter(str(tmp), fields, num_workers=2), _DiesAt(3000, 1500), final, chunksize=100)
+        write_watched(DatasetWriter(str(tmp), fields, num_workers=2), _DiesAt(3000, at), final, chunksize=100)
     assert time.monotonic() - start < 60
     assert list(tmp_path.iterdir()) == []  # the temporary file went with the failure
 
