@@ -13,7 +13,6 @@ the reference arm of docs/consistent-views.md.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,7 @@ class OnlineTeacher:
         from cdeit.common.preprocess import DeviceResize
 
         cuda = device.type == "cuda"
-        self.teacher, self.device, self.amp = teacher, device, amp and cuda
+        self.device, self.amp = device, amp and cuda
         self.model = teacher.model.to(device).eval().requires_grad_(False)
         if cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -142,10 +141,12 @@ def cache_amp(provenance: Mapping[str, Any]) -> bool:
 def _check_module_file(cache: Path, prov: Mapping[str, Any], cfg: TrainConfig) -> None:
     """A --teacher-module file has the sha256 the cache recorded (a dotted module name is checked after import)."""
     path = Path(cfg.teacher_module or "")
+    from cdeit.common.dataset import file_sha256
+
     want = prov.get("teacher_module_sha256")
     if not (cfg.teacher_module and want and path.is_file()):
         return
-    have = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    have = "sha256:" + file_sha256(path)  # the form TeacherModule.sha256 and the cache record
     if have != want:
         raise CdeitError(
             f"--teacher-module {cfg.teacher_module} is not the file cache {cache} was computed with "
