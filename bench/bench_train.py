@@ -3,7 +3,7 @@ at 224px on every batch (the DeiT / timm way), (c) the same student without dist
 
 All three use the same Trainer, data, student, batch and device in one process; (b) only replaces the
 cached-logit gather by a teacher forward on the erased and mixed batch, upsampled on the device: the teacher of
-`cdeit train --online-teacher` (train/online.py), plugged in through the Trainer's `teacher=` extension point.
+`cdeit train --online-teacher` (train/core/online.py), plugged in through the Trainer's `teacher=` extension point.
 Also reports the share of step time the FFCV loader takes (one pass of the loader alone over as many batches).
 
     python bench/bench_train.py --data DATA [--batch-size 128] [--steps 20] [--device auto]
@@ -29,20 +29,20 @@ import torch  # noqa: E402
 from cdeit.common.cache import TeacherTargets  # noqa: E402
 from cdeit.common.dataset import load_manifest  # noqa: E402
 from cdeit.common.device import resolve_device  # noqa: E402
-from cdeit.train.config import TrainConfig  # noqa: E402
-from cdeit.train.online import OnlineTeacher  # noqa: E402
-from cdeit.train.teacher_source import TeacherSource  # noqa: E402
-from cdeit.train.trainer import Trainer  # noqa: E402
+from cdeit.train.core.config import TrainConfig  # noqa: E402
+from cdeit.train.core.online import OnlineTeacher  # noqa: E402
+from cdeit.train.core.teachers import TeacherSource  # noqa: E402
+from cdeit.train.core.trainer import Trainer  # noqa: E402
 
 TEACHER = "deit3_small_patch16_224"
 
 
 def online_teacher(name: str, num_classes: int, device: torch.device, autocast: bool) -> OnlineTeacher:
-    """(b): `cdeit train --online-teacher`'s teacher (train/online.py), with random weights and a random 10-way head:
+    """(b): `cdeit train --online-teacher`'s teacher (train/core/online.py), with random weights and a random 10-way head:
     each batch is erased and mixed first, then the teacher reads it upsampled on the device (bf16 on CUDA)."""
     from cdeit.common.head import LinearHead
     from cdeit.common.teacher import build_teacher
-    from cdeit.train.models import CIFAR10_MEAN, CIFAR10_STD, Normalise
+    from cdeit.train.core.models import CIFAR10_MEAN, CIFAR10_STD, Normalise
 
     teacher = build_teacher(name, random_weights=True)
     head = LinearHead(torch.randn(num_classes, teacher.num_features) * 0.02, torch.zeros(num_classes))

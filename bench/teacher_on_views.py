@@ -2,7 +2,7 @@
 
 For the train split of a K-view cache (`precompute-teacher --views K`): the teacher on each clean sample (its
 plain logits), on each stored view split by kind (unmixed with erasing, Mixup, CutMix), and the blended target the
-default trainer makes from clean logits under Mixup (train/mixing.py), scored against the view's dominant label
+default trainer makes from clean logits under Mixup (train/core/mixing.py), scored against the view's dominant label
 (its own label when its weight >= 0.5, else the partner's). Soft targets at --tau. Reads the cache only.
 
     python bench/teacher_on_views.py --cache CACHE --data DATA [--tau 3]

@@ -56,14 +56,14 @@ def test_the_docs_show_imports() -> None:
 
 
 def test_extraction() -> None:
-    text = "x\n```python\nimport json, timm, cdeit.train.models  # registers\nfrom cdeit.common.x import a, b\n"
+    text = "x\n```python\nimport json, timm, cdeit.train.core.models  # registers\nfrom cdeit.common.x import a, b\n"
     text += "from cdeit.common.z import (\n    c,\n    d,\n)\n```\n"
     text += "from cdeit.y import outside_a_block\n```bash\ncdeit train\n```\n"
     statements = doc_imports(text)
-    assert statements[:2] == ["import json, timm, cdeit.train.models", "from cdeit.common.x import a, b"]
+    assert statements[:2] == ["import json, timm, cdeit.train.core.models", "from cdeit.common.x import a, b"]
     assert imported_names(statements[2]) == [("cdeit.common.z", "c"), ("cdeit.common.z", "d")]
     assert len(statements) == 3
-    assert imported_names(statements[0]) == [("cdeit.train.models", None)]
+    assert imported_names(statements[0]) == [("cdeit.train.core.models", None)]
     assert imported_names(statements[1]) == [("cdeit.common.x", "a"), ("cdeit.common.x", "b")]
 
 

@@ -1,4 +1,4 @@
-"""The train stage's commands: `cdeit train` (Table 1 defaults), evaluate, compare, predict and export."""
+"""`cdeit train` (Table 1 defaults); `register` also adds the commands of use/ and studies/."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import typer
 from cdeit.common.console import friendly_errors
 from cdeit.common.errors import CdeitError
 from cdeit.common.options import ConfigOptions, defaults
-from cdeit.train.config import TrainConfig, format_align, parse_align
+from cdeit.train.core.config import TrainConfig, format_align, parse_align
 
 _T1 = "Table 1"
 D = defaults(TrainConfig)  # the option defaults: TrainConfig is their only home
@@ -26,7 +26,7 @@ def parse_model_kwargs(text: str) -> dict:
         value = None
     if not isinstance(value, dict):
         raise CdeitError(f"--model-kwargs {text!r} is not a JSON object; write e.g. '{{\"depth\": 6}}'.")
-    from cdeit.train.models import MODEL_KWARGS, kwarg_ok
+    from cdeit.train.core.models import MODEL_KWARGS, kwarg_ok
 
     for key, item in value.items():  # only what a saved model may carry, so every trained model loads again
         if key in ("head_strategy", "drop_path_rate", "drop_rate"):
@@ -124,8 +124,8 @@ def train(
 ) -> None:
     """Train a ViT / DeiT / CdeiT student from cached teacher logits joined by index (--online-teacher: run it)."""
     from cdeit.common.console import out as stdout
-    from cdeit.train.rundir import resume_config
-    from cdeit.train.trainer import train as run_training
+    from cdeit.train.core.rundir import resume_config
+    from cdeit.train.core.trainer import train as run_training
 
     if resume is not None:
         if config is not None:
@@ -146,116 +146,12 @@ def train(
         )
 
 
-@friendly_errors
-def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run directory from `cdeit train`.")],
-    data: Annotated[str | None, typer.Option(help="Dataset directory (default: the one the run trained on).")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    baseline: Annotated[str | None, typer.Option(help="Baseline run for mCE (by convention the ViT).")] = None,
-    teacher_cache: Annotated[str | None, typer.Option(help="Teacher cache: teacher accuracy and agreement.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 1024,
-    workers: Annotated[int, typer.Option(help="FFCV loader threads.")] = 2,
-) -> None:
-    """Accuracy, cross-entropy and ECE per corruption and severity, mCE, plots and a Markdown report."""
-    from rich.table import Table
-
-    from cdeit.common.console import out
-    from cdeit.common.lock import output_lock
-    from cdeit.train.evaluate import evaluate as run_eval
-    from cdeit.train.report import key_table
-
-    if not (run / "config.json").is_file():  # the lock would create RUN/eval: first check RUN is a run
-        from cdeit.common.errors import CdeitError
-
-        raise CdeitError(f"{run} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
-    with output_lock(run / "eval", "cdeit evaluate"):
-        result = run_eval(run, data, split, baseline, teacher_cache, device, batch_size, workers)
-    table = Table(title=f"{run} on {split}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in key_table(result):
-        table.add_row(k, v)
-    out.print(table)
-    out.print(f"report: {result['files']['report']}\nnumbers: {result['files']['json']}")
-
-
-@friendly_errors
-def compare(
-    runs: Annotated[
-        list[Path], typer.Argument(help="Study folders (from `cdeit sweep`) and evaluated run directories.")
-    ],
-    out: Annotated[
-        Path | None, typer.Option(help="Directory for compare.md/.csv/.png (default: STUDY/compare, else .).")
-    ] = None,
-    split: Annotated[str, typer.Option(help="Split whose evaluation to compare.")] = "test",
-    reference: Annotated[
-        str | None, typer.Option(help="Group to take paired differences against (default: the study's baseline).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda: for runs not evaluated yet.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Evaluation batch size (runs not evaluated yet).")] = 1024,
-    workers: Annotated[int, typer.Option(help="FFCV loader threads (runs not evaluated yet).")] = 2,
-) -> None:
-    """Groups by everything but the seed: n, mean ± std, paired differences with 95% intervals, the paper's tables.
-
-    A run directory not evaluated yet is evaluated first, with the data, baseline and teacher cache of the others.
-    """
-    from cdeit.common.console import console
-    from cdeit.common.console import out as stdout
-    from cdeit.train.compare import compare as run_compare
-    from cdeit.train.evaluate import evaluate_missing
-
-    plain = [r for r in runs if not (r / "plan.json").is_file()]  # run directories, not study folders
-    for run in evaluate_missing(plain, split, device, batch_size, workers):
-        console.print(f"evaluated {run} on {split} (it had no eval/{split}.json)")
-    default = runs[0] / "compare" if len(runs) == 1 and (runs[0] / "plan.json").is_file() else Path(".")
-    files = run_compare(runs, out or default, split, reference)["files"]
-    stdout.print(files["markdown"].read_text(), markup=False)
-    stdout.print(f"table: {files['markdown']} ({files['csv']}), plot: {files['plot']}")
-
-
-@friendly_errors
-def predict(
-    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files of any size.")],
-    model: Annotated[Path, typer.Option(help="Run directory or exported .safetensors file.")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "cpu",
-) -> None:
-    """Classify image files; CdeiT also names the corruption it sees. Unreadable files are reported, not fatal."""
-    from cdeit.common.console import console, out
-    from cdeit.train.use import predict_files
-
-    results = predict_files(model, images, device)
-    for r in results:
-        if as_json:
-            out.print(json.dumps(r), highlight=False)
-        elif "error" in r:
-            console.print(f"[red]{r['error']}[/]")
-        else:
-            extra = f"  corruption {r['corruption']} ({r['corruption_confidence']:.1%})" if "corruption" in r else ""
-            out.print(f"{r['file']}: {r['class']} ({r['confidence']:.1%}){extra}")
-    if any("error" in r for r in results):
-        raise typer.Exit(1)
-
-
-@friendly_errors
-def export(
-    run: Annotated[Path, typer.Argument(help="Run directory from `cdeit train`.")],
-    to: Annotated[Path, typer.Option(help="Output .safetensors file (a .json config is written beside it).")],
-) -> None:
-    """Write the student as safetensors plus a JSON model config that timm.create_model rebuilds."""
-    from cdeit.common.console import out
-    from cdeit.common.lock import output_lock
-    from cdeit.train.use import export as run_export
-
-    with output_lock(to.parent, "cdeit export"):
-        weights, config = run_export(run, to)
-    out.print(f"wrote {weights} and {config}")
-
-
 def register(root: typer.Typer) -> None:
-    """Entry point `cdeit.commands:train`: adds train, evaluate, compare, predict and export."""
-    for name, fn in (("train", train), ("evaluate", evaluate), ("compare", compare), ("predict", predict),
-                     ("export", export)):  # fmt: skip
-        root.command(name)(fn)
-    __import__("cdeit.train.study_cli", fromlist=["register"]).register(root)  # cdeit sweep (train/study_cli.py)
+    """Entry point `cdeit.commands:train`: adds train, then evaluate, predict, export (use/) and sweep, compare
+    (studies/), in that order."""
+    root.command("train")(train)
+    from cdeit.train.studies import cli as studies_cli
+    from cdeit.train.use import cli as use_cli
+
+    use_cli.register(root)
+    studies_cli.register(root)

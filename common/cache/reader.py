@@ -40,7 +40,7 @@ class TeacherTargets:
     (-1 where the cache has none), so a batch's join is one gather on the device. `split_source` (N,) holds
     the split's source ids (clean view, when the dataset directory was given).
 
-    It is the Trainer's teacher (train/teacher_source.py's `TeacherSource`): `fields` names the batch field
+    It is the Trainer's teacher (train/core/teachers.py's `TeacherSource`): `fields` names the batch field
     its rows are keyed by, `targets_for` gathers a batch's rows.
     """
 

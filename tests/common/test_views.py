@@ -112,7 +112,7 @@ def test_replay_shows_each_view_once_per_k_epochs() -> None:
 
 
 def test_augmentation_defaults_are_the_trainers() -> None:
-    from cdeit.train.config import TrainConfig
+    from cdeit.train.core.config import TrainConfig
 
     cfg, aug = TrainConfig(), Augmentation()
     for name in ("erasing_prob", "mixup_prob", "mixup_alpha", "cutmix_prob", "cutmix_alpha"):

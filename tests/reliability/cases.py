@@ -106,7 +106,7 @@ def other_checkpoint(w: World, d: Path) -> Path:
     """A copy of the run whose checkpoints/last.pt holds another student (a DeiT with other sizes)."""
     import torch
 
-    from cdeit.train.models import build_student
+    from cdeit.train.core.models import build_student
 
     run = copy(w.run, d / "run")
     edit_json(run / "config.json", lambda c: c.update(out=str(run)))  # the run as if trained here

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from cdeit.common.errors import CdeitError
-from cdeit.train.models import CONFIG_KEY, build_student, load_safetensors, save_safetensors
+from cdeit.train.core.models import CONFIG_KEY, build_student, load_safetensors, save_safetensors
 
 SMALL = {"depth": 1, "embed_dim": 48, "num_heads": 3}
 

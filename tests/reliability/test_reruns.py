@@ -50,8 +50,8 @@ def test_precompute_reruns_are_byte_identical(world: World, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_train_reruns_are_byte_identical(world: World, tmp_path: Path) -> None:
-    from cdeit.train.config import TrainConfig
-    from cdeit.train.trainer import train
+    from cdeit.train.core.config import TrainConfig
+    from cdeit.train.core.trainer import train
 
     def run(out: Path) -> None:
         train(TrainConfig(student="deit", distill="soft", data=str(world.data), teacher_cache=str(world.cache),

@@ -49,9 +49,9 @@ def build_world(root: Path) -> World:
     from cdeit.data.synthetic import write_synthetic_cifar
     from cdeit.precompute.config import PrecomputeConfig
     from cdeit.precompute.run import precompute_teacher
-    from cdeit.train.config import TrainConfig
-    from cdeit.train.trainer import train
-    from cdeit.train.use import export
+    from cdeit.train.core.config import TrainConfig
+    from cdeit.train.core.trainer import train
+    from cdeit.train.use.deploy import export
     from tests.conftest import make_tiny_dataset
 
     root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,276 @@
+"""The training configuration: one dataclass whose defaults are the paper's Table 1, saved in every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from cdeit.common.errors import CdeitError
+from cdeit.common.tokens import TOKEN_TARGETS
+
+# The one declaration of the students, distillation types and head strategies; every module takes them from here.
+StudentKind = Literal["vit", "deit", "cdeit"]
+DistillKind = Literal["none", "soft", "hard"]
+HeadStrategy = Literal["none", "linear", "mlp"]  # CdeiT's strategies 1-3 (paper 3.3)
+STUDENTS: tuple[str, ...] = get_args(StudentKind)
+DISTILLS: tuple[str, ...] = get_args(DistillKind)
+HEAD_STRATEGIES: tuple[str, ...] = get_args(HeadStrategy)
+DEFAULT_HEAD_STRATEGY: HeadStrategy = "linear"  # strategy 2, the paper's best (4.3)
+ALIGN_TARGETS = ("embedding", *TOKEN_TARGETS)  # docs/asymmetric.md
+ALIGN_METRICS = ("cosine", "mse")
+LAMBDA_DEFAULT = 0.5  # the paper's lambda: Eq. 4, 5 and 7 weigh label and teacher terms equally
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def check_model_kwargs(kwargs: dict[str, Any], student: str = "vit", head_strategy: str | None = None) -> None:
+    """Refuse (one sentence each) a --model-kwargs key the student does not take, and arguments (such as heads
+    that do not divide the width) with which the student cannot be built: it is built on the meta device."""
+    if not kwargs:
+        return
+    import inspect
+
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    from cdeit.train.core.models import TokenViT, build_student
+
+    known = {p for cls in (TokenViT, VisionTransformer) for p in inspect.signature(cls.__init__).parameters}
+    known -= {"self", "kwargs", "args", "kind", "head_strategy", "drop_path_rate", "drop_rate", "num_classes"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise CdeitError(
+            f"--model-kwargs key {unknown[0]!r} is not an argument of the student; choose from "
+            f"{', '.join(sorted(known))} (drop path, dropout and the class count have their own options)."
+        )
+    try:
+        with torch.device("meta"):  # no memory, no initialisation cost: only the shapes are checked
+            build_student(student, head_strategy, **kwargs)
+    except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
+        heads = " (num_heads must divide embed_dim)" if "divisible" in str(exc) else ""
+        raise CdeitError(
+            f"--model-kwargs {json.dumps(kwargs)} builds no {student} student: {exc}{heads}; change them."
+        ) from None
+
+
+def check_head_strategy(student: str, head_strategy: str | None) -> HeadStrategy | None:
+    """The head strategy of `student` (cdeit: None -> 'linear'); an unknown student or strategy, or a strategy
+    given to a student without a corruption token, raises CdeitError."""
+    if student not in STUDENTS:
+        raise CdeitError(f"student {student!r} is not one of {', '.join(STUDENTS)}.")
+    if student != "cdeit":
+        if head_strategy is not None:
+            raise CdeitError(
+                f"head_strategy {head_strategy!r} only applies to the cdeit student, not {student!r}; leave it unset."
+            )
+        return None
+    head_strategy = DEFAULT_HEAD_STRATEGY if head_strategy is None else head_strategy
+    if head_strategy not in HEAD_STRATEGIES:
+        raise CdeitError(f"head_strategy {head_strategy!r} is not one of {', '.join(HEAD_STRATEGIES)}.")
+    return head_strategy  # type: ignore[return-value]
+
+
+def check_distill(distill: str, student: str | None = None) -> DistillKind:
+    """`distill` if it is a distillation type (and, given `student`, one that student can learn), else CdeitError."""
+    if distill not in DISTILLS:
+        raise CdeitError(f"distillation type {distill!r} is not one of {', '.join(DISTILLS)}.")
+    if student == "vit" and distill != "none":
+        raise CdeitError(f"distillation {distill!r} needs a distillation token: use student deit or cdeit, or 'none'.")
+    return distill  # type: ignore[return-value]
+
+
+def parse_align(text: str) -> dict[str, float]:
+    """`--align embedding=1.0,patches=0.5` to {name: weight}, or one sentence saying what is wrong."""
+    weights: dict[str, float] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = (x.strip() for x in item.partition("="))
+        if not sep:
+            raise CdeitError(f"--align item {item!r} has no weight; write name=weight, e.g. embedding=1.0.")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise CdeitError(f"--align weight {value!r} of {name} is not a number; write e.g. {name}=1.0.") from None
+    return weights
+
+
+def format_align(weights: dict[str, float]) -> str:
+    """{name: weight} to the `--align` text parse_align reads back ('' for none)."""
+    return ",".join(f"{name}={weight:g}" for name, weight in weights.items())
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    student: StudentKind = "deit"
+    distill: DistillKind = "hard"
+    head_strategy: HeadStrategy | None = None  # CdeiT only; None -> "linear" (strategy 2, the paper's best)
+    data: str = ""  # dataset directory from `cdeit data prepare`
+    teacher_cache: str | None = None  # cache directory from `cdeit precompute-teacher` (soft / hard only)
+    online_teacher: bool = False  # run the cache's teacher on each augmented batch instead (train/core/online.py)
+    teacher_checkpoint: str | None = None  # --online-teacher: the weights file the cache's teacher was built from
+    teacher_module: str | None = None  # --online-teacher: the --teacher-module file the cache's teacher came from
+    out: str = ""  # run directory
+    # Table 1 of the paper
+    epochs: int = 15
+    batch_size: int = 1024  # global: split evenly over the ranks of a torchrun
+    lr_per_512: float = 5e-4  # lr = lr_per_512 * batch_size / 512
+    weight_decay: float = 0.05  # not on norms, biases, tokens and position embeddings
+    warmup_epochs: float = 3.0
+    min_lr: float = 1e-5  # cosine floor (DeiT's default)
+    warmup_lr: float = 1e-6  # lr at step 0 of the linear warmup (DeiT's default)
+    label_smoothing: float = 0.1
+    dropout: float = 0.0
+    drop_path: float = 0.1
+    mixup_prob: float = 0.3
+    mixup_alpha: float = 0.8  # Beta(0.8, 0.8), as DeiT
+    cutmix_prob: float = 0.0  # the paper found CutMix harmful
+    cutmix_alpha: float = 1.0
+    erasing_prob: float = 0.25
+    tau: float = 3.0
+    lam: float = 0.5  # lambda of Eq. 4, 5 and 7 (DeiT's --distillation-alpha); refused where it does not enter
+    clip_grad: float | None = None  # max gradient norm; None: no clipping
+    # machinery
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA; CPU runs fp32
+    compile: bool | None = None  # None: torch.compile on CUDA, eager on CPU
+    workers: int = 2  # FFCV loader threads
+    eval_every: int = 1  # validate every N epochs (and always after the last)
+    eval_batch_size: int = 1024
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"depth": 2} for tests
+    # asymmetric, multi-level distillation (docs/asymmetric.md); empty: the paper's recipe
+    align: dict[str, float] = field(default_factory=dict)  # embedding | patches | attention -> loss weight
+    align_metric: str = "cosine"  # embedding and patches: cosine distance or mse on the projected features
+
+    @property
+    def lr(self) -> float:
+        return self.lr_per_512 * self.batch_size / 512
+
+    def resolved_head_strategy(self) -> str | None:
+        if self.student == "cdeit":
+            return self.head_strategy or DEFAULT_HEAD_STRATEGY
+        return self.head_strategy
+
+    def validate(self) -> TrainConfig:
+        """One sentence per bad value, before anything runs."""
+        if self.student not in STUDENTS:
+            raise CdeitError(f"--student {self.student!r} is unknown; choose {', '.join(STUDENTS)}.")
+        if self.distill not in DISTILLS:
+            raise CdeitError(f"--distill {self.distill!r} is unknown; choose {', '.join(DISTILLS)}.")
+        if self.head_strategy is not None and self.head_strategy not in HEAD_STRATEGIES:
+            raise CdeitError(f"--head-strategy {self.head_strategy!r} is unknown; choose {', '.join(HEAD_STRATEGIES)}.")
+        if self.head_strategy is not None and self.student != "cdeit":
+            raise CdeitError(f"--head-strategy applies to --student cdeit only, not {self.student}; drop the option.")
+        if self.student == "vit" and self.distill != "none":
+            raise CdeitError("the ViT baseline has no distillation token; use --distill none or --student deit/cdeit.")
+        if self.distill != "none" and not self.teacher_cache:
+            raise CdeitError(f"--distill {self.distill} needs --teacher-cache CACHE from `cdeit precompute-teacher`.")
+        if not self.data:
+            raise CdeitError("--data is required: the dataset directory from `cdeit data prepare`.")
+        if not self.out:
+            raise CdeitError("--out is required: the run directory to write checkpoints and metrics to.")
+        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise CdeitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
+        for name in ("mixup_prob", "cutmix_prob", "erasing_prob", "label_smoothing", "lam", "dropout", "drop_path"):
+            if not (_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                raise CdeitError(f"--{name.replace('_', '-')} must be in [0, 1], not {getattr(self, name)}.")
+        if self.mixup_prob + self.cutmix_prob > 1:
+            raise CdeitError("--mixup-prob and --cutmix-prob must add up to at most 1.")
+        if self.precision not in ("bf16", "fp32"):
+            raise CdeitError(f"--precision {self.precision!r} is unknown; choose bf16 or fp32.")
+        self._validate_numbers()
+        self._validate_lambda()
+        self._validate_align()
+        self._validate_online()
+        check_model_kwargs(self.model_kwargs, self.student, self.resolved_head_strategy())
+        return self
+
+    def _validate_numbers(self) -> None:
+        """Every number of the recipe: finite, in range, one sentence each."""
+        rules = (  # (field, accept, what it must be)
+            ("lr_per_512", lambda v: v > 0, "a positive number"),
+            ("weight_decay", lambda v: v >= 0, "zero or positive"),
+            ("warmup_epochs", lambda v: v >= 0, "zero or positive"),
+            ("min_lr", lambda v: v >= 0, "zero or positive"),
+            ("warmup_lr", lambda v: v >= 0, "zero or positive"),
+            ("tau", lambda v: v > 0, "a positive number"),
+            ("seed", lambda v: 0 <= v < 2**31, "in [0, 2^31)"),
+            ("workers", lambda v: v >= 1, "at least 1"),
+        )
+        for name, accept, what in rules:
+            value = getattr(self, name)
+            if not _finite(value) or not accept(value):
+                raise CdeitError(f"--{name.replace('_', '-')} must be {what}, not {value}.")
+        if self.clip_grad is not None and not (_finite(self.clip_grad) and self.clip_grad > 0):
+            raise CdeitError(f"--clip-grad must be a positive gradient norm (or left off), not {self.clip_grad}.")
+        for kind in ("mixup", "cutmix"):
+            prob, alpha = getattr(self, f"{kind}_prob"), getattr(self, f"{kind}_alpha")
+            if prob > 0 and not (_finite(alpha) and alpha > 0):
+                raise CdeitError(
+                    f"--{kind}-alpha must be positive when --{kind}-prob is {prob} (Beta(alpha, alpha)), not {alpha}."
+                )
+
+    def _validate_lambda(self) -> None:
+        """--lambda weighs Eq. 4, 5 and 7; the losses that are plain averages (Eq. 6, strategy 1) refuse it."""
+        if self.lam == LAMBDA_DEFAULT:
+            return
+        if self.distill == "none":
+            raise CdeitError(f"--lambda {self.lam} weighs the teacher term, but --distill none has none; drop it.")
+        if self.student == "cdeit" and (self.distill == "hard" or self.resolved_head_strategy() == "none"):
+            loss = "Eq. 6 (hard)" if self.distill == "hard" else "strategy 1"
+            raise CdeitError(
+                f"--lambda {self.lam} does not enter CdeiT's {loss} loss, the plain average of the three tokens' "
+                "losses (paper 3.3); drop it, or use --distill soft with --head-strategy linear or mlp (Eq. 7)."
+            )
+
+    def _validate_online(self) -> None:
+        """--online-teacher rebuilds the cache's teacher; its two file options mean nothing without it."""
+        if not self.online_teacher:
+            for name in ("teacher_checkpoint", "teacher_module"):
+                if getattr(self, name):
+                    raise CdeitError(
+                        f"--{name.replace('_', '-')} names the online teacher's files; add --online-teacher or drop it."
+                    )
+            return
+        if self.distill == "none":
+            raise CdeitError("--online-teacher runs a teacher to distil from, but --distill is none; drop it.")
+        if self.align:
+            raise CdeitError("--online-teacher gives the teacher's logits only; drop --align or train from the cache.")
+
+    def _validate_align(self) -> None:
+        for name, weight in self.align.items():
+            if name not in ALIGN_TARGETS:
+                raise CdeitError(f"--align {name!r} is unknown; choose from {', '.join(ALIGN_TARGETS)}.")
+            if not (isinstance(weight, int | float) and 0 < weight < float("inf")):
+                raise CdeitError(f"--align weight of {name} must be a positive number, not {weight!r}.")
+        if self.align_metric not in ALIGN_METRICS:
+            raise CdeitError(f"--align-metric {self.align_metric!r} is unknown; choose {' or '.join(ALIGN_METRICS)}.")
+        if self.align and not self.teacher_cache:
+            raise CdeitError(
+                "--align needs --teacher-cache CACHE holding the teacher's feature targets "
+                "(`cdeit precompute-teacher --targets logits,embedding,patches,attention`)."
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        from cdeit.common.atomic import read_json_object
+
+        path = Path(path)
+        raw = read_json_object(path, f"--config {path}", "give a run's config.json")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CdeitError(f"--config {path} has unknown keys {', '.join(unknown)}; is it a cdeit run's config.json?")
+        return cls(**raw)

@@ -1,0 +1,278 @@
+"""The run directory: what a run records about itself and what a resume checks against it.
+
+RUN/config.json holds every setting (absolute paths), RUN/environment.json the versions, the device, the git
+commit and the identity of the data and the teacher cache (split fingerprints, a hash of the cache's shard
+checksums). A resume compares those identities, not path strings, so a moved run, dataset or cache still
+resumes and a dataset rebuilt in place with another seed is refused. metrics.jsonl is appended one line per
+epoch, before the checkpoint, so no kill loses a line; a truncated last line is dropped on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from cdeit.common.atomic import atomic_path, json_safe, read_json_object, remove_stale_tmp, write_json
+from cdeit.common.errors import CdeitError
+from cdeit.train.core.config import TrainConfig
+
+CONFIG = "config.json"
+ENVIRONMENT = "environment.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoints/last.pt"
+# settings a resume may change: they do not alter what is trained (paths are compared by identity instead)
+RESUME_FREE = ("workers", "eval_every", "eval_batch_size", "device")
+# paths stored absolute, and compared on resume by what they hold (the online teacher's files: by the cache's hashes)
+PATH_FIELDS = ("data", "teacher_cache", "out", "teacher_checkpoint", "teacher_module")
+VERSIONED = ("cdeit", "torch", "timm", "ffcv", "numpy")
+
+
+def io_error(path: Path, exc: OSError) -> CdeitError:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return CdeitError(f"the disk is full while writing {path}; free space and rerun with --resume RUN.")
+    return CdeitError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --out.")
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The same settings with data, teacher cache, run directory and the online teacher's files as absolute paths
+    (a --teacher-module given as a dotted module name stays a name)."""
+    resolved = {
+        k: str(Path(v).expanduser().resolve())
+        for k in PATH_FIELDS
+        if (v := getattr(cfg, k)) and (k != "teacher_module" or Path(v).expanduser().is_file())
+    }
+    return dataclasses.replace(cfg, **resolved)
+
+
+# ------------------------------------------------------------------------------------------ identities
+def data_identity(data: str | Path) -> dict[str, str]:
+    """Fingerprint of every split in the dataset's manifest: {split: fingerprint}."""
+    from cdeit.common.dataset import load_manifest
+
+    return {name: info["fingerprint"] for name, info in load_manifest(data)["splits"].items()}
+
+
+def cache_identity(cache: str | Path, legacy: bool = False) -> str:
+    """sha256 over the cache's logit shards (file name and checksum), its head and, for a K-view cache, its view
+    shards: its content, not its path (a plain cache's identity is what it was before K-view caches existed;
+    `legacy`: without the view shards, as runs recorded it before 2026-12-01)."""
+    from cdeit.common.cache import read_cache_manifest
+
+    manifest = read_cache_manifest(cache)
+    shards = sorted((e["file"], e["sha256"]) for e in manifest.get("shards", []))
+    head = (manifest.get("head") or {}).get("hash")
+    content: dict[str, Any] = {"shards": shards, "head": head}
+    if manifest.get("augmented_shards") and not legacy:  # the views a run replays are part of what it trained on
+        content["augmented_shards"] = sorted((e["file"], e["sha256"]) for e in manifest["augmented_shards"])
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+
+
+def _git_commit() -> str | None:
+    """The project's git commit (with '-dirty' for uncommitted changes), or None outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_name(device: Any) -> str:
+    """The accelerator's name (CUDA) or the CPU's."""
+    import platform
+
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(cfg: TrainConfig, device: Any, world: int, from_cache: bool = True) -> dict[str, Any]:
+    """What this process trains with: versions, commit, device, and the identity of the data and the cache
+    (`from_cache` False: the teacher is a TeacherSource given to the Trainer, and cfg.teacher_cache only a label)."""
+    import platform
+
+    env: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions() | {"python": platform.python_version()},
+        "git_commit": _git_commit(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "world_size": world,
+        "precision": cfg.precision,
+        "data": {"path": cfg.data, "fingerprints": data_identity(cfg.data)},
+    }
+    if cfg.teacher_cache and from_cache:
+        env["teacher_cache"] = {"path": cfg.teacher_cache, "identity": cache_identity(cfg.teacher_cache)}
+    return env
+
+
+# ------------------------------------------------------------------------------------------ set-up and resume
+def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    """Create RUN/, refuse to overwrite another run, and prove it is writable before any work."""
+    out = Path(cfg.out)
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise io_error(out, exc) from None
+    remove_stale_tmp(out, recursive=True)  # a killed run's half-written checkpoint or model (dead PIDs only)
+    saved = out / CONFIG
+    has_run = (out / CHECKPOINT).is_file() or (out / "model.safetensors").is_file()
+    if saved.is_file() and not resume and has_run:
+        raise CdeitError(f"{out} already holds a run; pass --resume {out} to continue it or choose another --out.")
+    if resume and saved.is_file():
+        old = TrainConfig().to_json() | _read_json(saved)  # settings added since take their defaults
+        ignore = (*RESUME_FREE, *PATH_FIELDS)
+        differs = [k for k, v in cfg.to_json().items() if k not in ignore and old.get(k) != v]
+        if differs:
+            raise CdeitError(f"--resume with other settings than {saved} ({', '.join(differs)}); use the same options.")
+    return out
+
+
+def check_identity(out: Path, env: dict[str, Any]) -> None:
+    """Refuse a resume whose dataset or teacher cache is not the one the run started with (by content)."""
+    path = out / ENVIRONMENT
+    if not path.is_file():
+        return  # a run from before environment.json: nothing recorded to compare
+    started = _read_json(path).get("started", {})
+    want, have = started.get("data", {}).get("fingerprints"), env["data"]["fingerprints"]
+    if want is not None and want != have:
+        split = next((s for s in sorted({*want, *have}) if want.get(s) != have.get(s)), "?")
+        raise CdeitError(
+            f"--resume {out}: the dataset {env['data']['path']} is not the one the run trained on (split {split} "
+            f"has fingerprint {have.get(split)}, the run recorded {want.get(split)}); give the run's --data."
+        )
+    want_cache = (started.get("teacher_cache") or {}).get("identity")
+    have_cache = (env.get("teacher_cache") or {}).get("identity")
+    if (
+        want_cache != have_cache
+        and have_cache is not None
+        and want_cache == cache_identity(env["teacher_cache"]["path"], legacy=True)
+    ):
+        return  # a K-view run started before its identity covered the view shards: the same logits and head
+    if want_cache != have_cache:
+        raise CdeitError(
+            f"--resume {out}: the teacher cache {(env.get('teacher_cache') or {}).get('path')} is not the one the "
+            f"run trained with (identity {have_cache}, the run recorded {want_cache}); give the run's --teacher-cache."
+        )
+
+
+def record_environment(out: Path, env: dict[str, Any], resumed: bool) -> None:
+    """RUN/environment.json: the environment the run started in, then one entry per resume."""
+    path = out / ENVIRONMENT
+    record = _read_json(path) if resumed and path.is_file() else {}
+    if "started" in record:
+        record.setdefault("resumed", []).append(env)
+    else:
+        record = {"started": env, "resumed": []}
+    write_json(path, record)
+
+
+def resume_config(run: str | Path, given: dict[str, Any]) -> TrainConfig:
+    """The settings of `cdeit train --resume RUN`: RUN/config.json, with RUN as the run directory.
+
+    `given` holds the options typed on the command line: each must agree with the run, except those a resume
+    may change (RESUME_FREE) and the data and cache paths (their content is compared when training starts).
+    """
+    run = Path(run).expanduser().resolve()
+    path = run / CONFIG
+    if not path.is_file():
+        raise CdeitError(f"--resume {run}: {path} is missing, so it is not a cdeit run; give a run directory.")
+    saved = TrainConfig.from_json(path).to_json()
+    if "out" in given and Path(given["out"]).expanduser().resolve() != run:
+        raise CdeitError(f"--resume {run} with --out {given['out']}: a resume writes into RUN; drop --out.")
+    clash = [k for k in saved if k in given and k not in (*RESUME_FREE, *PATH_FIELDS) and saved[k] != given[k]]
+    if clash:
+        listed = ", ".join(f"--{k.replace('_', '-')} {given[k]} (run: {saved.get(k)})" for k in clash)
+        raise CdeitError(f"--resume {run} was trained with other settings: {listed}; drop them to continue the run.")
+    free = {k: v for k, v in given.items() if k in (*RESUME_FREE, *PATH_FIELDS) and k != "out"}
+    return TrainConfig(**(saved | free | {"out": str(run)}))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return read_json_object(path, str(path), "restore it or start a new run")
+
+
+# ------------------------------------------------------------------------------------------ metrics.jsonl
+def append_metrics(out: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's line (non-finite numbers as null: NaN is not JSON)."""
+    path = out / METRICS
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+            fh.flush()
+    except OSError as exc:
+        raise io_error(path, exc) from None
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """Every line of RUN/metrics.jsonl; a damaged line is one sentence naming it."""
+    path = out / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise CdeitError(f"{path} line {i} is not valid JSON; resume the run to repair it.") from None
+    return records
+
+
+def repair_metrics(out: Path, epoch: int, last: dict[str, Any] | None) -> str | None:
+    """After a resume: keep the lines of epochs <= `epoch`, drop a truncated last line, restore the checkpoint's.
+
+    `last` is the line of epoch `epoch` as the checkpoint holds it (written back if the file lacks it).
+    Returns a sentence saying what was repaired, or None. A damaged line before the last is refused.
+    """
+    path = out / METRICS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept, note = [], None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i < len(lines):
+                raise CdeitError(
+                    f"{path} line {i} of {len(lines)} is not valid JSON; fix or delete that line and resume again."
+                ) from None
+            note = f"dropped a truncated last line of {path} (epoch {epoch + 1} is redone)"
+            continue
+        if record.get("epoch", 0) <= epoch:
+            kept.append(record)
+    if last is not None and not any(r.get("epoch") == epoch for r in kept):
+        kept.append(last)
+        note = f"restored the line of epoch {epoch} in {path} from the checkpoint"
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in kept))
+    return note

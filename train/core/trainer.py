@@ -1,0 +1,539 @@
+"""`cdeit train`: train a ViT / DeiT / CdeiT student from packed images and cached teacher logits.
+
+The teacher is never built here. Its logits are loaded once into a device tensor (N, classes) and
+gathered with each batch's `index` field (or, for a clean-view cache, its `source` field); with `--align`
+its feature targets are gathered the same way and compared with the student's (train/core/align.py). Mixup,
+random erasing and normalisation run on whole batches on the device. Checkpoints are atomic and hold
+every RNG state, so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from cdeit.common import distributed
+from cdeit.common.atomic import atomic_path, write_json
+from cdeit.common.console import console, progress_bar
+from cdeit.common.dataset import beton_path, check_betons, load_manifest, make_loader
+from cdeit.common.device import resolve_device
+from cdeit.common.errors import CdeitError
+from cdeit.common.metrics import ece_bin_stats, ece_from_stats
+from cdeit.common.tokens import TOKEN_TARGETS
+from cdeit.train.core import rundir
+from cdeit.train.core.config import TrainConfig
+from cdeit.train.core.rundir import CHECKPOINT, io_error, prepare_run_dir
+from cdeit.train.core.teachers import TeacherSource, load_teacher, target_names
+
+if TYPE_CHECKING:
+    from cdeit.train.core.align import Alignment
+
+TRAIN_FIELDS = ("image", "label", "corruption", "index")
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_val_acc: float = -1.0
+    train_seconds: float = 0.0
+    train_images: int = 0
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on norms, biases, tokens or position embeddings."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """DeiT's Table 1 schedule per optimizer step, as timm's `create_scheduler_v2` builds it (docs/training.md).
+
+    Linear warmup from `warmup_lr` over the first warmup_epochs x steps steps, inside the total; then
+    min_lr + (lr - min_lr) / 2 (1 + cos(pi t / T)) over all T = epochs x steps steps, so the last step is at
+    min_lr (to within (lr - min_lr) pi^2 / 4T^2). Step t uses the lr the scheduler set after step t - 1.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    return CosineLRScheduler(
+        optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
+        warmup_prefix=False, t_in_epochs=False,
+    )  # fmt: skip
+
+
+class Trainer:
+    """One training run; `run()` trains (or resumes) to the end and writes the final model.
+
+    `teacher` is the extension point for where teacher targets come from (train/core/teachers.py): by default
+    the cache `cfg.teacher_cache`; any `TeacherSource` (an online teacher, a table in memory) replaces it.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, teacher: TeacherSource | None = None):
+        cfg = rundir.absolute_paths(cfg.validate())
+        self.resume = resume
+        env = distributed.dist_env()
+        self.device = resolve_device(cfg.device, env.local_rank)
+        self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
+        self.cfg = cfg = dataclasses.replace(cfg, precision="bf16" if self.autocast else "fp32")  # what runs
+        if cfg.batch_size % env.world:
+            raise CdeitError(
+                f"--batch-size {cfg.batch_size} does not divide over {env.world} processes; "
+                f"use a multiple of {env.world}."
+            )
+        self.dist = distributed.setup(env, self.device.type)
+        self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
+        self.manifest = load_manifest(cfg.data)
+        check_betons(cfg.data, self.manifest, ("train", "val"))  # the files themselves, not only the manifest
+        self.num_classes = len(self.manifest["classes"])
+        self.env = rundir.environment(cfg, self.device, env.world, from_cache=teacher is None)
+        if resume and self.dist.main:
+            rundir.check_identity(self.out, self.env)
+        self.state = State()
+        self.last_record: dict[str, Any] | None = None  # the last metrics line, kept in the checkpoint
+        self.val_teacher: dict[str, torch.Tensor] = {}
+        self.teacher_from_cache = teacher is None  # then the cache also holds the val logits of the diagnostics
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        self.teacher = teacher
+        self._build()
+
+    # ---------------------------------------------------------------- set-up
+    def _build(self) -> None:
+        from cdeit.train.core.losses import build_loss
+        from cdeit.train.core.mixing import RandomErasing
+        from cdeit.train.core.models import Normalise, build_student
+
+        cfg, dev = self.cfg, self.device
+        kwargs = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path, drop_rate=cfg.dropout)
+        kwargs.setdefault("num_classes", self.num_classes)
+        self.model = build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs).to(dev)
+        self.model.set_return_heads(True)  # forward gives the losses every head; validation reads heads()
+        self.raw_model = self.model
+        self.normalise = Normalise.for_model(self.model, dev)
+        self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
+        self.erasing = RandomErasing(cfg.erasing_prob, device=dev) if cfg.erasing_prob > 0 else None
+        self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
+        self.erase_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + 500 + self.dist.rank)
+
+        self.teacher_names = target_names(cfg)  # logits to distil from, then the features --align compares
+        if self.teacher is None:
+            self.teacher = load_teacher(cfg, dev, self.normalise)
+        keys = self.teacher.fields if self.teacher is not None else ()
+        self.batch_fields = (*TRAIN_FIELDS, *(k for k in keys if k not in TRAIN_FIELDS))  # + source: clean view
+        self.train_loader = make_loader(
+            beton_path(cfg.data, "train"), cfg.batch_size // self.dist.world, "random", str(dev),
+            fields=self.batch_fields, drop_last=True,
+            distributed=self.dist.enabled, seed=cfg.seed, workers=cfg.workers,
+        )  # fmt: skip
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            n = self.manifest["splits"]["train"]["count"]
+            raise CdeitError(f"--batch-size {cfg.batch_size} is larger than the {n} training images; lower it.")
+        self.alignment = self._alignment()
+        self.align_fn = self.alignment
+
+        fused = dev.type == "cuda"
+        groups = param_groups(self.model, cfg.weight_decay)
+        if self.alignment is not None:  # the projections train with the student (decay on their matrices)
+            for group, extra in zip(groups, self.alignment.param_groups(cfg.weight_decay), strict=True):
+                group["params"] += extra["params"]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+        self.scheduler = lr_schedule(self.optimizer, cfg, self.steps_per_epoch)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the lr of the latest optimizer step
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=dev)  # first non-finite loss, no sync
+        self.step_count = torch.zeros((), dtype=torch.int64, device=dev)
+        compile_model = cfg.compile if cfg.compile is not None else dev.type == "cuda"
+        if compile_model:
+            self.model = torch.compile(self.model)
+        if self.dist.enabled:
+            ids = [dev.index] if dev.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            if self.alignment is not None:  # its own DDP: the projections' gradients are averaged too
+                self.align_fn = torch.nn.parallel.DistributedDataParallel(self.alignment, device_ids=ids)
+
+    def _alignment(self) -> Alignment | None:
+        """The alignment terms and their projections (student width -> teacher width), or None without --align."""
+        if not self.cfg.align:
+            return None
+        from cdeit.train.core.align import Alignment
+
+        assert self.teacher is not None
+        shapes, cells = self.teacher.shapes, self.raw_model.grid_size[0] * self.raw_model.grid_size[1]
+        for name in TOKEN_TARGETS:
+            if name in self.cfg.align and shapes[name][0] != cells:
+                raise CdeitError(
+                    f"--align {name} compares the teacher's {shapes[name][0]}-cell grid with this student's "
+                    f"{cells} patches; use a student with an 8x8 patch grid (32px images, patch 4)."
+                )
+        dims = {k: shapes[k][-1] for k in ("embedding", "patches") if k in self.cfg.align}
+        return Alignment(self.cfg.align, self.cfg.align_metric, self.raw_model.embed_dim, dims).to(self.device)
+
+    def teacher_for(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's teacher targets by name (`logits`, the alignment's features as stored), in one batched call
+        on the device; `batch` maps field names (`self.batch_fields`) to the loader's tensors."""
+        if self.teacher is None or not self.teacher_names:
+            return {}
+        return self.teacher.targets_for(batch, self.teacher_names)
+
+    @property
+    def beyond_paper_teacher(self) -> bool:
+        """A clean-view teacher or an alignment: the runs whose console line and summary say so."""
+        return self.teacher is not None and (self.teacher.view != "same" or bool(self.cfg.align))
+
+    # ---------------------------------------------------------------- checkpoints
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state(), "mix": self.mix_gen.get_state(), "erase": self.erase_gen.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save_checkpoint(self) -> None:
+        """Model, optimizer, scheduler, RNG states, epoch and step; atomic (rank 0 only)."""
+        if not self.dist.main:
+            return
+        payload = {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": self._rng_state(),
+            "state": self.state.__dict__,
+            "config": self.cfg.to_json(),
+            "record": self.last_record,  # this epoch's metrics line: a resume writes it back if the file lost it
+        }
+        if self.alignment is not None:  # the projections: training-only, never part of the student
+            payload["alignment"] = self.alignment.state_dict()
+        path = self.out / CHECKPOINT
+        try:
+            with atomic_path(path, rerun="rerun with --resume") as tmp:
+                torch.save(payload, tmp)
+        except OSError as exc:
+            raise io_error(path, exc) from None
+
+    def load_checkpoint(self) -> bool:
+        path = Path(self.cfg.out) / CHECKPOINT
+        if not path.is_file():
+            return False
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CdeitError(
+                f"checkpoint {path} could not be read ({type(exc).__name__}); delete it to start over."
+            ) from None
+        try:
+            self._restore(payload)
+        except CdeitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # another model, or not a cdeit checkpoint
+            raise CdeitError(
+                f"checkpoint {path} does not belong to this run ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'mismatch'}); "
+                "resume with the run's own settings, or delete it to start over."
+            ) from None
+        return True
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        """Model, projections, optimizer, scheduler, RNG states and counters from a checkpoint payload."""
+        path = Path(self.cfg.out) / CHECKPOINT
+        self.raw_model.load_state_dict(payload["model"])
+        if self.alignment is not None:
+            if "alignment" not in payload:
+                raise CdeitError(f"checkpoint {path} holds no alignment projections; resume with the run's --align.")
+            self.alignment.load_state_dict(payload["alignment"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.mix_gen.set_state(rng["mix"])
+        self.erase_gen.set_state(rng["erase"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.state = State(**payload["state"])
+        self.last_record = payload.get("record")
+
+    # ---------------------------------------------------------------- loop
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        from cdeit.train.core.mixing import make_targets, mix_batch, with_teacher
+
+        cfg = self.cfg
+        images_u8, labels, corruption, *_ = batch  # then index, and `source` when the cache is keyed by source
+        replay = getattr(self.teacher, "replay", None)  # a K-view cache: the augmented images the teacher saw
+        if replay is not None:
+            images_u8, targets = replay(dict(zip(self.batch_fields, batch, strict=True)))
+            images = self.normalise(images_u8)
+        else:
+            online = getattr(self.teacher, "teach_augmented", None)  # a teacher run on the augmented batch itself
+            teacher = {} if online is not None else self.teacher_for(dict(zip(self.batch_fields, batch, strict=True)))
+            features = {k: teacher[k] for k in self.alignment.names} if self.alignment is not None else None
+            targets = make_targets(labels, corruption, teacher.get("logits"), "none" if online else cfg.distill,
+                                   cfg.tau, cfg.label_smoothing, num_classes=self.num_classes,
+                                   features=features)  # fmt: skip
+            images = self.normalise(images_u8)
+            if self.erasing is not None:  # per-image erasing before batch mixing, in DeiT's order
+                images, targets = self.erasing(images, targets, self.erase_gen)
+            images, targets = mix_batch(images, targets, cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob,
+                                        cfg.cutmix_alpha, generator=self.mix_gen)  # fmt: skip
+            if online is not None:  # the teacher saw the mixed image: its target is not mixed
+                targets = with_teacher(targets, online(images), cfg.distill, cfg.tau)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            if self.alignment is None:
+                outputs = self.model(images)
+            else:  # the alignment features come out of the same forward
+                outputs = self.model(images, features=self.alignment.names)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        parts = self.loss_fn(outputs, targets)
+        if self.alignment is not None:
+            aligned = self.align_fn(outputs, targets.features)
+            parts = {**parts, **aligned, "total": parts["total"] + aligned["total"]}
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.state.step += 1
+        self.step_count += 1
+        bad = ~torch.isfinite(parts["total"].detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, self.step_count, self.first_bad_step)  # checked at sync points
+        self.scheduler.step_update(self.state.step)
+        return {k: v.detach() for k, v in parts.items()}
+
+    def train_epoch(self, epoch: int, advance: Any) -> dict[str, float]:
+        self.model.train()
+        self.train_loader.next_epoch = epoch  # FFCV's order is a function of (seed, epoch): resumable
+        if hasattr(self.teacher, "start_epoch"):  # a K-view cache picks (and spot-checks) the epoch's views
+            self.teacher.start_epoch(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        start, n_images = time.perf_counter(), 0
+        self.step_count.fill_(self.state.step)
+        for i, batch in enumerate(self.train_loader):
+            parts = self.train_step(batch)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0) + v
+            n_images += batch[0].shape[0]
+            if i % 10 == 9 or i == self.steps_per_epoch - 1:  # one sync every 10 steps
+                self._check_finite(epoch)
+            if advance and (i % 10 == 9 or i == self.steps_per_epoch - 1):  # sync with the device rarely
+                rate = n_images * self.dist.world / (time.perf_counter() - start)
+                means = (torch.stack([sums[k] for k in sorted(sums)]) / (i + 1)).tolist()  # one sync for all parts
+                loss = " ".join(f"{k} {v:.3f}" for k, v in zip(sorted(sums), means, strict=True))
+                advance(10 if i % 10 == 9 else (i % 10) + 1, info=f"{rate:,.0f} img/s  {loss}")
+        seconds = time.perf_counter() - start
+        self.state.train_seconds += seconds
+        self.state.train_images += n_images * self.dist.world
+        stats = torch.stack([sums[k] for k in sorted(sums)]) / self.steps_per_epoch
+        stats = distributed.all_reduce_sum(stats, self.dist) / self.dist.world
+        out = {f"train_{k}": float(v) for k, v in zip(sorted(sums), stats.tolist(), strict=True)}
+        out["train_images_per_s"] = n_images * self.dist.world / seconds
+        out["lr"] = self.step_lr  # the lr of the epoch's last optimizer step
+        return out
+
+    def _check_finite(self, epoch: int) -> None:
+        """Stop at the first non-finite loss, before a checkpoint could keep the damage."""
+        bad = int(self.first_bad_step.item())
+        if bad < 0:
+            return
+        in_epoch = bad - epoch * self.steps_per_epoch
+        raise CdeitError(
+            f"the training loss became NaN or infinite at epoch {epoch + 1}, step {in_epoch} of "
+            f"{self.steps_per_epoch} (optimizer step {bad}); the run stopped and {self.out / CHECKPOINT} still "
+            f"holds epoch {self.state.epoch}. Start a new run with a lower --lr-per-512 (now {self.cfg.lr_per_512:g}), "
+            "with --clip-grad 1.0, or with --precision fp32."
+        )
+
+    @torch.no_grad()
+    def validate(self, split: str = "val") -> dict[str, float]:
+        """Accuracy, mean cross-entropy and ECE-15 of the inference logits, the mean cosine similarity of every
+        pair of prefix tokens (paper 4.4) and, with a teacher cache, the student's top-1 agreement with the
+        cached teacher and KL(teacher || student); exact under torchrun."""
+        self.model.eval()
+        count = self.manifest["splits"][split]["count"]
+        indices = list(range(self.dist.rank, count, self.dist.world))  # every sample once over the ranks
+        loader = make_loader(beton_path(self.cfg.data, split), self.cfg.eval_batch_size, "sequential",
+                             str(self.device), fields=("image", "label", "index"), workers=self.cfg.workers,
+                             indices=indices)  # fmt: skip
+        teacher = self._val_teacher(split)
+        names = self.raw_model.token_names
+        pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+        sums = torch.zeros(4 + len(pairs), dtype=torch.float64, device=self.device)  # nll, correct, agree, kl, cos
+        bins = torch.zeros(3, 15, dtype=torch.float64, device=self.device)
+        for images_u8, labels, index in loader:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                features = self.raw_model.forward_features(self.normalise(images_u8))  # (B, T + N, D)
+                logits = self.raw_model.combine(self.raw_model.heads(features))  # the inference logits
+            logits, features = logits.float(), features.float()
+            batch = [F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum()]
+            if teacher is not None:
+                t = teacher[index]  # (B, C) cached teacher logits of these samples
+                kl = F.kl_div(logits.log_softmax(1), t.log_softmax(1), reduction="sum", log_target=True)
+                batch += [(logits.argmax(1) == t.argmax(1)).sum(), kl]
+            else:
+                batch += [torch.zeros((), device=self.device)] * 2
+            batch += [F.cosine_similarity(features[:, i], features[:, j], dim=1).sum() for i, j in pairs]
+            sums += torch.stack([b.double() for b in batch])
+            bins += ece_bin_stats(logits.softmax(1), labels)
+        totals = distributed.all_reduce_sum(torch.cat([sums, bins.flatten()]), self.dist).tolist()
+        n = sum(totals[-45:-30])  # the ECE bins' counts: every sample once
+        out = {f"{split}_acc": totals[1] / n, f"{split}_loss": totals[0] / n,
+               f"{split}_ece": ece_from_stats(torch.tensor(totals[-45:]).view(3, 15))}  # fmt: skip
+        if teacher is not None:
+            out |= {f"{split}_teacher_agreement": totals[2] / n, f"{split}_teacher_kl": totals[3] / n}
+        for k, (i, j) in enumerate(pairs):
+            out[f"{split}_cos_{names[i]}~{names[j]}"] = totals[4 + k] / n
+        return out
+
+    def _val_teacher(self, split: str) -> torch.Tensor | None:
+        """The cached teacher logits of `split` (N, C) by sample index, loaded once; None without a cache."""
+        if not (self.teacher_from_cache and self.cfg.teacher_cache and self.cfg.distill != "none"):
+            return None
+        if split not in self.val_teacher:
+            from cdeit.common.cache import load_teacher_logits
+
+            self.val_teacher[split] = load_teacher_logits(self.cfg.teacher_cache, self.cfg.data, split, self.device)
+        return self.val_teacher[split]
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """One epoch's line in metrics.jsonl and its scalars in RUN/tb/ (rank 0)."""
+        if not self.dist.main:
+            return
+        rundir.append_metrics(self.out, record)
+        for key, value in record.items():
+            if key not in ("epoch", "step") and isinstance(value, int | float):
+                self.tb.add_scalar(_tb_tag(key), value, global_step=record["step"])
+        self.tb.flush()
+
+    def _start(self) -> None:
+        """Load the checkpoint (resume) or start afresh; write config.json, environment.json, open RUN/tb/."""
+        cfg = self.cfg
+        resumed = self.resume and self.load_checkpoint()
+        if resumed:
+            console.print(f"resuming {cfg.out} after epoch {self.state.epoch} (step {self.state.step})")
+        if not self.dist.main:
+            return
+        if resumed:
+            note = rundir.repair_metrics(self.out, self.state.epoch, self.last_record)
+            if note:
+                console.print(f"[yellow]{note}[/]")
+        else:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        write_json(self.out / "config.json", cfg.to_json())  # a moved run records where it is now
+        rundir.record_environment(self.out, self.env, resumed)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: a redone epoch's events replace those a killed run wrote after its checkpoint
+        self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.state.step if resumed else None)
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._start()
+        if self.dist.main:
+            n_params = sum(p.numel() for p in self.raw_model.parameters())
+            console.print(
+                f"training {cfg.student} (distill {cfg.distill}, {n_params / 1e6:.2f}M parameters) on {self.device}"
+                f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
+                f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}, {cfg.precision}"
+            )
+            if cfg.min_lr > cfg.lr:  # a small batch with Table 1's floor: the "decay" rises to min_lr
+                console.print(
+                    f"[yellow]warning: --min-lr {cfg.min_lr:g} is above the lr {cfg.lr:g} (batch {cfg.batch_size}): "
+                    "the cosine rises to it; lower --min-lr for a decay.[/]"
+                )
+            if cfg.warmup_epochs >= cfg.epochs:  # what was asked, as timm would run it, but rarely what is meant
+                console.print(
+                    f"[yellow]warning: --warmup-epochs {cfg.warmup_epochs:g} is not shorter than --epochs "
+                    f"{cfg.epochs}: the whole run is warmup and the lr never reaches the cosine; lower it for "
+                    "Table 1's curve.[/]"
+                )
+            if self.beyond_paper_teacher:
+                aligned = ", ".join(f"{k} x{w:g}" for k, w in cfg.align.items()) or "none"
+                where = getattr(self.teacher, "description", None)  # a source that is not a cache says what it is
+                where = where or f"{self.teacher.view}-view cache joined by {', '.join(self.teacher.fields)}"
+                console.print(f"teacher: {where}; alignment: {aligned} ({cfg.align_metric})")
+        remaining = (cfg.epochs - self.state.epoch) * self.steps_per_epoch
+        with progress_bar("training", remaining, unit="steps") as advance:
+            for epoch in range(self.state.epoch, cfg.epochs):
+                record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step}
+                record |= self.train_epoch(epoch, advance if self.dist.main else None)
+                record["step"] = self.state.step
+                last = epoch + 1 == cfg.epochs
+                if (epoch + 1) % cfg.eval_every == 0 or last:
+                    record |= self.validate("val")
+                    if record["val_acc"] > self.state.best_val_acc:
+                        self.state.best_val_acc = record["val_acc"]
+                        self._save_model("best.safetensors")
+                self.state.epoch = epoch + 1
+                self.last_record = record
+                self._log(record)  # the line before the checkpoint: a kill in between redoes the epoch, loses nothing
+                self.save_checkpoint()
+                if self.dist.main:
+                    console.print(_epoch_line(record))
+                distributed.barrier(self.dist)
+        return self._finish()
+
+    def _save_model(self, name: str) -> None:
+        if not self.dist.main:
+            return
+        from cdeit.train.core.models import save_safetensors
+
+        try:
+            save_safetensors(self.raw_model, self.out / name)
+        except OSError as exc:
+            raise io_error(self.out / name, exc) from None
+
+    def _finish(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        if self.dist.main:
+            self._save_model("model.safetensors")
+            write_json(self.out / "model_config.json", self.raw_model.model_config())
+            records = rundir.read_metrics(self.out)
+            last = records[-1] if records else {}
+            summary = {
+                "student": self.cfg.student,
+                "distill": self.cfg.distill,
+                "head_strategy": self.cfg.resolved_head_strategy(),
+                "parameters": sum(p.numel() for p in self.raw_model.parameters()),
+                "epochs": self.state.epoch,
+                "steps": self.state.step,
+                "train_seconds": self.state.train_seconds,
+                "train_images_per_s": self.state.train_images / max(self.state.train_seconds, 1e-9),
+                "best_val_acc": self.state.best_val_acc,
+                **{k: v for k, v in last.items() if k.startswith("val_")},
+                "device": str(self.device),
+                "world_size": self.dist.world,
+            }
+            if self.beyond_paper_teacher:  # beyond the paper's recipe: say which view and alignment
+                summary |= {"teacher_view": self.teacher.view, "align": self.cfg.align}
+            write_json(self.out / "summary.json", summary)
+            self.tb.close()
+        distributed.barrier(self.dist)
+        distributed.teardown(self.dist)
+        return summary
+
+
+def _tb_tag(key: str) -> str:
+    """metrics.jsonl key -> TensorBoard tag: train_cls_ce -> train/cls_ce, val_acc -> val/acc, lr -> lr."""
+    for prefix in ("train", "val"):
+        if key.startswith(prefix + "_"):
+            return f"{prefix}/{key[len(prefix) + 1 :]}"
+    return key
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    val = f"  val acc {r['val_acc']:.2%} loss {r['val_loss']:.3f} ece {r['val_ece']:.4f}" if "val_acc" in r else ""
+    return f"epoch {r['epoch']:>3d}  train loss {r['train_total']:.4f}  {r['train_images_per_s']:,.0f} img/s{val}"
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run described by `cfg`; returns the summary."""
+    return Trainer(cfg, resume).run()

@@ -1,0 +1,383 @@
+"""A study: one TOML file planned into many ordinary training runs (shared options x axes x seeds).
+
+The study folder is the single source of truth. It holds `study.toml` (what was asked), `plan.json` (the
+expanded runs) and `runs/NAME/`, one ordinary `cdeit train` run directory per planned run. Whether a run
+is finished, killed or not started is read from its files, so a rerun, another machine or a SLURM job
+sees the same state. Nothing here imports torch: planning and `--dry-run` stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cdeit.common.atomic import atomic_path, write_json
+from cdeit.common.dataset import load_manifest
+from cdeit.common.errors import CdeitError
+from cdeit.train.core.config import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PLAN = "plan.json"
+SPEC = "study.toml"
+RUNS = "runs"
+EVAL_SPLIT = "test"  # each run is evaluated on this split when it finishes training
+SECTIONS = ("study", "shared", "axes", "configs", "slurm")
+STUDY_KEYS = ("name", "out", "seeds", "baseline", "preset")
+SLURM_KEYS = {"cluster": str, "partition": str, "gpus_per_job": int, "cpus_per_task": int, "time_min": int,
+              "mem_gb": int, "array_parallelism": int}  # fmt: skip
+PLANNED_BY_STUDY = ("out", "seed")  # set per run by the study, never by the file
+ALIASES = {"lambda": "lam"}  # the command line's spelling of a field
+CHECKPOINT = "checkpoints/last.pt"  # the trainer's (cdeit.train.core.trainer.CHECKPOINT; not imported: it loads torch)
+NOT_HASHED = ("out", "workers", "eval_batch_size")  # machinery that does not change what a run learns
+Status = Literal["done", "trained", "partial", "new"]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of a study: its configuration group, seed, settings and directory name."""
+
+    group: str  # the configuration's readable name, shared by its seeds
+    seed: int
+    overrides: dict[str, Any]  # the group's own settings beyond the shared ones
+    settings: dict[str, Any]  # the whole TrainConfig, `out` included
+    name: str  # run directory name: readable, seed, short hash of the settings
+
+    def run_dir(self, study_dir: str | Path) -> Path:
+        return Path(study_dir) / RUNS / self.name
+
+
+@dataclass
+class Study:
+    """A parsed and validated study file; `runs` is the expanded plan."""
+
+    name: str
+    out: Path
+    seeds: list[int]
+    shared: dict[str, Any]
+    groups: dict[str, dict[str, Any]]  # readable name -> overrides, in plan order
+    runs: list[PlannedRun]
+    baseline: str | None = None
+    preset: str | None = None
+    slurm: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "preset": self.preset,
+            "baseline": self.baseline,
+            "seeds": self.seeds,
+            "shared": self.shared,
+            "groups": self.groups,
+            "slurm": self.slurm,
+            "runs": [dataclasses.asdict(r) for r in self.runs],
+        }
+
+
+# ------------------------------------------------------------------------------------------ reading
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """The study file as a dict, or one sentence naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise CdeitError(f"study file {path} does not exist; write one (docs/studies.md) or use --preset.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CdeitError(f"study file {path} could not be read ({exc}).") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CdeitError(f"study file {path} is not valid TOML ({exc}); see docs/studies.md for the layout.") from None
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a TrainConfig field's type (an int is a valid float, a bool is not a number)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    """A field type in words: `an integer`, `one of 'vit', 'deit', 'cdeit'`, `a number`."""
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and typing.get_origin(hint) is not dict:  # X | None: TOML has no null, so only X can be written
+        return " or ".join(_type_name(a) for a in args)
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+    return words.get(hint, words.get(typing.get_origin(hint), str(hint)))
+
+
+def check_options(options: dict[str, Any], where: str, file: Path) -> dict[str, Any]:
+    """Map `options` onto TrainConfig field names and check each value's type; one sentence per problem."""
+    types = _field_types()
+    checked = {}
+    for key, value in options.items():
+        name = ALIASES.get(key, key.replace("-", "_"))
+        if name in PLANNED_BY_STUDY:
+            fix = "list seeds in [study] seeds" if name == "seed" else "set the study folder with [study] out or --out"
+            raise CdeitError(f"{file}: {where} sets {key!r}, which the study sets per run; {fix}.")
+        if name not in types:
+            raise CdeitError(
+                f"{file}: {where} has unknown key {key!r}; use `cdeit train` option names "
+                f"({', '.join(sorted(set(types) - set(PLANNED_BY_STUDY)))})."
+            )
+        if not _accepts(value, types[name]):
+            raise CdeitError(f"{file}: {where} key {key!r} = {value!r} should be {_type_name(types[name])}.")
+        checked[name] = value
+    return checked
+
+
+def _table(spec: dict[str, Any], key: str, file: Path) -> dict[str, Any]:
+    value = spec.get(key, {})
+    if not isinstance(value, dict):
+        raise CdeitError(f"{file}: [{key}] should be a table of options, not {type(value).__name__}.")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ planning
+def _slug(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+    keep = "".join(c if c.isalnum() or c in ".-+" else "-" for c in text)
+    return "-".join(p for p in keep.split("-") if p) or "x"
+
+
+def readable_name(overrides: dict[str, Any]) -> str:
+    """`{'student': 'deit', 'distill': 'soft'}` -> `deit_soft`; numbers keep their key (`weight_decay-0.01`)."""
+    if not overrides:
+        return "base"
+    parts = [_slug(v) if isinstance(v, str) else f"{k}-{_slug(v)}" for k, v in overrides.items()]
+    return "_".join(parts)
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """Eight hex digits of SHA-256 over the settings that change what a run learns."""
+    kept = {k: v for k, v in sorted(settings.items()) if k not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _groups(spec: dict[str, Any], file: Path) -> dict[str, dict[str, Any]]:
+    """[[configs]] in order, then the cross product of [axes]; each a readable name -> its overrides."""
+    groups: dict[str, dict[str, Any]] = {}
+    configs = spec.get("configs", [])
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise CdeitError(f"{file}: configs should be an array of tables ([[configs]]), one per configuration.")
+    for i, raw in enumerate(configs):
+        raw = dict(raw)
+        name = raw.pop("name", None)
+        overrides = check_options(raw, f"[[configs]] #{i + 1}", file)
+        _add_group(groups, str(name) if name is not None else readable_name(overrides), overrides, file)
+    axes = _table(spec, "axes", file)
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise CdeitError(f"{file}: [axes] {key} should be a non-empty list of values, e.g. {key} = [a, b].")
+    checked_axes = {k: [check_options({k: v}, "[axes]", file) for v in vs] for k, vs in axes.items()}
+    if checked_axes:
+        for combo in itertools.product(*checked_axes.values()):
+            overrides = {k: v for part in combo for k, v in part.items()}
+            _add_group(groups, readable_name(overrides), overrides, file)
+    return groups or {"base": {}}
+
+
+def _add_group(groups: dict[str, dict[str, Any]], name: str, overrides: dict[str, Any], file: Path) -> None:
+    if not name or not all(c.isalnum() or c in "._+-" for c in name):
+        raise CdeitError(f"{file}: configuration name {name!r} should use letters, digits and . _ + - only.")
+    if name in groups:
+        raise CdeitError(f"{file}: two configurations are named {name!r}; give each [[configs]] its own name.")
+    groups[name] = overrides
+
+
+def _seeds(study: dict[str, Any], file: Path) -> list[int]:
+    seeds = study.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(seeds))  # `seeds = 3` means seeds 0, 1, 2
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise CdeitError(
+            f"{file}: [study] seeds should be a list of integers (e.g. [0, 1, 2]) or a count, not {seeds!r}."
+        )
+    if len(set(seeds)) != len(seeds):
+        raise CdeitError(f"{file}: [study] seeds {seeds} repeats a seed; list each seed once.")
+    return seeds
+
+
+def _check_slurm(slurm: dict[str, Any], file: Path) -> dict[str, Any]:
+    bad = sorted(set(slurm) - set(SLURM_KEYS))
+    if bad:
+        raise CdeitError(f"{file}: [slurm] has unknown key(s) {', '.join(bad)}; it takes {', '.join(SLURM_KEYS)}.")
+    for key, value in slurm.items():
+        kind = SLURM_KEYS[key]
+        if not _accepts(value, kind) or (kind is int and value < 1):
+            what = "a positive integer" if kind is int else "a string"
+            raise CdeitError(f"{file}: [slurm] {key} = {value!r} should be {what}.")
+    return slurm
+
+
+def plan_study(spec: dict[str, Any], file: str | Path, out: str | Path | None = None) -> Study:
+    """Validate a study file's contents and expand its runs; refuses any bad key or value before anything runs."""
+    file = Path(file)
+    unknown = sorted(set(spec) - set(SECTIONS))
+    if unknown:
+        raise CdeitError(f"{file}: unknown section(s) {', '.join(unknown)}; a study file has {', '.join(SECTIONS)}.")
+    head = _table(spec, "study", file)
+    bad = sorted(set(head) - set(STUDY_KEYS))
+    if bad:
+        raise CdeitError(f"{file}: [study] has unknown key(s) {', '.join(bad)}; it takes {', '.join(STUDY_KEYS)}.")
+    slurm = _check_slurm(_table(spec, "slurm", file), file)
+    shared = check_options(_table(spec, "shared", file), "[shared]", file)
+    groups = _groups(spec, file)
+    seeds = _seeds(head, file)
+    name = str(head.get("name") or file.stem)
+    # absolute: a resumed run must name the same --out as its first start, from whatever directory it runs
+    study_dir = Path(out or head.get("out") or file.with_suffix("")).resolve()
+    baseline = head.get("baseline")
+    if baseline is not None and baseline not in groups:
+        raise CdeitError(
+            f"{file}: [study] baseline {baseline!r} is not a configuration; choose one of {', '.join(groups)}."
+        )
+    runs = [_plan_run(study_dir, g, o, shared, seed, file) for g, o in groups.items() for seed in seeds]
+    return Study(name, study_dir, seeds, shared, groups, runs, baseline, head.get("preset"), slurm)
+
+
+def _plan_run(study_dir: Path, group: str, overrides: dict, shared: dict, seed: int, file: Path) -> PlannedRun:
+    """One run's full settings, validated by TrainConfig itself; its name carries a hash of those settings."""
+    values = TrainConfig().to_json() | shared | overrides | {"seed": seed, "out": ""}
+    for key in ("data", "teacher_cache"):  # jobs may start elsewhere (SLURM): paths absolute, as from here
+        if values.get(key):
+            values[key] = str(Path(values[key]).resolve())
+    digest = settings_hash(values)
+    name = f"{group}-s{seed}-{digest}"
+    values["out"] = str(study_dir / RUNS / name)
+    try:
+        TrainConfig(**values).validate()
+    except CdeitError as exc:
+        raise CdeitError(f"{file}: configuration {group!r} (seed {seed}) is invalid: {exc}") from None
+    load_manifest(values["data"])  # a missing dataset is refused now, not in the first job's log
+    cache = values.get("teacher_cache")
+    if cache and not (Path(cache) / "manifest.json").is_file():
+        raise CdeitError(
+            f"{file}: teacher_cache {cache} holds no manifest.json; build it with `cdeit precompute-teacher`."
+        )
+    return PlannedRun(group, seed, overrides, values, name)
+
+
+def load_study(spec_path: str | Path, out: str | Path | None = None) -> Study:
+    return plan_study(read_spec(spec_path), spec_path, out)
+
+
+def write_plan(study: Study, spec_text: str) -> Path:
+    """Write study.toml (what was asked) and plan.json (the expanded runs) into the study folder."""
+    study.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(study.out / SPEC) as tmp:
+        tmp.write_text(spec_text)
+    write_json(study.out / PLAN, study.to_json())
+    return study.out / PLAN
+
+
+def read_plan(study_dir: str | Path) -> dict[str, Any]:
+    path = Path(study_dir) / PLAN
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CdeitError(f"{path} could not be read ({exc}); rerun `cdeit sweep` on the study file.") from None
+
+
+def planned_runs(plan: dict[str, Any]) -> list[PlannedRun]:
+    return [PlannedRun(**r) for r in plan["runs"]]
+
+
+# ------------------------------------------------------------------------------------------ state
+def run_status(run_dir: str | Path) -> Status:
+    """Read from the run's files: done (trained and evaluated), trained, partial (killed: a checkpoint) or new."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        return "done" if (run_dir / "eval" / f"{EVAL_SPLIT}.json").is_file() else "trained"
+    return "partial" if (run_dir / CHECKPOINT).is_file() else "new"
+
+
+# ------------------------------------------------------------------------------------------ commands
+def _train_options() -> dict[str, tuple[str, str | None]]:
+    """TrainConfig field -> (`--flag`, `--no-flag` or None), read from the `cdeit train` command itself."""
+    import typer
+
+    from cdeit.train.cli import train as train_command
+
+    app = typer.Typer()
+    app.command()(train_command)
+    params = typer.main.get_command(app).params
+    return {p.name: (p.opts[0], p.secondary_opts[0] if p.secondary_opts else None) for p in params if p.opts}
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def train_argv(run: PlannedRun, study_dir: str | Path, resume: bool = False) -> list[str]:
+    """The `cdeit train` command line of a run: every setting that differs from TrainConfig's defaults."""
+    options, defaults = _train_options(), TrainConfig().to_json()
+    argv = ["train"]
+    for key, value in (run.settings | {"out": str(run.run_dir(study_dir))}).items():
+        if key != "out" and value == defaults.get(key):
+            continue
+        flag, negative = options[key]
+        if isinstance(value, bool):
+            argv.append(flag if value else negative)
+        elif key == "align":
+            argv += [flag, ",".join(f"{k}={w}" for k, w in value.items())]
+        else:
+            argv += [flag, _flag_value(value)]
+    return argv + resume_args(run, study_dir) if resume else argv
+
+
+def resume_args(run: PlannedRun, study_dir: str | Path) -> list[str]:
+    """How `cdeit train` continues a killed run: `--resume RUN` (the other options given agree with the run's).
+
+    The one place that knows the resume flag.
+    """
+    return ["--resume", str(run.run_dir(study_dir))]
+
+
+def evaluate_argv(run: PlannedRun, study_dir: str | Path) -> list[str]:
+    """`cdeit evaluate RUN` on the study's split; mCE is computed later by `compare` against the baseline group."""
+    s = run.settings
+    return ["evaluate", str(run.run_dir(study_dir)), "--split", EVAL_SPLIT, "--device", s["device"], "--batch-size",
+            str(s["eval_batch_size"]), "--workers", str(s["workers"])]  # fmt: skip
+
+
+def steps_for(run: PlannedRun, study_dir: str | Path) -> list[list[str]]:
+    """The command lines still to run for this run, read from its files (nothing when it is done)."""
+    status = run_status(run.run_dir(study_dir))
+    if status == "done":
+        return []
+    if status == "trained":
+        return [evaluate_argv(run, study_dir)]
+    return [train_argv(run, study_dir, resume=status == "partial"), evaluate_argv(run, study_dir)]

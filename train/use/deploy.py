@@ -1,0 +1,125 @@
+"""Using a trained student: classify image files (`cdeit predict`) and export it (`cdeit export`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cdeit.common.atomic import write_json
+from cdeit.common.dataset import CORRUPTIONS
+from cdeit.common.errors import CdeitError
+
+
+def load_student(model: str | Path, device: torch.device) -> tuple[Any, list[str]]:
+    """A student from a run directory (its model.safetensors) or a `.safetensors` file; with class names."""
+    import json
+
+    from cdeit.train.core.models import load_safetensors
+
+    path = Path(model)
+    file = path / "model.safetensors" if path.is_dir() else path
+    if path.is_dir() and not file.is_file():
+        raise CdeitError(f"{path} holds no model.safetensors; finish the run with `cdeit train --resume {path}`.")
+    student = load_safetensors(file, device)
+    classes = None
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    if path.is_dir() and config.is_file():
+        from cdeit.common.dataset import load_manifest
+
+        try:
+            data = json.loads(config.read_text()).get("data")
+            classes = load_manifest(data)["classes"] if isinstance(data, str) else None
+        except (CdeitError, AttributeError, UnicodeDecodeError, json.JSONDecodeError):
+            classes = None  # the model file alone still predicts; classes are then numbered
+    sidecar = file.with_suffix(".json")
+    if classes is None and sidecar.is_file():
+        try:
+            classes = json.loads(sidecar.read_text()).get("classes")
+        except (AttributeError, UnicodeDecodeError, json.JSONDecodeError):
+            raise CdeitError(
+                f"{sidecar} is not the JSON config `cdeit export` writes; export the model again."
+            ) from None
+    if classes is not None and (
+        not isinstance(classes, list)
+        or len(classes) != student.num_classes
+        or not all(isinstance(c, str) for c in classes)
+    ):
+        raise CdeitError(f"the class names beside {file} do not match its {student.num_classes} outputs; export again.")
+    return student, list(classes) if classes else [str(i) for i in range(student.num_classes)]
+
+
+def load_image_32(path: Path) -> np.ndarray:
+    """Any PNG/JPEG to 32x32x3 uint8: centre-crop to a square, then Pillow bicubic (antialiased) resize."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse above the warning limit too
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                w, h = img.size
+                side = min(w, h)
+                box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+                return np.asarray(img.resize((32, 32), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+    except FileNotFoundError:
+        raise CdeitError(f"{path}: no such file.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CdeitError(f"{path}: the image is too large to decode safely (a decompression bomb?); skipped.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+        raise CdeitError(f"{path}: not a readable image ({type(exc).__name__}).") from None
+
+
+@torch.no_grad()
+def predict_files(model: str | Path, paths: list[Path], device: str = "cpu") -> list[dict[str, Any]]:
+    """One result per path: class, confidence (and corruption type for CdeiT), or an error sentence."""
+    from cdeit.common.device import resolve_device
+    from cdeit.train.core.models import Normalise
+
+    dev = resolve_device(device)
+    student, classes = load_student(model, dev)
+    results: list[dict[str, Any]] = []
+    images, ok = [], []
+    for p in paths:
+        try:
+            images.append(load_image_32(p))
+            ok.append(len(results))
+            results.append({"file": str(p)})
+        except CdeitError as exc:
+            results.append({"file": str(p), "error": str(exc)})
+    if not images:
+        return results
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(dev)  # (B, 3, 32, 32) uint8
+    heads = student.forward_heads(Normalise.for_model(student, dev)(batch))
+    probs = student.combine(heads).float().softmax(1).cpu()
+    corr = heads["corr"].float().softmax(1).cpu() if "corr" in heads else None
+    for row, i in enumerate(ok):
+        k = int(probs[row].argmax())
+        results[i] |= {"class": classes[k], "class_index": k, "confidence": float(probs[row, k])}
+        if corr is not None:
+            c = int(corr[row].argmax())
+            results[i] |= {"corruption": CORRUPTIONS[c], "corruption_confidence": float(corr[row, c])}
+    return results
+
+
+def export(run: str | Path, to: str | Path) -> tuple[Path, Path]:
+    """Write the student as safetensors (config in its metadata) plus `<to>.json` with the model config.
+
+    `timm.create_model(cfg["model_name"], **cfg["kwargs"])` then `load_state_dict` rebuilds it after
+    `import cdeit.train.core.models`. Training-only modules (alignment projections) are not part of the student.
+    """
+    from cdeit.train.core.models import save_safetensors
+
+    student, classes = load_student(run, torch.device("cpu"))
+    to = Path(to)
+    if to.suffix != ".safetensors":
+        raise CdeitError(f"--to {to} should end in .safetensors.")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(student, to)
+    sidecar = to.with_suffix(".json")
+    write_json(sidecar, student.model_config() | {"classes": classes, "corruptions": list(CORRUPTIONS)})
+    return to, sidecar
