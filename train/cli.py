@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -19,26 +18,14 @@ D = defaults(TrainConfig)  # the option defaults: TrainConfig is their only home
 
 
 def parse_model_kwargs(text: str) -> dict:
-    """`--model-kwargs` JSON to a dict, or one sentence saying what is wrong."""
+    """`--model-kwargs` JSON to a dict, or one sentence saying what is wrong; its keys and values are checked by
+    TrainConfig.validate (kinds.check_model_kwargs), like those of a --config file or a study."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
         raise CdeitError(f"--model-kwargs {text!r} is not a JSON object; write e.g. '{{\"depth\": 6}}'.")
-    from cdeit.train.core.models import MODEL_KWARGS, kwarg_ok
-
-    for key, item in value.items():  # only what a saved model may carry, so every trained model loads again
-        if key in ("head_strategy", "drop_path_rate", "drop_rate"):
-            option = {"head_strategy": "--head-strategy", "drop_path_rate": "--drop-path", "drop_rate": "--dropout"}
-            raise CdeitError(f"--model-kwargs sets {key}; use {option[key]} instead.")
-        if key not in MODEL_KWARGS:
-            raise CdeitError(
-                f"--model-kwargs key {key!r} is not a student argument cdeit saves; "
-                f"choose from {', '.join(MODEL_KWARGS)}."
-            )
-        if not kwarg_ok(item, *MODEL_KWARGS[key]):
-            raise CdeitError(f"--model-kwargs {key}={json.dumps(item)} has the wrong type or range.")
     return value
 
 
@@ -132,11 +119,11 @@ def train(
             raise CdeitError(f"--resume {resume} reads the run's own config.json; drop --config.")
         cfg = resume_config(resume, TRAIN_OPTIONS.typed(ctx))  # the run's settings, the options typed here on top
     else:
-        base = TrainConfig.from_json(config).to_json() if config is not None else None
-        cfg = TRAIN_OPTIONS.build(ctx, base)  # with --config, only the options typed here override it
+        base = TrainConfig.read_json(config) if config is not None else None
+        cfg = TRAIN_OPTIONS.build(ctx, base).validate()  # with --config, only the options typed here override it
     from cdeit.common.lock import output_lock
 
-    with output_lock(cfg.out, "cdeit train") if cfg.out else contextlib.nullcontext():
+    with output_lock(cfg.out, "cdeit train"):  # cfg is validated: it names --out
         summary = run_training(cfg, resume=resume is not None)
     if summary:
         stdout.print(

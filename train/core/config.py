@@ -3,86 +3,79 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from cdeit.common.errors import CdeitError
 from cdeit.common.tokens import TOKEN_TARGETS
 
-# The one declaration of the students, distillation types and head strategies; every module takes them from here.
-StudentKind = Literal["vit", "deit", "cdeit"]
-DistillKind = Literal["none", "soft", "hard"]
-HeadStrategy = Literal["none", "linear", "mlp"]  # CdeiT's strategies 1-3 (paper 3.3)
-STUDENTS: tuple[str, ...] = get_args(StudentKind)
-DISTILLS: tuple[str, ...] = get_args(DistillKind)
-HEAD_STRATEGIES: tuple[str, ...] = get_args(HeadStrategy)
-DEFAULT_HEAD_STRATEGY: HeadStrategy = "linear"  # strategy 2, the paper's best (4.3)
+# The student kinds, distillation types and head strategies are declared in kinds.py (models.py takes them from
+# there too); they are named here as well for the modules that read them from the config.
+from cdeit.train.core.kinds import (
+    DEFAULT_HEAD_STRATEGY,
+    DISTILLS,
+    HEAD_STRATEGIES,
+    STUDENTS,
+    DistillKind,
+    HeadStrategy,
+    StudentKind,
+    check_distill,
+    check_model_kwargs,
+    resolve_head_strategy,
+)
+
+__all__ = [
+    "DEFAULT_HEAD_STRATEGY", "DISTILLS", "HEAD_STRATEGIES", "STUDENTS", "DistillKind", "HeadStrategy", "StudentKind",
+    "TrainConfig", "check_distill", "check_head_strategy", "format_align", "parse_align", "resolve_head_strategy",
+]  # fmt: skip
+check_head_strategy = resolve_head_strategy  # the name losses.py and evaluate.py still call it by
 ALIGN_TARGETS = ("embedding", *TOKEN_TARGETS)  # docs/asymmetric.md
 ALIGN_METRICS = ("cosine", "mse")
 LAMBDA_DEFAULT = 0.5  # the paper's lambda: Eq. 4, 5 and 7 weigh label and teacher terms equally
+ALIASES = {"lambda": "lam"}  # the command line's spelling of a field, accepted in a mapping of settings
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def check_model_kwargs(kwargs: dict[str, Any], student: str = "vit", head_strategy: str | None = None) -> None:
-    """Refuse (one sentence each) a --model-kwargs key the student does not take, and arguments (such as heads
-    that do not divide the width) with which the student cannot be built: it is built on the meta device."""
-    if not kwargs:
-        return
-    import inspect
-
-    import torch
-    from timm.models.vision_transformer import VisionTransformer
-
-    from cdeit.train.core.models import TokenViT, build_student
-
-    known = {p for cls in (TokenViT, VisionTransformer) for p in inspect.signature(cls.__init__).parameters}
-    known -= {"self", "kwargs", "args", "kind", "head_strategy", "drop_path_rate", "drop_rate", "num_classes"}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise CdeitError(
-            f"--model-kwargs key {unknown[0]!r} is not an argument of the student; choose from "
-            f"{', '.join(sorted(known))} (drop path, dropout and the class count have their own options)."
-        )
-    try:
-        with torch.device("meta"):  # no memory, no initialisation cost: only the shapes are checked
-            build_student(student, head_strategy, **kwargs)
-    except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
-        heads = " (num_heads must divide embed_dim)" if "divisible" in str(exc) else ""
-        raise CdeitError(
-            f"--model-kwargs {json.dumps(kwargs)} builds no {student} student: {exc}{heads}; change them."
-        ) from None
+def accepts(value: Any, hint: Any) -> bool:
+    """Whether a JSON or TOML value fits a TrainConfig field's type (an int is a valid float, a bool is not a
+    number; Literal sets, `X | None`, dicts)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(accepts(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def check_head_strategy(student: str, head_strategy: str | None) -> HeadStrategy | None:
-    """The head strategy of `student` (cdeit: None -> 'linear'); an unknown student or strategy, or a strategy
-    given to a student without a corruption token, raises CdeitError."""
-    if student not in STUDENTS:
-        raise CdeitError(f"student {student!r} is not one of {', '.join(STUDENTS)}.")
-    if student != "cdeit":
-        if head_strategy is not None:
-            raise CdeitError(
-                f"head_strategy {head_strategy!r} only applies to the cdeit student, not {student!r}; leave it unset."
-            )
-        return None
-    head_strategy = DEFAULT_HEAD_STRATEGY if head_strategy is None else head_strategy
-    if head_strategy not in HEAD_STRATEGIES:
-        raise CdeitError(f"head_strategy {head_strategy!r} is not one of {', '.join(HEAD_STRATEGIES)}.")
-    return head_strategy  # type: ignore[return-value]
-
-
-def check_distill(distill: str, student: str | None = None) -> DistillKind:
-    """`distill` if it is a distillation type (and, given `student`, one that student can learn), else CdeitError."""
-    if distill not in DISTILLS:
-        raise CdeitError(f"distillation type {distill!r} is not one of {', '.join(DISTILLS)}.")
-    if student == "vit" and distill != "none":
-        raise CdeitError(f"distillation {distill!r} needs a distillation token: use student deit or cdeit, or 'none'.")
-    return distill  # type: ignore[return-value]
+def type_name(hint: Any) -> str:
+    """A field type in words: `an integer`, `one of 'vit', 'deit', 'cdeit'`, `a number`."""
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and typing.get_origin(hint) is not dict:  # X | None: TOML has no null, so only X can be written
+        return " or ".join(type_name(a) for a in args)
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+    return words.get(hint, words.get(typing.get_origin(hint), str(hint)))
 
 
 def parse_align(text: str) -> dict[str, float]:
@@ -154,10 +147,9 @@ class TrainConfig:
     def lr(self) -> float:
         return self.lr_per_512 * self.batch_size / 512
 
-    def resolved_head_strategy(self) -> str | None:
-        if self.student == "cdeit":
-            return self.head_strategy or DEFAULT_HEAD_STRATEGY
-        return self.head_strategy
+    def resolved_head_strategy(self) -> HeadStrategy | None:
+        """The head strategy this config trains with (cdeit: 'linear' unless set), by kinds.resolve_head_strategy."""
+        return resolve_head_strategy(self.student, self.head_strategy, "--head-strategy")
 
     def validate(self) -> TrainConfig:
         """One sentence per bad value, before anything runs."""
@@ -165,10 +157,7 @@ class TrainConfig:
             raise CdeitError(f"--student {self.student!r} is unknown; choose {', '.join(STUDENTS)}.")
         if self.distill not in DISTILLS:
             raise CdeitError(f"--distill {self.distill!r} is unknown; choose {', '.join(DISTILLS)}.")
-        if self.head_strategy is not None and self.head_strategy not in HEAD_STRATEGIES:
-            raise CdeitError(f"--head-strategy {self.head_strategy!r} is unknown; choose {', '.join(HEAD_STRATEGIES)}.")
-        if self.head_strategy is not None and self.student != "cdeit":
-            raise CdeitError(f"--head-strategy applies to --student cdeit only, not {self.student}; drop the option.")
+        self.resolved_head_strategy()
         if self.student == "vit" and self.distill != "none":
             raise CdeitError("the ViT baseline has no distillation token; use --distill none or --student deit/cdeit.")
         if self.distill != "none" and not self.teacher_cache:
@@ -191,8 +180,19 @@ class TrainConfig:
         self._validate_lambda()
         self._validate_align()
         self._validate_online()
-        check_model_kwargs(self.model_kwargs, self.student, self.resolved_head_strategy())
+        self._validate_model()
         return self
+
+    def _validate_model(self) -> None:
+        """--model-kwargs: only the arguments a model file records (kinds.check_model_kwargs), and sizes with which
+        the student builds and reads the dataset's 32x32 images (built and run on the meta device)."""
+        if not isinstance(self.model_kwargs, dict):
+            raise CdeitError(f'--model-kwargs must be a JSON object such as {{"depth": 6}}, not {self.model_kwargs!r}.')
+        check_model_kwargs(self.model_kwargs, "--model-kwargs key")
+        if self.model_kwargs:
+            from cdeit.train.core.models import check_student_builds
+
+            check_student_builds(self.student, self.resolved_head_strategy(), self.model_kwargs)
 
     def _validate_numbers(self) -> None:
         """Every number of the recipe: finite, in range, one sentence each."""
@@ -263,14 +263,42 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # Settings from a mapping (a run's config.json, a study file's tables): `check_mapping` checks names and types,
+    # `from_mapping` also builds and validates the config. The study planner calls check_mapping for a partial
+    # table, from_mapping for a run's whole settings; `accepts` and `type_name` are their type rules.
     @classmethod
-    def from_json(cls, path: str | Path) -> TrainConfig:
+    def check_mapping(cls, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """{field: value} from `values` whose keys are field names, option names (dashes) or `lambda`, each value
+        of its field's type; a bad key or value is one sentence starting with `where` and naming the key."""
+        hints = typing.get_type_hints(cls)
+        checked = {}
+        for key, value in values.items():
+            name = ALIASES.get(key, str(key).replace("-", "_"))
+            if name not in hints:
+                raise CdeitError(
+                    f"{where} has unknown key {key!r}; use `cdeit train` option names ({', '.join(hints)})."
+                )
+            if not accepts(value, hints[name]):
+                raise CdeitError(f"{where} key {key!r} = {value!r} should be {type_name(hints[name])}.")
+            checked[name] = value
+        return checked
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str) -> TrainConfig:
+        """The one way a mapping of settings becomes a TrainConfig: names and types checked (check_mapping), fields
+        left out take their defaults, then validate()."""
+        return cls(**cls.check_mapping(values, where)).validate()
+
+    @classmethod
+    def read_json(cls, path: str | Path, where: str | None = None) -> dict[str, Any]:
+        """The settings of a JSON file (a run's config.json), names and types checked but not yet validated, for
+        `--config FILE` whose options typed on the command line still override them."""
         from cdeit.common.atomic import read_json_object
 
-        path = Path(path)
-        raw = read_json_object(path, f"--config {path}", "give a run's config.json")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise CdeitError(f"--config {path} has unknown keys {', '.join(unknown)}; is it a cdeit run's config.json?")
-        return cls(**raw)
+        where = where or f"--config {path}"
+        return cls.check_mapping(read_json_object(Path(path), where, "give a run's config.json"), where)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        """The validated TrainConfig of a JSON file (a run's config.json)."""
+        return cls.from_mapping(cls.read_json(path), f"--config {path}")

@@ -59,17 +59,16 @@ def data_identity(data: str | Path) -> dict[str, str]:
     return {name: info["fingerprint"] for name, info in load_manifest(data)["splits"].items()}
 
 
-def cache_identity(cache: str | Path, legacy: bool = False) -> str:
+def cache_identity(cache: str | Path) -> str:
     """sha256 over the cache's logit shards (file name and checksum), its head and, for a K-view cache, its view
-    shards: its content, not its path (a plain cache's identity is what it was before K-view caches existed;
-    `legacy`: without the view shards, as runs recorded it before 2026-12-01)."""
+    shards: its content, not its path (a plain cache's identity is what it was before K-view caches existed)."""
     from cdeit.common.cache import read_cache_manifest
 
     manifest = read_cache_manifest(cache)
     shards = sorted((e["file"], e["sha256"]) for e in manifest.get("shards", []))
     head = (manifest.get("head") or {}).get("hash")
     content: dict[str, Any] = {"shards": shards, "head": head}
-    if manifest.get("augmented_shards") and not legacy:  # the views a run replays are part of what it trained on
+    if manifest.get("augmented_shards"):  # the views a run replays are part of what it trained on
         content["augmented_shards"] = sorted((e["file"], e["sha256"]) for e in manifest["augmented_shards"])
     return hashlib.sha256(json.dumps(content).encode()).hexdigest()
 
@@ -170,12 +169,6 @@ def check_identity(out: Path, env: dict[str, Any]) -> None:
         )
     want_cache = (started.get("teacher_cache") or {}).get("identity")
     have_cache = (env.get("teacher_cache") or {}).get("identity")
-    if (
-        want_cache != have_cache
-        and have_cache is not None
-        and want_cache == cache_identity(env["teacher_cache"]["path"], legacy=True)
-    ):
-        return  # a K-view run started before its identity covered the view shards: the same logits and head
     if want_cache != have_cache:
         raise CdeitError(
             f"--resume {out}: the teacher cache {(env.get('teacher_cache') or {}).get('path')} is not the one the "
@@ -204,7 +197,7 @@ def resume_config(run: str | Path, given: dict[str, Any]) -> TrainConfig:
     path = run / CONFIG
     if not path.is_file():
         raise CdeitError(f"--resume {run}: {path} is missing, so it is not a cdeit run; give a run directory.")
-    saved = TrainConfig.from_json(path).to_json()
+    saved = TrainConfig().to_json() | TrainConfig.read_json(path, f"--resume {run}: {path}")  # new fields: defaults
     if "out" in given and Path(given["out"]).expanduser().resolve() != run:
         raise CdeitError(f"--resume {run} with --out {given['out']}: a resume writes into RUN; drop --out.")
     clash = [k for k in saved if k in given and k not in (*RESUME_FREE, *PATH_FIELDS) and saved[k] != given[k]]
@@ -212,7 +205,7 @@ def resume_config(run: str | Path, given: dict[str, Any]) -> TrainConfig:
         listed = ", ".join(f"--{k.replace('_', '-')} {given[k]} (run: {saved.get(k)})" for k in clash)
         raise CdeitError(f"--resume {run} was trained with other settings: {listed}; drop them to continue the run.")
     free = {k: v for k, v in given.items() if k in (*RESUME_FREE, *PATH_FIELDS) and k != "out"}
-    return TrainConfig(**(saved | free | {"out": str(run)}))
+    return TrainConfig.from_mapping(saved | free | {"out": str(run)}, f"--resume {run}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
