@@ -55,7 +55,9 @@ class TokenViT(VisionTransformer):
         if kwargs.get("dynamic_img_size") or kwargs.get("global_pool", "token") != "token":
             raise CdeitError("the cdeit students read their prefix tokens: keep global_pool='token', fixed size.")
         if kwargs.get("reg_tokens") or not kwargs.get("class_token", True):
-            raise CdeitError("the cdeit students have a class token and no register tokens; leave both unset.")
+            raise CdeitError(
+                "the cdeit students have a class token and no register tokens; leave class_token, reg_tokens unset."
+            )
         weight_init = kwargs.pop("weight_init", "")
         super().__init__(**kwargs, weight_init="skip")
         dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}

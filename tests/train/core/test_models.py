@@ -12,6 +12,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cdeit.common.errors import CdeitError
+from cdeit.train.core.config import TrainConfig
+from cdeit.train.core.kinds import check_model_kwargs, resolve_head_strategy
 from cdeit.train.core.models import MODEL_NAMES, Normalise, TokenViT, build_student, load_safetensors, save_safetensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -102,17 +104,27 @@ def test_create_model_with_kwargs() -> None:
     assert default.pretrained_cfg["input_size"] == (3, 32, 32)
 
 
-@pytest.mark.parametrize(
-    ("kind", "strategy", "match"),
-    [("vit", "linear", "only applies to the cdeit"), ("deit", "none", "only applies"), ("cdeit", "big", "not one of")],
-)
-def test_invalid_head_strategy(kind: str, strategy: str, match: str) -> None:
-    with pytest.raises(CdeitError, match=match):
+@pytest.mark.parametrize(("kind", "strategy"), [("vit", "linear"), ("deit", "none"), ("cdeit", "big")])
+def test_invalid_head_strategy(kind: str, strategy: str) -> None:
+    with pytest.raises(CdeitError, match="head_strategy") as info:
         build_student(kind, strategy, **SMALL)
+    assert (kind if kind != "cdeit" else strategy) in str(info.value)
+
+
+def test_head_strategy_resolved_in_one_place() -> None:
+    """cdeit defaults to strategy 2 (linear); the other students have none; the checks name the given `where`."""
+    assert resolve_head_strategy("cdeit", None) == "linear" and resolve_head_strategy("cdeit", "mlp") == "mlp"
+    assert resolve_head_strategy("vit", None) is None and resolve_head_strategy("deit", None) is None
+    assert TrainConfig(student="cdeit").resolved_head_strategy() == "linear"
+    assert TrainConfig(student="deit").resolved_head_strategy() is None
+    with pytest.raises(CdeitError, match="--head-strategy"):
+        resolve_head_strategy("deit", "mlp", "--head-strategy")
+    with pytest.raises(CdeitError, match="'resnet'"):
+        resolve_head_strategy("resnet", None)
 
 
 def test_no_pretrained_weights() -> None:
-    with pytest.raises(CdeitError, match="no pretrained weights"):
+    with pytest.raises(CdeitError, match="vit_tiny_patch4_32"):
         timm.create_model("vit_tiny_patch4_32", pretrained=True)
 
 
@@ -134,17 +146,48 @@ def test_safetensors_round_trip(tmp_path: Path, images: torch.Tensor) -> None:
     assert model.model_config()["kwargs"]["depth"] == 2
 
 
-def test_load_errors(tmp_path: Path) -> None:
-    with pytest.raises(CdeitError, match="does not exist"):
-        load_safetensors(tmp_path / "missing.safetensors")
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))
-    with pytest.raises(CdeitError, match="not written by cdeit"):
-        load_safetensors(foreign)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
-    with pytest.raises(CdeitError, match="not a readable safetensors file"):
-        load_safetensors(garbage)
+    for path in (tmp_path / "missing.safetensors", foreign, garbage):  # missing, no cdeit metadata, not safetensors
+        with pytest.raises(CdeitError, match=path.name):
+            load_safetensors(path)
+
+
+def test_model_kwargs_are_checked_by_one_table(tmp_path: Path) -> None:
+    """The command line, TrainConfig and model files take the same arguments; training refuses what it sets."""
+    assert check_model_kwargs(SMALL | {"img_size": 32, "qkv_bias": False}, "--model-kwargs key") == SMALL | {
+        "img_size": 32, "qkv_bias": False}  # fmt: skip
+    for bad, named in (({"pretrained": True}, "pretrained"), ({"depth": "2"}, "depth"), ({"depth": True}, "depth"),
+                       ({"drop_rate": float("nan")}, "drop_rate"), ({"drop_path_rate": 0.2}, "--drop-path"),
+                       ({"head_strategy": "mlp"}, "--head-strategy"), ({"num_classes": 5}, "num_classes")):  # fmt: skip
+        with pytest.raises(CdeitError, match="--model-kwargs") as info:
+            check_model_kwargs(bad, "--model-kwargs key")
+        assert named in str(info.value)
+    assert check_model_kwargs({"drop_path_rate": 0.2, "num_classes": 5}, "f: model argument", training=False)
+    model = build_student("deit", **SMALL, drop_rate=0.1, num_classes=5)
+    path = save_safetensors(model, tmp_path / "five.safetensors")  # what training sets itself, a file records
+    assert load_safetensors(path).num_classes == 5
+
+
+def test_student_that_cannot_read_32px_images_is_refused_before_the_run(tmp_path: Path) -> None:
+    """img_size 64 builds but cannot read the dataset's 32x32 images: validate (meta device) refuses it."""
+    from typer.testing import CliRunner
+
+    from cdeit.common.cli import app
+
+    base = TrainConfig(student="vit", distill="none", data=str(tmp_path / "d"), out=str(tmp_path / "run"))
+    for kwargs in ({"img_size": 64}, {"in_chans": 1}, {"num_heads": 5}):
+        with pytest.raises(CdeitError, match="--model-kwargs"):
+            TrainConfig(**(base.to_json() | {"model_kwargs": SMALL | kwargs})).validate()
+    TrainConfig(**(base.to_json() | {"model_kwargs": SMALL | {"img_size": 32}})).validate()
+    args = ["train", "--student", "vit", "--distill", "none", "--data", str(tmp_path / "d"), "--out",
+            str(tmp_path / "run"), "--model-kwargs", '{"img_size": 64}']  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "img_size" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_compiles_to_one_graph(tmp_path: Path, images: torch.Tensor) -> None:
@@ -172,7 +215,7 @@ def test_inductor_compile_matches_eager(images: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("kwargs", [{"reg_tokens": 2}, {"class_token": False}, {"global_pool": "avg"}])
 def test_token_layout_is_fixed(kwargs: dict) -> None:
-    with pytest.raises(CdeitError, match="class token|global_pool"):
+    with pytest.raises(CdeitError, match="class_token|reg_tokens|global_pool"):
         build_student("deit", **SMALL, **kwargs)
 
 
@@ -201,7 +244,7 @@ def test_reset_classifier_resets_every_head(images: torch.Tensor) -> None:
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     model.reset_classifier(0)  # timm's convention: the pre-logit embeddings
     assert model(images).shape == (4, 48) and model.corr_to_cls is None
-    with pytest.raises(CdeitError, match="global_pool 'avg'"):
+    with pytest.raises(CdeitError, match="global_pool"):
         model.reset_classifier(10, global_pool="avg")
 
 
