@@ -15,8 +15,7 @@ from cdeit.common.errors import CdeitError
 
 def load_student(model: str | Path, device: torch.device) -> tuple[Any, list[str]]:
     """A student from a run directory (its model.safetensors) or a `.safetensors` file; with class names."""
-    import json
-
+    from cdeit.common.atomic import read_json_object
     from cdeit.train.core.models import load_safetensors
 
     path = Path(model)
@@ -25,23 +24,18 @@ def load_student(model: str | Path, device: torch.device) -> tuple[Any, list[str
         raise CdeitError(f"{path} holds no model.safetensors; finish the run with `cdeit train --resume {path}`.")
     student = load_safetensors(file, device)
     classes = None
-    config = (path if path.is_dir() else path.parent) / "config.json"
+    config = path / "config.json"
     if path.is_dir() and config.is_file():
         from cdeit.common.dataset import load_manifest
 
         try:
-            data = json.loads(config.read_text()).get("data")
+            data = read_json_object(config, str(config), "restore it").get("data")
             classes = load_manifest(data)["classes"] if isinstance(data, str) else None
-        except (CdeitError, AttributeError, UnicodeDecodeError, json.JSONDecodeError):
+        except CdeitError:
             classes = None  # the model file alone still predicts; classes are then numbered
     sidecar = file.with_suffix(".json")
     if classes is None and sidecar.is_file():
-        try:
-            classes = json.loads(sidecar.read_text()).get("classes")
-        except (AttributeError, UnicodeDecodeError, json.JSONDecodeError):
-            raise CdeitError(
-                f"{sidecar} is not the JSON config `cdeit export` writes; export the model again."
-            ) from None
+        classes = read_json_object(sidecar, str(sidecar), "export the model again").get("classes")
     if classes is not None and (
         not isinstance(classes, list)
         or len(classes) != student.num_classes
