@@ -146,7 +146,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     if saved.is_file() and not resume and has_run:
         raise CdeitError(f"{out} already holds a run; pass --resume {out} to continue it or choose another --out.")
     if resume and saved.is_file():
-        old = TrainConfig().to_json() | _read_json(saved)  # settings added since take their defaults
+        old = TrainConfig().to_json() | TrainConfig.read_json(saved, f"--resume {out}: {saved}")  # new: defaults
         ignore = (*RESUME_FREE, *PATH_FIELDS)
         differs = [k for k, v in cfg.to_json().items() if k not in ignore and old.get(k) != v]
         if differs:
