@@ -200,7 +200,7 @@ def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path,
     table = load_teacher_logits(cache, tiny_dataset, "train")
     trainer = Trainer(_cfg(tiny_dataset, tmp_path / "t", student="deit", distill="hard", teacher_cache=str(cache)))
     _, _, _, index = next(iter(trainer.train_loader))
-    assert torch.equal(trainer.teacher_for({"index": index})["logits"], table[index])
+    assert torch.equal(trainer.teacher.gather({"index": index})["logits"], table[index])
     assert not torch.equal(index, torch.arange(len(index)))  # random order: the join is by index, not position
     for student, distill, part in (("deit", "soft", "train_dist_kl"), ("cdeit", "hard", "train_dist_ce")):
         out = tmp_path / f"{student}-{distill}"
@@ -209,8 +209,8 @@ def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path,
         assert part in record and record["train_total"] > 0
 
 
-class ImageTeacher:
-    """A TeacherSource that reads the batch's images, as an online teacher does: logits from each channel's mean."""
+class ImageTable:
+    """A TargetTable that reads the batch's images, as an online teacher does: logits from each channel's mean."""
 
     view, fields, shapes = "same", ("image",), {"logits": (10,)}
 
@@ -225,19 +225,22 @@ class ImageTeacher:
 
 def test_any_teacher_source_plugs_in(tiny_dataset: Path, tmp_path: Path) -> None:
     from cdeit.common.cache import TeacherTargets
-    from cdeit.train.core.teachers import TeacherSource
+    from cdeit.train.core.engine import train_step
+    from cdeit.train.core.teachers import CachedTeacher, TargetTable, TeacherSource
     from cdeit.train.core.trainer import Trainer
 
-    teacher = ImageTeacher()
-    assert isinstance(teacher, TeacherSource) and isinstance(TeacherTargets("same", {}), TeacherSource)
+    table = ImageTable()
+    teacher = CachedTeacher(table, ("logits",))
+    assert isinstance(table, TargetTable) and isinstance(TeacherTargets("same", {}), TargetTable)
+    assert isinstance(teacher, TeacherSource)
     cfg = _cfg(tiny_dataset, tmp_path / "t", student="deit", distill="soft", teacher_cache="(given)", epochs=1)
     trainer = Trainer(cfg, teacher=teacher)
     assert trainer.teacher is teacher and trainer.batch_fields == ("image", "label", "corruption", "index")
     batch = next(iter(trainer.train_loader))
-    got = trainer.teacher_for(dict(zip(trainer.batch_fields, batch, strict=True)))["logits"]
-    assert torch.equal(got, teacher.targets_for({"image": batch[0]}, ("logits",))["logits"])
-    parts = trainer.train_step(batch)
-    assert parts["dist_kl"] > 0 and teacher.seen[-1] == 32
+    got = teacher.gather(dict(zip(trainer.batch_fields, batch, strict=True)))["logits"]
+    assert torch.equal(got, table.targets_for({"image": batch[0]}, ("logits",))["logits"])
+    parts = train_step(trainer.engine, batch, trainer.state)
+    assert parts["dist_kl"] > 0 and table.seen[-1] == 32 and trainer.state.step == 1
 
 
 def test_cache_for_other_data_or_with_missing_indices_is_refused(
