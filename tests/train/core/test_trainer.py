@@ -38,14 +38,27 @@ def _cli_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_run_writes_every_artefact_and_learns(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Also: each optimizer step uses the lr of `lr_schedule` (test_recipe checks it against timm), metrics.jsonl
+    records the epoch's last one, and config.json and environment.json record the precision actually used."""
+    from cdeit.train.core.trainer import Trainer
+    from tests.train.core.test_recipe import _scheduled_lrs
+
     out = tmp_path / "run"
-    summary = train(_cfg(tiny_dataset, out, epochs=4, mixup_prob=0.0, erasing_prob=0.0))
+    cfg = _cfg(tiny_dataset, out, epochs=4, mixup_prob=0.0, erasing_prob=0.0, precision="bf16", device="cpu")
+    trainer = Trainer(cfg)
+    used: list[float] = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    summary = trainer.run()
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert {"train_total", "train_cls_ce", "val_acc", "val_loss", "val_ece", "lr"} <= set(records[-1])
-    assert summary["steps"] == 4 * (220 // 32) and summary["epochs"] == 4
+    n = 220 // 32
+    assert summary["steps"] == 4 * n and summary["epochs"] == 4
+    assert used == _scheduled_lrs(trainer.cfg, n) and [r["lr"] for r in records] == used[n - 1 :: n]
     assert summary["best_val_acc"] > 0.3  # 10 classes: chance is 0.1
-    assert json.loads((out / "config.json").read_text())["model_kwargs"] == TINY
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_kwargs"] == TINY and config["precision"] == "fp32"  # CPU: no autocast
+    assert json.loads((out / "environment.json").read_text())["started"]["precision"] == "fp32"
     for name in ("model.safetensors", "best.safetensors", "model_config.json", "summary.json", "checkpoints/last.pt"):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "model_config.json").read_text())
@@ -196,6 +209,7 @@ def cache(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path, tmp_path: Path) -> None:
     from cdeit.common.cache import load_teacher_logits
     from cdeit.train.core.trainer import Trainer
+    from cdeit.train.use.evaluate import evaluate
 
     table = load_teacher_logits(cache, tiny_dataset, "train")
     trainer = Trainer(_cfg(tiny_dataset, tmp_path / "t", student="deit", distill="hard", teacher_cache=str(cache)))
@@ -207,6 +221,11 @@ def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path,
         train(_cfg(tiny_dataset, out, student=student, distill=distill, teacher_cache=str(cache), epochs=1))
         record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
         assert part in record and record["train_total"] > 0
+    # `cdeit evaluate` reports the teacher beside the student
+    result = evaluate(tmp_path / "deit-soft", teacher_cache=str(cache), device="cpu", batch_size=64, workers=1)
+    teacher = result["teacher"]
+    assert 0 <= teacher["accuracy"] <= 1 and 0 <= teacher["agreement"] <= 1
+    assert set(teacher["per_corruption_accuracy"]) <= set(result["per_corruption"])
 
 
 class ImageTable:
@@ -258,16 +277,6 @@ def test_cache_for_other_data_or_with_missing_indices_is_refused(
     write_manifest(holed)  # a manifest that honestly lists the shards present: 64 train indices are missing
     with pytest.raises(CdeitError, match="lacks logits for 64 of 220 train indices"):
         train(_cfg(tiny_dataset, tmp_path / "b", student="deit", distill="hard", teacher_cache=str(holed)))
-
-
-def test_evaluate_reports_the_teacher_beside_the_student(tiny_dataset: Path, cache: Path, tmp_path: Path) -> None:
-    from cdeit.train.use.evaluate import evaluate
-
-    train(_cfg(tiny_dataset, tmp_path / "run", student="deit", distill="hard", teacher_cache=str(cache), epochs=1))
-    result = evaluate(tmp_path / "run", teacher_cache=str(cache), device="cpu", batch_size=64, workers=1)
-    teacher = result["teacher"]
-    assert 0 <= teacher["accuracy"] <= 1 and 0 <= teacher["agreement"] <= 1
-    assert set(teacher["per_corruption_accuracy"]) <= set(result["per_corruption"])
 
 
 @pytest.mark.slow
