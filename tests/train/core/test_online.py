@@ -165,7 +165,7 @@ def test_a_teacher_module_cache(tiny_dataset: Path, tmp_path: Path) -> None:
 
     from cdeit.common.teacher import import_teacher_module
 
-    example = Path(__file__).resolve().parents[2] / "examples" / "cifar_resnet.py"
+    example = Path(__file__).resolve().parents[3] / "examples" / "cifar_resnet.py"
     import_teacher_module(str(example))
     torch.manual_seed(5)
     weights = tmp_path / "r20.safetensors"

@@ -22,7 +22,7 @@ from cdeit.train.core.config import TrainConfig
 from cdeit.train.core.trainer import train
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:  # noqa: ANN003
