@@ -3,7 +3,8 @@ at 224px on every batch (the DeiT / timm way), (c) the same student without dist
 
 All three use the same Trainer, data, student, batch and device in one process; (b) only replaces the
 cached-logit gather by a teacher forward on the erased and mixed batch, upsampled on the device: the teacher of
-`cdeit train --online-teacher` (train/core/online.py), plugged in through the Trainer's `teacher=` extension point.
+`cdeit train --online-teacher` (train/core/online.py). (a) and (b) plug in through the Trainer's `teacher=`
+extension point (a `TeacherSource`, train/core/teachers.py); each step is train/core/engine.py's `train_step`.
 Also reports the share of step time the FFCV loader takes (one pass of the loader alone over as many batches).
 
     python bench/bench_train.py --data DATA [--batch-size 128] [--steps 20] [--device auto]
@@ -30,15 +31,16 @@ from cdeit.common.cache import TeacherTargets  # noqa: E402
 from cdeit.common.dataset import load_manifest  # noqa: E402
 from cdeit.common.device import resolve_device  # noqa: E402
 from cdeit.train.core.config import TrainConfig  # noqa: E402
+from cdeit.train.core.engine import train_step  # noqa: E402
 from cdeit.train.core.online import OnlineTeacher  # noqa: E402
-from cdeit.train.core.teachers import TeacherSource  # noqa: E402
+from cdeit.train.core.teachers import CachedTeacher, TeacherSource  # noqa: E402
 from cdeit.train.core.trainer import Trainer  # noqa: E402
 
 TEACHER = "deit3_small_patch16_224"
 
 
 def online_teacher(name: str, num_classes: int, device: torch.device, autocast: bool) -> OnlineTeacher:
-    """(b): `cdeit train --online-teacher`'s teacher (train/core/online.py), with random weights and a random 10-way head:
+    """(b): `cdeit train --online-teacher`'s teacher (train/core/online.py), random weights, a random 10-way head:
     each batch is erased and mixed first, then the teacher reads it upsampled on the device (bf16 on CUDA)."""
     from cdeit.common.head import LinearHead
     from cdeit.common.teacher import build_teacher
@@ -50,12 +52,13 @@ def online_teacher(name: str, num_classes: int, device: torch.device, autocast: 
     return OnlineTeacher(teacher, head, student_normalise, device, autocast)
 
 
-def cached_table(num_samples: int, num_classes: int, device: torch.device) -> TeacherTargets:
+def cached_table(num_samples: int, num_classes: int, device: torch.device) -> CachedTeacher:
     """(a): logits gathered by index from a device tensor, exactly as a run with a cache does.
 
     The table holds random logits of the real shape (N, classes): the gather costs the same.
     """
-    return TeacherTargets("same", {"logits": torch.randn(num_samples, num_classes, device=device)})
+    table = TeacherTargets("same", {"logits": torch.randn(num_samples, num_classes, device=device)})
+    return CachedTeacher(table, ("logits",))
 
 
 def _sync(device: torch.device) -> None:
@@ -68,13 +71,13 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> float:
     trainer.model.train()
     it = iter(trainer.train_loader)
     for _ in range(warmup):
-        trainer.train_step(next(it))
+        train_step(trainer.engine, next(it), trainer.state)
     _sync(trainer.device)
     t = time.perf_counter()
     images = 0
     for _ in range(steps):
         batch = next(it)
-        trainer.train_step(batch)
+        train_step(trainer.engine, batch, trainer.state)
         images += batch[0].shape[0]
     _sync(trainer.device)
     return images / (time.perf_counter() - t)

@@ -47,3 +47,18 @@ def test_confidence_weights_the_bins_by_their_counts(tmp_path: Path) -> None:
     (run / "eval" / "test.json").write_text(json.dumps({"accuracy": 0.625, "reliability": bins}))
     accuracy, confidence = _module("confidence").accuracy_and_confidence(run, "test")
     assert accuracy == 0.625 and abs(confidence - (3 * 0.4 + 0.8) / 4) < 1e-12
+
+
+def test_bench_train_steps_each_teacher_through_the_extension_point(tiny_dataset: Path, tmp_path: Path) -> None:
+    """bench_train's trainers: (a) a CachedTeacher and (b) the online teacher given as `teacher=`, (c) none."""
+    from cdeit.train.core.online import OnlineTeacher
+    from cdeit.train.core.teachers import CachedTeacher, NoTeacher
+
+    bench = _module("bench_train")
+    tiny = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+    trainers = bench.build_trainers(str(tiny_dataset), 32, "cpu", workers=1, out=tmp_path, model_kwargs=tiny)
+    kinds = {name: type(t.teacher) for name, t in trainers.items()}
+    assert kinds == {"a_cached": CachedTeacher, "b_online": OnlineTeacher, "c_none": NoTeacher}
+    for name in ("a_cached", "c_none"):  # (b) runs a 224px teacher: too slow for the suite
+        assert bench.measure(trainers[name], steps=1, warmup=1) > 0
+        assert trainers[name].state.step == 2

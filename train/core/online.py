@@ -2,8 +2,8 @@
 
 The cache's own teacher is rebuilt: its name, weights (proved by the cache's weights hash), preprocessing and
 10-way head (CACHE/head.safetensors, proved by the cache's head hash) come from the cache, so the online teacher is
-exactly the one whose logits the cache holds. At every step the Trainer erases and mixes the student's batch
-first, then the teacher reads that very batch: the student's normalised images mapped back to pixels,
+exactly the one whose logits the cache holds. At every step the student's batch is erased and mixed first,
+then the teacher reads that very batch: the student's normalised images mapped back to pixels,
 upsampled and normalised for the teacher on the device (common.preprocess, as every cache row), then pre-logit
 features in float16 and the head in float64, as `precompute-teacher` computes a cache's logits. Its logits are
 the teacher target as they are (soft: softmax(z / tau), hard: argmax), not mixed: the teacher saw the mixed
@@ -13,7 +13,7 @@ the reference arm of docs/consistent-views.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,20 +26,21 @@ from cdeit.train.core.config import TrainConfig
 if TYPE_CHECKING:
     from cdeit.common.head import LinearHead
     from cdeit.common.teacher import Teacher
+    from cdeit.train.core.augment import Augment
+    from cdeit.train.core.mixing import Targets
     from cdeit.train.core.models import Normalise
 
 
 class OnlineTeacher:
     """A `TeacherSource` (train/core/teachers.py) that runs a frozen teacher and its linear head on the device.
 
-    `targets_for(batch)` reads the batch's uint8 images as they come from the loader (unaugmented);
-    `teach_augmented(images)` reads the student's augmented, normalised batch, which the Trainer calls after its
-    erasing and Mixup when a source has this member. `amp`: bf16 autocast for the teacher's forward (CUDA).
+    `logits(pixels)` reads images on a 0..255 scale (the loader's uint8 batch, unaugmented);
+    `teach_augmented(images)` reads the student's augmented, normalised batch, which `targets` passes it after the
+    erasing and Mixup. `amp`: bf16 autocast for the teacher's forward (CUDA).
     """
 
     view = "augmented"
     fields = ("image",)
-    description = "run online on every erased and mixed batch"
 
     def __init__(self, teacher: Teacher, head: LinearHead, normalise: Normalise, device: torch.device, amp: bool):
         from cdeit.common.preprocess import DeviceResize
@@ -66,15 +67,20 @@ class OnlineTeacher:
         features = features.to(torch.float16).double()  # the cache's float16 features, then its float64 head
         return (features @ self.weight.T + self.bias).float()
 
-    def targets_for(self, batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The teacher's logits on the batch's unaugmented images (the Trainer asks `teach_augmented` instead)."""
-        if set(names) - {"logits"}:
-            raise CdeitError("--online-teacher gives the teacher's logits only; drop --align.")
-        return {"logits": self.logits(batch["image"])}
+    def start_epoch(self, epoch: int) -> None:
+        """The teacher is the same every epoch."""
+
+    def targets(self, batch: Mapping[str, torch.Tensor], augment: Augment) -> tuple[torch.Tensor, Targets]:
+        """The student's erased and mixed batch, then the teacher's logits on it as the (unmixed) teacher target."""
+        images, targets = augment(batch["image"], augment.targets(batch, distill="none"))
+        return images, augment.with_teacher(targets, self.teach_augmented(images))
 
     def teach_augmented(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's logits on the student's erased and mixed batch (normalised as the student reads it)."""
         return self.logits(images.detach().float() * self.pixel_scale + self.pixel_shift)
+
+    def describe(self) -> str:
+        return "run online on every erased and mixed batch"
 
 
 def load_online_teacher(cfg: TrainConfig, device: torch.device, normalise: Normalise) -> OnlineTeacher:

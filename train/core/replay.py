@@ -1,15 +1,15 @@
 """Replaying a K-view cache: the student trains on exactly the augmented images the teacher saw.
 
-`ViewReplay` is a `TeacherSource` (train/core/teachers.py) that also renders the batch: at epoch e, sample i
+`ViewReplay` is a `TeacherSource` (train/core/teachers.py) that renders the batch itself: at epoch e, sample i
 trains on its view k = (e + offset_i) mod K (common.views.replay_view: each view once per K epochs), re-rendered
 from the stored parameters by common.views.render_views (the function the precompute called), with the teacher
-logits of that very image as the target and the labels mixed by the stored weight. The Trainer's own erasing and
-Mixup are skipped for such a batch: the view already holds them. docs/consistent-views.md explains the method.
+logits of that very image as the target and the labels mixed by the stored weight. No further erasing or Mixup
+is drawn for such a batch: the view already holds them. docs/consistent-views.md explains the method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -19,10 +19,11 @@ from cdeit.common.console import console
 from cdeit.common.errors import CdeitError
 from cdeit.common.views import Augmentation, counter_hash, replay_view, split_tensors
 from cdeit.train.core.config import TrainConfig
-from cdeit.train.core.mixing import Targets, make_targets, smoothed_one_hot
+from cdeit.train.core.mixing import Targets, smoothed_one_hot
 
 if TYPE_CHECKING:
     from cdeit.common.cache import AugmentedViews
+    from cdeit.train.core.augment import Augment
 
 CHECKS_PER_EPOCH = 8  # views re-rendered and checked against their stored image checksum at each epoch's start
 
@@ -42,8 +43,8 @@ class ViewReplay:
     view = "augmented"
     fields = ("index",)
 
-    def __init__(self, views: AugmentedViews, split: Mapping[str, torch.Tensor], cfg: TrainConfig, cache: str):
-        self.views, self.cfg, self.cache = views, cfg, cache
+    def __init__(self, views: AugmentedViews, split: Mapping[str, torch.Tensor], cache: str):
+        self.views, self.cache = views, cache
         self.images, self.labels, self.corruption = split["image"], split["label"], split["corruption"]
         self.num_classes = int(views.logits.shape[-1])
         self.epoch = 0
@@ -70,24 +71,15 @@ class ViewReplay:
         """The view each sample trains on this epoch."""
         return replay_view(self.views.seed, self.epoch, index, self.views.views)
 
-    def targets_for(self, batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The stored logits of this epoch's view of each sample (a K-view cache holds logits only)."""
-        if set(names) - {"logits"}:
-            raise CdeitError("a K-view cache holds the teacher's logits only; drop --align or use a --targets cache.")
-        index = batch["index"]
-        return {"logits": self.views.logits[index, self.view_of(index)]}
-
-    def replay(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Targets]:
+    def replay(self, batch: Mapping[str, torch.Tensor], augment: Augment) -> tuple[torch.Tensor, Targets]:
         """(uint8 images (B, 3, 32, 32), targets) of the batch: the rendered views, their logits, mixed labels."""
-        cfg, index = self.cfg, batch["index"]
+        index = batch["index"]
         view = self.view_of(index)
         rows = self.views.rows(index, view)
         images = self.views.render(self.images, index, view)
-        logits = self.views.logits[index, view]  # (B, C): the teacher saw this very image, so it is not mixed
-        own = make_targets(batch["label"], batch["corruption"], logits, cfg.distill, cfg.tau, cfg.label_smoothing,
-                           num_classes=self.num_classes)  # fmt: skip
+        own = augment.targets(batch, self.views.logits[index, view])  # the teacher saw this very image: not mixed
         w = rows.weight.float()[:, None]  # (B, 1): the share of the sample's own label
-        partner_label = smoothed_one_hot(self.labels[rows.partner], self.num_classes, cfg.label_smoothing)
+        partner_label = smoothed_one_hot(self.labels[rows.partner], self.num_classes, augment.smoothing)
         partner_corruption = smoothed_one_hot(self.corruption[rows.partner], own.corruption.shape[1])
         return images, replace(
             own,
@@ -95,6 +87,14 @@ class ViewReplay:
             corruption=own.corruption * w + partner_corruption * (1 - w),
             perm=rows.partner,
         )
+
+    def targets(self, batch: Mapping[str, torch.Tensor], augment: Augment) -> tuple[torch.Tensor, Targets]:
+        """The rendered views, normalised: they already hold their erasing and mixing, so `augment` adds none."""
+        images, targets = self.replay(batch, augment)
+        return augment.normalise(images), targets
+
+    def describe(self) -> str:
+        return f"{self.view}-view cache joined by {', '.join(self.fields)}"
 
 
 def load_view_replay(cfg: TrainConfig, device: torch.device, epochs: int) -> ViewReplay:
@@ -122,4 +122,4 @@ def load_view_replay(cfg: TrainConfig, device: torch.device, epochs: int) -> Vie
             f"{epochs / views.views:.1f} times; recompute with --views {epochs} for a fresh view every epoch.[/]"
         )
     split = split_tensors(cfg.data, "train", device, ("image", "label", "corruption"))
-    return ViewReplay(views, split, cfg, cfg.teacher_cache)
+    return ViewReplay(views, split, cfg.teacher_cache)

@@ -1,9 +1,11 @@
-"""Where the Trainer's teacher targets come from: one object, and the extension point it implements.
+"""Where the Trainer's batches and teacher targets come from: one protocol, `TeacherSource`, and its kinds.
 
-The Trainer asks one `TeacherSource` for each batch's targets. A run loads it from the teacher cache
-(`load_teacher`: common.cache's `TeacherTargets`, a table on the device gathered by index or source id). Any
-other object with the same four members plugs in through `Trainer(cfg, teacher=...)`: bench/bench_train.py
-passes one with random logits, and `--online-teacher` (train/core/online.py) runs the teacher on each augmented batch.
+Every step the Trainer asks its source for `targets(batch, augment) -> (images, Targets)`: the normalised,
+erased and mixed images the student trains on and their targets. The kinds: `NoTeacher` (--distill none without
+--align), `CachedTeacher` (a table of teacher outputs gathered by index or source id: common.cache's
+`TeacherTargets`, or any `TargetTable`), `ViewReplay` (a K-view cache, train/core/replay.py) and `OnlineTeacher`
+(`--online-teacher`, train/core/online.py). Any other object with the same members plugs in through
+`Trainer(cfg, teacher=...)`: bench/bench_train.py passes a `CachedTeacher` over random logits.
 """
 
 from __future__ import annotations
@@ -16,22 +18,47 @@ from cdeit.train.core.config import ALIGN_TARGETS, TrainConfig
 if TYPE_CHECKING:
     import torch
 
-    from cdeit.common.cache import TeacherTargets
+    from cdeit.train.core.augment import Augment
+    from cdeit.train.core.mixing import Targets
     from cdeit.train.core.models import Normalise
-    from cdeit.train.core.online import OnlineTeacher
-    from cdeit.train.core.replay import ViewReplay
 
 
 @runtime_checkable
 class TeacherSource(Protocol):
-    """Teacher targets for a training batch, computed or gathered on the device in one batched call.
+    """The student's batches and their targets, made on the device in one batched call per step.
 
-    `view`: `same` when the teacher saw each sample itself, `clean` when it saw the sample's clean source.
-    `fields`: the batch fields `targets_for` reads (`index`, `source` or `image`); the Trainer's loader
-    yields `image`, `label`, `corruption`, `index` and adds any other field named here.
-    `shapes`: each target it gives (`logits`, `embedding`, `patches`, `attention`) -> the shape of one row.
-    `targets_for(batch, names)`: `batch` maps field names to the batch's tensors (uint8 images, int64
-    index, ...); returns name -> (B, ...) tensor for each of `names`, on the batch's device.
+    `view`: what the teacher saw of each sample: `none` (no teacher), `same` (the sample), `clean` (its clean
+    source photograph) or `augmented` (the very image the student trains on).
+    `fields`: the batch fields it reads beyond the Trainer's `image`, `label`, `corruption`, `index` (a clean-view
+    cache reads `source`), which the Trainer's loader then also yields.
+    `shapes`: each teacher target it gives (`logits`, `embedding`, `patches`, `attention`) -> one row's shape.
+    `start_epoch(epoch)`: called before each epoch (a K-view cache picks the epoch's views).
+    `targets(batch, augment)`: `batch` maps field names to the loader's tensors (uint8 images, int64 labels, ...);
+    returns the float images the student trains on and their `Targets`, made with `augment` (train/core/augment.py).
+    `describe()`: what the teacher is, for the run's console line.
+    """
+
+    view: str
+
+    @property
+    def fields(self) -> tuple[str, ...]: ...
+
+    @property
+    def shapes(self) -> Mapping[str, tuple[int, ...]]: ...
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+    def targets(self, batch: Mapping[str, torch.Tensor], augment: Augment) -> tuple[torch.Tensor, Targets]: ...
+
+    def describe(self) -> str: ...
+
+
+@runtime_checkable
+class TargetTable(Protocol):
+    """Teacher outputs gathered for a batch (common.cache's `TeacherTargets`, or a table of your own).
+
+    `targets_for(batch, names)` returns name -> (B, ...) tensor for each of `names`, on the batch's device; it
+    reads the batch fields `fields` (`index`, `source` or `image`).
     """
 
     view: str
@@ -45,33 +72,75 @@ class TeacherSource(Protocol):
     def targets_for(self, batch: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]: ...
 
 
+class NoTeacher:
+    """No teacher: the labels alone, on the erased and mixed batch (--distill none without --align)."""
+
+    view = "none"
+    fields: tuple[str, ...] = ()
+    shapes: Mapping[str, tuple[int, ...]] = {}
+
+    def start_epoch(self, epoch: int) -> None:
+        """Nothing changes from one epoch to the next."""
+
+    def targets(self, batch: Mapping[str, torch.Tensor], augment: Augment) -> tuple[torch.Tensor, Targets]:
+        return augment(batch["image"], augment.targets(batch))
+
+    def describe(self) -> str:
+        return "none"
+
+
+class CachedTeacher:
+    """Teacher targets gathered from a table (`names`: the logits to distil from, then the alignment's features),
+    made into the batch's targets before the batch is erased and mixed, so they are mixed with it."""
+
+    def __init__(self, table: TargetTable, names: Sequence[str]):
+        self.table, self.names = table, tuple(names)
+        self.view = table.view
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self.table.fields)
+
+    @property
+    def shapes(self) -> Mapping[str, tuple[int, ...]]:
+        return self.table.shapes
+
+    def start_epoch(self, epoch: int) -> None:
+        """A table is the same every epoch."""
+
+    def gather(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's rows of every target the run uses, in one batched call on the device."""
+        return self.table.targets_for(batch, self.names) if self.names else {}
+
+    def targets(self, batch: Mapping[str, torch.Tensor], augment: Augment) -> tuple[torch.Tensor, Targets]:
+        rows = self.gather(batch)
+        features = {k: rows[k] for k in self.names if k != "logits"}
+        return augment(batch["image"], augment.targets(batch, rows.get("logits"), features or None))
+
+    def describe(self) -> str:
+        return f"{self.view}-view cache joined by {', '.join(self.fields)}"
+
+
 def target_names(cfg: TrainConfig) -> tuple[str, ...]:
     """What a run asks of its teacher: logits to distil from, then the feature targets `--align` compares."""
     logits = ("logits",) if cfg.distill != "none" else ()
     return logits + tuple(k for k in ALIGN_TARGETS if k in cfg.align)
 
 
-def load_teacher(
-    cfg: TrainConfig, device: torch.device, normalise: Normalise | None = None
-) -> TeacherTargets | ViewReplay | OnlineTeacher | None:
-    """The train split's cached targets that `cfg` uses, on `device` (None when it distils and aligns nothing).
+def load_teacher(cfg: TrainConfig, device: torch.device, normalise: Normalise) -> TeacherSource:
+    """The teacher source `cfg` describes, on `device`.
 
     Only the tables the run reads are loaded: the paper's recipe loads one (N, classes) logit table even from a
     cache that also holds features. A K-view cache (`precompute-teacher --views K`) gives a `ViewReplay`
-    (train/core/replay.py), which also renders each batch's images: the optional members `start_epoch(epoch)` and
-    `replay(batch) -> (uint8 images, Targets)` that the Trainer calls when a source has them. `--online-teacher`
-    gives an `OnlineTeacher` (train/core/online.py): the cache's teacher rebuilt, with the optional member
-    `teach_augmented(images)` that the Trainer calls on the student's erased and mixed batch (`normalise`: the
-    student's input normalisation, which it inverts).
+    (train/core/replay.py); `--online-teacher` gives an `OnlineTeacher` (train/core/online.py), which maps the
+    student's normalised batch back to pixels with `normalise`.
     """
     names = target_names(cfg)
     if not names:
-        return None
+        return NoTeacher()
     if cfg.online_teacher:
         from cdeit.train.core.online import load_online_teacher
 
-        if normalise is None:
-            raise ValueError("an online teacher needs the student's Normalise")
         return load_online_teacher(cfg, device, normalise)
     from cdeit.common.cache import load_teacher_targets, read_cache_manifest, views_of
 
@@ -79,5 +148,4 @@ def load_teacher(
         from cdeit.train.core.replay import load_view_replay
 
         return load_view_replay(cfg, device, cfg.epochs)
-
-    return load_teacher_targets(cfg.teacher_cache, cfg.data, "train", device, names)
+    return CachedTeacher(load_teacher_targets(cfg.teacher_cache, cfg.data, "train", device, names), names)

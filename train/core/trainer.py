@@ -3,48 +3,39 @@
 The teacher is never built here. Its logits are loaded once into a device tensor (N, classes) and
 gathered with each batch's `index` field (or, for a clean-view cache, its `source` field); with `--align`
 its feature targets are gathered the same way and compared with the student's (train/core/align.py). Mixup,
-random erasing and normalisation run on whole batches on the device. Checkpoints are atomic and hold
-every RNG state, so a killed run resumes exactly.
+random erasing and normalisation run on whole batches on the device (train/core/augment.py). The Trainer sets
+a run up, owns its checkpoints and runs the epochs; the step, the epoch and validation are train/core/engine.py's.
+Checkpoints are atomic and hold every RNG state, so a killed run resumes exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cdeit.common import distributed
-from cdeit.common.atomic import atomic_path, write_json
+from cdeit.common.atomic import write_json
 from cdeit.common.console import console, progress_bar
 from cdeit.common.dataset import beton_path, check_betons, load_manifest, make_loader
 from cdeit.common.device import resolve_device
 from cdeit.common.errors import CdeitError
-from cdeit.common.metrics import ece_bin_stats, ece_from_stats
 from cdeit.common.tokens import TOKEN_TARGETS
 from cdeit.train.core import rundir
+from cdeit.train.core.align import Alignment
+from cdeit.train.core.augment import Augment
+from cdeit.train.core.checkpoint import not_this_run, read_checkpoint, save_checkpoint
 from cdeit.train.core.config import TrainConfig
+from cdeit.train.core.engine import Engine, NonFiniteLoss, State, train_one_epoch, validate
+from cdeit.train.core.losses import build_loss
+from cdeit.train.core.models import Normalise, build_student, save_safetensors
 from cdeit.train.core.rundir import CHECKPOINT, io_error, prepare_run_dir
-from cdeit.train.core.teachers import TeacherSource, load_teacher, target_names
-
-if TYPE_CHECKING:
-    from cdeit.train.core.align import Alignment
+from cdeit.train.core.teachers import TeacherSource, load_teacher
 
 TRAIN_FIELDS = ("image", "label", "corruption", "index")
-
-
-@dataclass
-class State:
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    best_val_acc: float = -1.0
-    train_seconds: float = 0.0
-    train_images: int = 0
+PAPER_VIEWS = ("none", "same")  # the paper's teacher (or none): other views are beyond it, and say so
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -77,8 +68,9 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_ep
 class Trainer:
     """One training run; `run()` trains (or resumes) to the end and writes the final model.
 
-    `teacher` is the extension point for where teacher targets come from (train/core/teachers.py): by default
-    the cache `cfg.teacher_cache`; any `TeacherSource` (an online teacher, a table in memory) replaces it.
+    `teacher` is the extension point for where the student's batches and teacher targets come from
+    (train/core/teachers.py): by default what `cfg` names (its cache, replayed views, the online teacher or none);
+    any `TeacherSource` (say a `CachedTeacher` over a table in memory) replaces it.
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, teacher: TeacherSource | None = None):
@@ -106,15 +98,12 @@ class Trainer:
         self.val_teacher: dict[str, torch.Tensor] = {}
         self.teacher_from_cache = teacher is None  # then the cache also holds the val logits of the diagnostics
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.teacher = teacher
-        self._build()
+        self._build(teacher)
 
     # ---------------------------------------------------------------- set-up
-    def _build(self) -> None:
-        from cdeit.train.core.losses import build_loss
-        from cdeit.train.core.mixing import RandomErasing
-        from cdeit.train.core.models import Normalise, build_student
-
+    def _build(self, teacher: TeacherSource | None) -> None:
+        """Student, loss, augmentation, teacher, loader, alignment, optimizer and schedule, in the order that
+        fixes what the run's seed draws (the student's and the projections' initialisation)."""
         cfg, dev = self.cfg, self.device
         kwargs = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path, drop_rate=cfg.dropout)
         kwargs.setdefault("num_classes", self.num_classes)
@@ -123,15 +112,9 @@ class Trainer:
         self.raw_model = self.model
         self.normalise = Normalise.for_model(self.model, dev)
         self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
-        self.erasing = RandomErasing(cfg.erasing_prob, device=dev) if cfg.erasing_prob > 0 else None
-        self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
-        self.erase_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + 500 + self.dist.rank)
-
-        self.teacher_names = target_names(cfg)  # logits to distil from, then the features --align compares
-        if self.teacher is None:
-            self.teacher = load_teacher(cfg, dev, self.normalise)
-        keys = self.teacher.fields if self.teacher is not None else ()
-        self.batch_fields = (*TRAIN_FIELDS, *(k for k in keys if k not in TRAIN_FIELDS))  # + source: clean view
+        self.augment = Augment(cfg, self.normalise, self.num_classes, dev, self.dist.rank)
+        self.teacher = teacher if teacher is not None else load_teacher(cfg, dev, self.normalise)
+        self.batch_fields = (*TRAIN_FIELDS, *(k for k in self.teacher.fields if k not in TRAIN_FIELDS))
         self.train_loader = make_loader(
             beton_path(cfg.data, "train"), cfg.batch_size // self.dist.world, "random", str(dev),
             fields=self.batch_fields, drop_last=True,
@@ -142,34 +125,35 @@ class Trainer:
             n = self.manifest["splits"]["train"]["count"]
             raise CdeitError(f"--batch-size {cfg.batch_size} is larger than the {n} training images; lower it.")
         self.alignment = self._alignment()
-        self.align_fn = self.alignment
-
-        fused = dev.type == "cuda"
         groups = param_groups(self.model, cfg.weight_decay)
         if self.alignment is not None:  # the projections train with the student (decay on their matrices)
             for group, extra in zip(groups, self.alignment.param_groups(cfg.weight_decay), strict=True):
                 group["params"] += extra["params"]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=dev.type == "cuda")
         self.scheduler = lr_schedule(self.optimizer, cfg, self.steps_per_epoch)
-        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the lr of the latest optimizer step
-        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=dev)  # first non-finite loss, no sync
-        self.step_count = torch.zeros((), dtype=torch.int64, device=dev)
-        compile_model = cfg.compile if cfg.compile is not None else dev.type == "cuda"
-        if compile_model:
-            self.model = torch.compile(self.model)
+        self.engine = self._engine()
+
+    def _engine(self) -> Engine:
+        """The step's parts, with the student compiled (CUDA by default) and wrapped for torchrun."""
+        cfg, dev = self.cfg, self.device
+        model, align_fn = self.model, self.alignment
+        if cfg.compile if cfg.compile is not None else dev.type == "cuda":
+            model = self.model = torch.compile(model)
+        ids = [dev.index] if dev.type == "cuda" else None
         if self.dist.enabled:
-            ids = [dev.index] if dev.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            if self.alignment is not None:  # its own DDP: the projections' gradients are averaged too
-                self.align_fn = torch.nn.parallel.DistributedDataParallel(self.alignment, device_ids=ids)
+            model = self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            if align_fn is not None:  # its own DDP: the projections' gradients are averaged too
+                align_fn = torch.nn.parallel.DistributedDataParallel(align_fn, device_ids=ids)
+        # --clip-grad clips every parameter the optimizer steps: the student's, then the alignment's projections
+        params = [*self.raw_model.parameters(), *(self.alignment.parameters() if self.alignment is not None else ())]
+        return Engine(model, self.loss_fn, self.teacher, self.augment, self.optimizer, self.scheduler,
+                      self.batch_fields, params, cfg.clip_grad, self.alignment, align_fn, self.autocast,
+                      lr=self.optimizer.param_groups[0]["lr"]).to(dev)  # fmt: skip
 
     def _alignment(self) -> Alignment | None:
         """The alignment terms and their projections (student width -> teacher width), or None without --align."""
         if not self.cfg.align:
             return None
-        from cdeit.train.core.align import Alignment
-
-        assert self.teacher is not None
         shapes, cells = self.teacher.shapes, self.raw_model.grid_size[0] * self.raw_model.grid_size[1]
         for name in TOKEN_TARGETS:
             if name in self.cfg.align and shapes[name][0] != cells:
@@ -180,21 +164,14 @@ class Trainer:
         dims = {k: shapes[k][-1] for k in ("embedding", "patches") if k in self.cfg.align}
         return Alignment(self.cfg.align, self.cfg.align_metric, self.raw_model.embed_dim, dims).to(self.device)
 
-    def teacher_for(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch's teacher targets by name (`logits`, the alignment's features as stored), in one batched call
-        on the device; `batch` maps field names (`self.batch_fields`) to the loader's tensors."""
-        if self.teacher is None or not self.teacher_names:
-            return {}
-        return self.teacher.targets_for(batch, self.teacher_names)
-
     @property
     def beyond_paper_teacher(self) -> bool:
-        """A clean-view teacher or an alignment: the runs whose console line and summary say so."""
-        return self.teacher is not None and (self.teacher.view != "same" or bool(self.cfg.align))
+        """A clean-view, replayed or online teacher, or an alignment: the runs whose console line and summary say so."""
+        return self.teacher.view not in PAPER_VIEWS or bool(self.cfg.align)
 
     # ---------------------------------------------------------------- checkpoints
     def _rng_state(self) -> dict[str, torch.Tensor]:
-        state = {"torch": torch.get_rng_state(), "mix": self.mix_gen.get_state(), "erase": self.erase_gen.get_state()}
+        state = {"torch": torch.get_rng_state(), **self.augment.rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -214,184 +191,64 @@ class Trainer:
         }
         if self.alignment is not None:  # the projections: training-only, never part of the student
             payload["alignment"] = self.alignment.state_dict()
-        path = self.out / CHECKPOINT
-        try:
-            with atomic_path(path, rerun="rerun with --resume") as tmp:
-                torch.save(payload, tmp)
-        except OSError as exc:
-            raise io_error(path, exc) from None
+        save_checkpoint(self.out, payload)
 
     def load_checkpoint(self) -> bool:
-        path = Path(self.cfg.out) / CHECKPOINT
-        if not path.is_file():
+        """Restore the run from its checkpoint; False when it has none."""
+        payload = read_checkpoint(self.cfg.out)
+        if payload is None:
             return False
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CdeitError(
-                f"checkpoint {path} could not be read ({type(exc).__name__}); delete it to start over."
-            ) from None
         try:
             self._restore(payload)
         except CdeitError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # another model, or not a cdeit checkpoint
-            raise CdeitError(
-                f"checkpoint {path} does not belong to this run ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'mismatch'}); "
-                "resume with the run's own settings, or delete it to start over."
-            ) from None
+            raise not_this_run(self.cfg.out, exc) from None
         return True
 
     def _restore(self, payload: dict[str, Any]) -> None:
         """Model, projections, optimizer, scheduler, RNG states and counters from a checkpoint payload."""
-        path = Path(self.cfg.out) / CHECKPOINT
         self.raw_model.load_state_dict(payload["model"])
         if self.alignment is not None:
             if "alignment" not in payload:
-                raise CdeitError(f"checkpoint {path} holds no alignment projections; resume with the run's --align.")
+                raise CdeitError(
+                    f"checkpoint {Path(self.cfg.out) / CHECKPOINT} holds no alignment projections; resume with the "
+                    "run's --align."
+                )
             self.alignment.load_state_dict(payload["alignment"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"])
-        self.mix_gen.set_state(rng["mix"])
-        self.erase_gen.set_state(rng["erase"])
+        self.augment.set_rng_state(rng)
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.state = State(**payload["state"])
         self.last_record = payload.get("record")
 
     # ---------------------------------------------------------------- loop
-    def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        from cdeit.train.core.mixing import make_targets, mix_batch, with_teacher
-
-        cfg = self.cfg
-        images_u8, labels, corruption, *_ = batch  # then index, and `source` when the cache is keyed by source
-        replay = getattr(self.teacher, "replay", None)  # a K-view cache: the augmented images the teacher saw
-        if replay is not None:
-            images_u8, targets = replay(dict(zip(self.batch_fields, batch, strict=True)))
-            images = self.normalise(images_u8)
-        else:
-            online = getattr(self.teacher, "teach_augmented", None)  # a teacher run on the augmented batch itself
-            teacher = {} if online is not None else self.teacher_for(dict(zip(self.batch_fields, batch, strict=True)))
-            features = {k: teacher[k] for k in self.alignment.names} if self.alignment is not None else None
-            targets = make_targets(labels, corruption, teacher.get("logits"), "none" if online else cfg.distill,
-                                   cfg.tau, cfg.label_smoothing, num_classes=self.num_classes,
-                                   features=features)  # fmt: skip
-            images = self.normalise(images_u8)
-            if self.erasing is not None:  # per-image erasing before batch mixing, in DeiT's order
-                images, targets = self.erasing(images, targets, self.erase_gen)
-            images, targets = mix_batch(images, targets, cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob,
-                                        cfg.cutmix_alpha, generator=self.mix_gen)  # fmt: skip
-            if online is not None:  # the teacher saw the mixed image: its target is not mixed
-                targets = with_teacher(targets, online(images), cfg.distill, cfg.tau)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            if self.alignment is None:
-                outputs = self.model(images)
-            else:  # the alignment features come out of the same forward
-                outputs = self.model(images, features=self.alignment.names)
-        outputs = {k: v.float() for k, v in outputs.items()}
-        parts = self.loss_fn(outputs, targets)
-        if self.alignment is not None:
-            aligned = self.align_fn(outputs, targets.features)
-            parts = {**parts, **aligned, "total": parts["total"] + aligned["total"]}
-        self.optimizer.zero_grad(set_to_none=True)
-        parts["total"].backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-        self.step_lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.state.step += 1
-        self.step_count += 1
-        bad = ~torch.isfinite(parts["total"].detach()) & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(bad, self.step_count, self.first_bad_step)  # checked at sync points
-        self.scheduler.step_update(self.state.step)
-        return {k: v.detach() for k, v in parts.items()}
-
-    def train_epoch(self, epoch: int, advance: Any) -> dict[str, float]:
-        self.model.train()
-        self.train_loader.next_epoch = epoch  # FFCV's order is a function of (seed, epoch): resumable
-        if hasattr(self.teacher, "start_epoch"):  # a K-view cache picks (and spot-checks) the epoch's views
-            self.teacher.start_epoch(epoch)
-        sums: dict[str, torch.Tensor] = {}
-        start, n_images = time.perf_counter(), 0
-        self.step_count.fill_(self.state.step)
-        for i, batch in enumerate(self.train_loader):
-            parts = self.train_step(batch)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0) + v
-            n_images += batch[0].shape[0]
-            if i % 10 == 9 or i == self.steps_per_epoch - 1:  # one sync every 10 steps
-                self._check_finite(epoch)
-            if advance and (i % 10 == 9 or i == self.steps_per_epoch - 1):  # sync with the device rarely
-                rate = n_images * self.dist.world / (time.perf_counter() - start)
-                means = (torch.stack([sums[k] for k in sorted(sums)]) / (i + 1)).tolist()  # one sync for all parts
-                loss = " ".join(f"{k} {v:.3f}" for k, v in zip(sorted(sums), means, strict=True))
-                advance(10 if i % 10 == 9 else (i % 10) + 1, info=f"{rate:,.0f} img/s  {loss}")
-        seconds = time.perf_counter() - start
-        self.state.train_seconds += seconds
-        self.state.train_images += n_images * self.dist.world
-        stats = torch.stack([sums[k] for k in sorted(sums)]) / self.steps_per_epoch
-        stats = distributed.all_reduce_sum(stats, self.dist) / self.dist.world
-        out = {f"train_{k}": float(v) for k, v in zip(sorted(sums), stats.tolist(), strict=True)}
-        out["train_images_per_s"] = n_images * self.dist.world / seconds
-        out["lr"] = self.step_lr  # the lr of the epoch's last optimizer step
-        return out
-
-    def _check_finite(self, epoch: int) -> None:
-        """Stop at the first non-finite loss, before a checkpoint could keep the damage."""
-        bad = int(self.first_bad_step.item())
-        if bad < 0:
-            return
-        in_epoch = bad - epoch * self.steps_per_epoch
-        raise CdeitError(
-            f"the training loss became NaN or infinite at epoch {epoch + 1}, step {in_epoch} of "
-            f"{self.steps_per_epoch} (optimizer step {bad}); the run stopped and {self.out / CHECKPOINT} still "
-            f"holds epoch {self.state.epoch}. Start a new run with a lower --lr-per-512 (now {self.cfg.lr_per_512:g}), "
-            "with --clip-grad 1.0, or with --precision fp32."
-        )
-
-    @torch.no_grad()
     def validate(self, split: str = "val") -> dict[str, float]:
-        """Accuracy, mean cross-entropy and ECE-15 of the inference logits, the mean cosine similarity of every
-        pair of prefix tokens (paper 4.4) and, with a teacher cache, the student's top-1 agreement with the
-        cached teacher and KL(teacher || student); exact under torchrun."""
-        self.model.eval()
+        """engine.validate over `split`, each rank reading its share of the samples (exact under torchrun)."""
         count = self.manifest["splits"][split]["count"]
         indices = list(range(self.dist.rank, count, self.dist.world))  # every sample once over the ranks
         loader = make_loader(beton_path(self.cfg.data, split), self.cfg.eval_batch_size, "sequential",
                              str(self.device), fields=("image", "label", "index"), workers=self.cfg.workers,
                              indices=indices)  # fmt: skip
         teacher = self._val_teacher(split)
-        names = self.raw_model.token_names
-        pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-        sums = torch.zeros(4 + len(pairs), dtype=torch.float64, device=self.device)  # nll, correct, agree, kl, cos
-        bins = torch.zeros(3, 15, dtype=torch.float64, device=self.device)
-        for images_u8, labels, index in loader:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                features = self.raw_model.forward_features(self.normalise(images_u8))  # (B, T + N, D)
-                logits = self.raw_model.combine(self.raw_model.heads(features))  # the inference logits
-            logits, features = logits.float(), features.float()
-            batch = [F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum()]
-            if teacher is not None:
-                t = teacher[index]  # (B, C) cached teacher logits of these samples
-                kl = F.kl_div(logits.log_softmax(1), t.log_softmax(1), reduction="sum", log_target=True)
-                batch += [(logits.argmax(1) == t.argmax(1)).sum(), kl]
-            else:
-                batch += [torch.zeros((), device=self.device)] * 2
-            batch += [F.cosine_similarity(features[:, i], features[:, j], dim=1).sum() for i, j in pairs]
-            sums += torch.stack([b.double() for b in batch])
-            bins += ece_bin_stats(logits.softmax(1), labels)
-        totals = distributed.all_reduce_sum(torch.cat([sums, bins.flatten()]), self.dist).tolist()
-        n = sum(totals[-45:-30])  # the ECE bins' counts: every sample once
-        out = {f"{split}_acc": totals[1] / n, f"{split}_loss": totals[0] / n,
-               f"{split}_ece": ece_from_stats(torch.tensor(totals[-45:]).view(3, 15))}  # fmt: skip
-        if teacher is not None:
-            out |= {f"{split}_teacher_agreement": totals[2] / n, f"{split}_teacher_kl": totals[3] / n}
-        for k, (i, j) in enumerate(pairs):
-            out[f"{split}_cos_{names[i]}~{names[j]}"] = totals[4 + k] / n
-        return out
+        return validate(self.raw_model, loader, self.normalise, split, self.dist, self.device, teacher, self.autocast)
+
+    def train_epoch(self, epoch: int, advance: Any) -> dict[str, float]:
+        """engine.train_one_epoch, with a non-finite loss stopped in one sentence before any checkpoint."""
+        try:
+            return train_one_epoch(self.engine, self.train_loader, epoch, self.state, self.dist, advance)
+        except NonFiniteLoss as bad:
+            raise CdeitError(
+                f"the training loss became NaN or infinite at epoch {epoch + 1}, step "
+                f"{bad.step - epoch * self.steps_per_epoch} of {self.steps_per_epoch} (optimizer step {bad.step}); "
+                f"the run stopped and {self.out / CHECKPOINT} still holds epoch {self.state.epoch}. Start a new run "
+                f"with a lower --lr-per-512 (now {self.cfg.lr_per_512:g}), with --clip-grad 1.0, or with "
+                "--precision fp32."
+            ) from None
 
     def _val_teacher(self, split: str) -> torch.Tensor | None:
         """The cached teacher logits of `split` (N, C) by sample index, loaded once; None without a cache."""
@@ -457,9 +314,7 @@ class Trainer:
                 )
             if self.beyond_paper_teacher:
                 aligned = ", ".join(f"{k} x{w:g}" for k, w in cfg.align.items()) or "none"
-                where = getattr(self.teacher, "description", None)  # a source that is not a cache says what it is
-                where = where or f"{self.teacher.view}-view cache joined by {', '.join(self.teacher.fields)}"
-                console.print(f"teacher: {where}; alignment: {aligned} ({cfg.align_metric})")
+                console.print(f"teacher: {self.teacher.describe()}; alignment: {aligned} ({cfg.align_metric})")
         remaining = (cfg.epochs - self.state.epoch) * self.steps_per_epoch
         with progress_bar("training", remaining, unit="steps") as advance:
             for epoch in range(self.state.epoch, cfg.epochs):
@@ -484,8 +339,6 @@ class Trainer:
     def _save_model(self, name: str) -> None:
         if not self.dist.main:
             return
-        from cdeit.train.core.models import save_safetensors
-
         try:
             save_safetensors(self.raw_model, self.out / name)
         except OSError as exc:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cdeit.common.atomic import atomic_path, write_json
 from cdeit.common.console import progress_bar
@@ -69,7 +68,9 @@ class Run:
 @torch.no_grad()
 def predict(model: Any, data_dir: str | Path, split: str, device: torch.device, batch_size: int = 1024,
             workers: int = 2) -> dict[str, np.ndarray]:  # fmt: skip
-    """Per-sample outputs over a split: class probabilities, corruption-head probabilities, token cosines."""
+    """Per-sample outputs over a split: class probabilities, corruption-head probabilities, token cosines, computed
+    by train/core/engine.py's `infer` (the trainer's validation reads the same)."""
+    from cdeit.train.core.engine import infer
     from cdeit.train.core.models import Normalise
 
     manifest = load_manifest(data_dir)
@@ -77,19 +78,15 @@ def predict(model: Any, data_dir: str | Path, split: str, device: torch.device, 
     loader = make_loader(beton_path(data_dir, split), batch_size, "sequential", str(device), fields=PRED_FIELDS,
                          workers=workers)  # fmt: skip
     normalise = Normalise.for_model(model, device)
-    names = model.token_names
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     chunks: dict[str, list[torch.Tensor]] = {}
     with progress_bar(f"evaluating {split}", n) as advance:
         for images, *fields in loader:
-            features = model.forward_features(normalise(images))  # (B, T + P, D): heads and token cosines
-            heads = model.heads(features)
-            out = {"probs": model.combine(heads).float().softmax(1)}
-            if "corr" in heads:
-                out["corruption_probs"] = heads["corr"].float().softmax(1)
-            for a, b in pairs:  # cosine similarity of the final token embeddings (paper 4.4)
-                ia, ib = names.index(a), names.index(b)
-                out[f"cos_{a}_{b}"] = F.cosine_similarity(features[:, ia].float(), features[:, ib].float(), dim=1)
+            inference = infer(model, normalise, images)
+            out = {"probs": inference.logits.softmax(1)}
+            if "corr" in inference.heads:
+                out["corruption_probs"] = inference.heads["corr"].float().softmax(1)
+            for (a, b), cosine in inference.cosines.items():  # of the final token embeddings (paper 4.4)
+                out[f"cos_{a}_{b}"] = cosine
             for name, value in zip(PRED_FIELDS[1:], fields, strict=True):
                 out[name] = value.clone()
             for k, v in out.items():

@@ -18,6 +18,7 @@ from cdeit.common.errors import CdeitError
 from cdeit.common.tokens import cls_attention
 from cdeit.train.core.align import Alignment, attention_kl, feature_distance
 from cdeit.train.core.config import TrainConfig, parse_align
+from cdeit.train.core.engine import train_step
 from cdeit.train.core.mixing import RandomErasing, make_targets, mix_with
 from cdeit.train.core.models import build_student
 from cdeit.train.core.trainer import Trainer
@@ -118,14 +119,14 @@ def test_trainer_joins_a_clean_view_cache_by_source(clean_cache: Path, sourced_d
     for entry in read_cache_manifest(clean_cache)["shards"]:
         a = read_arrays(clean_cache / entry["file"])
         rows |= {int(s): (a["logits"][i], a["attention"][i]) for i, s in enumerate(a["source"])}
-    features = trainer.teacher_for({"index": index, "source": source})  # one gather of every target the run uses
+    features = trainer.teacher.gather({"index": index, "source": source})  # one gather of every target the run uses
     assert set(features) == {"logits", "embedding", "patches", "attention"}
     assert np.array_equal(features["logits"].numpy(), np.stack([rows[int(s)][0] for s in source]))
     assert np.array_equal(features["attention"].numpy(), np.stack([rows[int(s)][1] for s in source]))
     assert features["patches"].shape == (32, 64, 64) and features["embedding"].shape == (32, 64)
     split = read_split(sourced_dataset / "train.beton", fields=("source",))["source"]
     assert np.array_equal(source.numpy(), split[index.numpy()])  # the loader's source is the sample's
-    parts = trainer.train_step(batch)
+    parts = train_step(trainer.engine, batch, trainer.state)
     assert {"align_embedding", "align_patches", "align_attention", "dist_kl", "cls_ce"} < set(parts)
     total = parts["cls_ce"] * 0.5 + 0.5 * 9 * parts["dist_kl"]
     total += parts["align_embedding"] + 0.5 * parts["align_patches"] + 2.0 * parts["align_attention"]
@@ -138,16 +139,16 @@ def test_default_run_builds_no_table_or_alignment(same_feature_cache: Path, sour
                                                   tmp_path: Path) -> None:  # fmt: skip
     trainer = Trainer(_cfg(sourced_dataset, tmp_path / "run", teacher_cache=str(same_feature_cache)))
     assert trainer.alignment is None and trainer.teacher.view == "same" and trainer.teacher.fields == ("index",)
-    assert set(trainer.teacher.tensors) == {"logits"}  # the paper's recipe: one logit table, though features exist
+    assert set(trainer.teacher.table.tensors) == {"logits"}  # the paper's recipe: one table, though features exist
     assert len(next(iter(trainer.train_loader))) == 4  # the paper's fields: no source
     table = load_teacher_targets(same_feature_cache, sourced_dataset, "train")
-    assert torch.equal(trainer.teacher.tensors["logits"], table.tensors["logits"])
+    assert torch.equal(trainer.teacher.table.tensors["logits"], table.tensors["logits"])
 
 
 def test_checkpoint_restores_the_projections(clean_cache: Path, sourced_dataset: Path, tmp_path: Path) -> None:
     cfg = _cfg(sourced_dataset, tmp_path / "run", teacher_cache=str(clean_cache), align={"embedding": 1.0})
     trainer = Trainer(cfg)
-    trainer.train_step(next(iter(trainer.train_loader)))
+    train_step(trainer.engine, next(iter(trainer.train_loader)), trainer.state)
     trainer.save_checkpoint()
     saved = {k: v.clone() for k, v in trainer.alignment.state_dict().items()}
     other = Trainer(cfg, resume=True)
@@ -220,3 +221,22 @@ def test_align_with_a_cache_lacking_the_targets_is_refused(tiny_dataset: Path, t
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "holds no patches targets" in " ".join(result.output.split())
     assert "--targets logits,patches" in " ".join(result.output.split())
+
+
+def test_clip_grad_clips_the_projections_with_the_student(
+    clean_cache: Path, sourced_dataset: Path, tmp_path: Path
+) -> None:
+    """--clip-grad bounds the norm over every parameter the optimizer steps, the alignment's projections included."""
+    cfg = _cfg(sourced_dataset, tmp_path / "run", teacher_cache=str(clean_cache), align=ALL, clip_grad=1e-3)
+    trainer = Trainer(cfg)
+    stepped = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in trainer.engine.params} == {id(p) for p in stepped}
+    norms: list[float] = []
+
+    def record(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    trainer.optimizer.register_step_pre_hook(record)
+    train_step(trainer.engine, next(iter(trainer.train_loader)), trainer.state)
+    assert norms and norms[0] <= 1e-3 * (1 + 1e-4)

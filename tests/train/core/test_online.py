@@ -18,6 +18,7 @@ from cdeit.common.teacher import build_teacher
 from cdeit.common.views import split_tensors
 from cdeit.precompute.run import precompute_teacher
 from cdeit.train.core.config import TrainConfig
+from cdeit.train.core.engine import train_step
 from cdeit.train.core.online import OnlineTeacher
 from cdeit.train.core.trainer import Trainer
 from tests.precompute.helpers import config
@@ -62,8 +63,7 @@ def test_the_online_teacher_is_the_cache_teacher(
     assert isinstance(teacher, OnlineTeacher) and teacher.view == "augmented"
     images = split_tensors(tiny_dataset, "train", "cpu", ("image",))["image"][:64]
     cached = load_teacher_logits(cache, tiny_dataset, "train")[:64]
-    online = teacher.targets_for({"image": images}, ("logits",))["logits"]
-    assert torch.allclose(online, cached, atol=1e-4)  # on the clean image it reproduces the cached logits
+    assert torch.allclose(teacher.logits(images), cached, atol=1e-4)  # on the clean image: the cached logits
     # the student's normalised image mapped back to pixels: the same teacher input
     assert torch.allclose(teacher.teach_augmented(trainer.normalise(images)), cached, atol=1e-3)
 
@@ -82,15 +82,15 @@ def test_the_teacher_reads_the_erased_and_mixed_batch(
 
     trainer.teacher.teach_augmented = spy_teacher
     trainer.raw_model.register_forward_pre_hook(lambda _m, args: seen.__setitem__("student_input", args[0].clone()))
-    loss_fn = trainer.loss_fn
+    loss_fn = trainer.engine.loss_fn
 
     def spy_loss(outputs, targets):  # noqa: ANN001, ANN202
         seen["targets"] = targets
         return loss_fn(outputs, targets)
 
-    trainer.loss_fn = spy_loss
+    trainer.engine.loss_fn = spy_loss
     batch = next(iter(trainer.train_loader))
-    trainer.train_step(batch)
+    train_step(trainer.engine, batch, trainer.state)
     assert torch.equal(seen["teacher_input"], seen["student_input"])  # the very batch the student trains on
     assert not torch.allclose(seen["student_input"], trainer.normalise(batch[0]))  # ... which is erased and mixed
     targets = seen["targets"]
@@ -165,7 +165,7 @@ def test_a_teacher_module_cache(tiny_dataset: Path, tmp_path: Path) -> None:
 
     from cdeit.common.teacher import import_teacher_module
 
-    example = Path(__file__).resolve().parents[2] / "examples" / "cifar_resnet.py"
+    example = Path(__file__).resolve().parents[3] / "examples" / "cifar_resnet.py"
     import_teacher_module(str(example))
     torch.manual_seed(5)
     weights = tmp_path / "r20.safetensors"
@@ -181,8 +181,8 @@ def test_a_teacher_module_cache(tiny_dataset: Path, tmp_path: Path) -> None:
         Trainer(_cfg(tiny_dataset, cache, weights, tmp_path / "b", teacher_module=str(edited)))
     trainer = Trainer(_cfg(tiny_dataset, cache, weights, tmp_path / "c", teacher_module=str(example)))
     images = split_tensors(tiny_dataset, "train", "cpu", ("image",))["image"][:64]
-    online = trainer.teacher.targets_for({"image": images}, ("logits",))["logits"]
-    assert torch.allclose(online, load_teacher_logits(cache, tiny_dataset, "train")[:64], atol=1e-4)
+    cached = load_teacher_logits(cache, tiny_dataset, "train")[:64]
+    assert torch.allclose(trainer.teacher.logits(images), cached, atol=1e-4)
 
 
 def test_rebuilding_the_teacher_leaves_the_run_s_random_state(

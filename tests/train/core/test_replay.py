@@ -39,7 +39,7 @@ def test_train_renders_the_bytes_the_teacher_saw(views_cache: Path, tiny_dataset
     for epoch in (0, 1):
         replay.start_epoch(epoch)
         batch = dict(zip(trainer.batch_fields, next(iter(trainer.train_loader)), strict=True))
-        images, targets = replay.replay(batch)
+        images, targets = replay.replay(batch, trainer.augment)
         index = batch["index"]
         view = replay.view_of(index)
         # the precompute's path: parameters drawn afresh from (seed, i, k), rendered by the same function

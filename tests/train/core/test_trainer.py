@@ -22,7 +22,7 @@ from cdeit.train.core.config import TrainConfig
 from cdeit.train.core.trainer import train
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:  # noqa: ANN003
@@ -38,14 +38,27 @@ def _cli_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_run_writes_every_artefact_and_learns(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Also: each optimizer step uses the lr of `lr_schedule` (test_recipe checks it against timm), metrics.jsonl
+    records the epoch's last one, and config.json and environment.json record the precision actually used."""
+    from cdeit.train.core.trainer import Trainer
+    from tests.train.core.test_recipe import _scheduled_lrs
+
     out = tmp_path / "run"
-    summary = train(_cfg(tiny_dataset, out, epochs=4, mixup_prob=0.0, erasing_prob=0.0))
+    cfg = _cfg(tiny_dataset, out, epochs=4, mixup_prob=0.0, erasing_prob=0.0, precision="bf16", device="cpu")
+    trainer = Trainer(cfg)
+    used: list[float] = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    summary = trainer.run()
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert {"train_total", "train_cls_ce", "val_acc", "val_loss", "val_ece", "lr"} <= set(records[-1])
-    assert summary["steps"] == 4 * (220 // 32) and summary["epochs"] == 4
+    n = 220 // 32
+    assert summary["steps"] == 4 * n and summary["epochs"] == 4
+    assert used == _scheduled_lrs(trainer.cfg, n) and [r["lr"] for r in records] == used[n - 1 :: n]
     assert summary["best_val_acc"] > 0.3  # 10 classes: chance is 0.1
-    assert json.loads((out / "config.json").read_text())["model_kwargs"] == TINY
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_kwargs"] == TINY and config["precision"] == "fp32"  # CPU: no autocast
+    assert json.loads((out / "environment.json").read_text())["started"]["precision"] == "fp32"
     for name in ("model.safetensors", "best.safetensors", "model_config.json", "summary.json", "checkpoints/last.pt"):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "model_config.json").read_text())
@@ -196,21 +209,27 @@ def cache(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_distilled_runs_join_the_cache_by_index(tiny_dataset: Path, cache: Path, tmp_path: Path) -> None:
     from cdeit.common.cache import load_teacher_logits
     from cdeit.train.core.trainer import Trainer
+    from cdeit.train.use.evaluate import evaluate
 
     table = load_teacher_logits(cache, tiny_dataset, "train")
     trainer = Trainer(_cfg(tiny_dataset, tmp_path / "t", student="deit", distill="hard", teacher_cache=str(cache)))
     _, _, _, index = next(iter(trainer.train_loader))
-    assert torch.equal(trainer.teacher_for({"index": index})["logits"], table[index])
+    assert torch.equal(trainer.teacher.gather({"index": index})["logits"], table[index])
     assert not torch.equal(index, torch.arange(len(index)))  # random order: the join is by index, not position
     for student, distill, part in (("deit", "soft", "train_dist_kl"), ("cdeit", "hard", "train_dist_ce")):
         out = tmp_path / f"{student}-{distill}"
         train(_cfg(tiny_dataset, out, student=student, distill=distill, teacher_cache=str(cache), epochs=1))
         record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
         assert part in record and record["train_total"] > 0
+    # `cdeit evaluate` reports the teacher beside the student
+    result = evaluate(tmp_path / "deit-soft", teacher_cache=str(cache), device="cpu", batch_size=64, workers=1)
+    teacher = result["teacher"]
+    assert 0 <= teacher["accuracy"] <= 1 and 0 <= teacher["agreement"] <= 1
+    assert set(teacher["per_corruption_accuracy"]) <= set(result["per_corruption"])
 
 
-class ImageTeacher:
-    """A TeacherSource that reads the batch's images, as an online teacher does: logits from each channel's mean."""
+class ImageTable:
+    """A TargetTable that reads the batch's images, as an online teacher does: logits from each channel's mean."""
 
     view, fields, shapes = "same", ("image",), {"logits": (10,)}
 
@@ -225,19 +244,22 @@ class ImageTeacher:
 
 def test_any_teacher_source_plugs_in(tiny_dataset: Path, tmp_path: Path) -> None:
     from cdeit.common.cache import TeacherTargets
-    from cdeit.train.core.teachers import TeacherSource
+    from cdeit.train.core.engine import train_step
+    from cdeit.train.core.teachers import CachedTeacher, TargetTable, TeacherSource
     from cdeit.train.core.trainer import Trainer
 
-    teacher = ImageTeacher()
-    assert isinstance(teacher, TeacherSource) and isinstance(TeacherTargets("same", {}), TeacherSource)
+    table = ImageTable()
+    teacher = CachedTeacher(table, ("logits",))
+    assert isinstance(table, TargetTable) and isinstance(TeacherTargets("same", {}), TargetTable)
+    assert isinstance(teacher, TeacherSource)
     cfg = _cfg(tiny_dataset, tmp_path / "t", student="deit", distill="soft", teacher_cache="(given)", epochs=1)
     trainer = Trainer(cfg, teacher=teacher)
     assert trainer.teacher is teacher and trainer.batch_fields == ("image", "label", "corruption", "index")
     batch = next(iter(trainer.train_loader))
-    got = trainer.teacher_for(dict(zip(trainer.batch_fields, batch, strict=True)))["logits"]
-    assert torch.equal(got, teacher.targets_for({"image": batch[0]}, ("logits",))["logits"])
-    parts = trainer.train_step(batch)
-    assert parts["dist_kl"] > 0 and teacher.seen[-1] == 32
+    got = teacher.gather(dict(zip(trainer.batch_fields, batch, strict=True)))["logits"]
+    assert torch.equal(got, table.targets_for({"image": batch[0]}, ("logits",))["logits"])
+    parts = train_step(trainer.engine, batch, trainer.state)
+    assert parts["dist_kl"] > 0 and table.seen[-1] == 32 and trainer.state.step == 1
 
 
 def test_cache_for_other_data_or_with_missing_indices_is_refused(
@@ -255,16 +277,6 @@ def test_cache_for_other_data_or_with_missing_indices_is_refused(
     write_manifest(holed)  # a manifest that honestly lists the shards present: 64 train indices are missing
     with pytest.raises(CdeitError, match="lacks logits for 64 of 220 train indices"):
         train(_cfg(tiny_dataset, tmp_path / "b", student="deit", distill="hard", teacher_cache=str(holed)))
-
-
-def test_evaluate_reports_the_teacher_beside_the_student(tiny_dataset: Path, cache: Path, tmp_path: Path) -> None:
-    from cdeit.train.use.evaluate import evaluate
-
-    train(_cfg(tiny_dataset, tmp_path / "run", student="deit", distill="hard", teacher_cache=str(cache), epochs=1))
-    result = evaluate(tmp_path / "run", teacher_cache=str(cache), device="cpu", batch_size=64, workers=1)
-    teacher = result["teacher"]
-    assert 0 <= teacher["accuracy"] <= 1 and 0 <= teacher["agreement"] <= 1
-    assert set(teacher["per_corruption_accuracy"]) <= set(result["per_corruption"])
 
 
 @pytest.mark.slow
