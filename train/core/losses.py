@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdeit.common.errors import CdeitError
-from cdeit.train.core.config import DistillKind, HeadStrategy, StudentKind, check_distill, check_head_strategy
+from cdeit.train.core.kinds import DistillKind, HeadStrategy, StudentKind, check_distill, resolve_head_strategy
 from cdeit.train.core.mixing import Targets
 
 Outputs = dict[str, torch.Tensor]
@@ -61,7 +61,7 @@ class LabelLoss(nn.Module):
 
     def __init__(self, student: StudentKind = "vit", head_strategy: HeadStrategy | None = None) -> None:
         super().__init__()
-        self.student, self.head_strategy = student, check_head_strategy(student, head_strategy)
+        self.student, self.head_strategy = student, resolve_head_strategy(student, head_strategy)
 
     def forward(self, outputs: Outputs, targets: Targets) -> Parts:
         parts = {"cls_ce": soft_target_ce(class_logits(outputs, self.head_strategy, self), targets.label)}
@@ -113,7 +113,7 @@ class CdeitHardLoss(nn.Module):
 
     def __init__(self, head_strategy: HeadStrategy = "linear") -> None:
         super().__init__()
-        self.head_strategy = check_head_strategy("cdeit", head_strategy)
+        self.head_strategy = resolve_head_strategy("cdeit", head_strategy)
 
     def forward(self, outputs: Outputs, targets: Targets) -> Parts:
         cls_ce = soft_target_ce(class_logits(outputs, self.head_strategy, self), targets.label)
@@ -132,7 +132,7 @@ class CdeitSoftLoss(nn.Module):
 
     def __init__(self, head_strategy: HeadStrategy = "linear", tau: float = 3.0, lam: float = 0.5) -> None:
         super().__init__()
-        self.head_strategy = check_head_strategy("cdeit", head_strategy)
+        self.head_strategy = resolve_head_strategy("cdeit", head_strategy)
         self.tau, self.lam = tau, lam
 
     def forward(self, outputs: Outputs, targets: Targets) -> Parts:
@@ -171,7 +171,7 @@ def build_loss(
     lam: float = 0.5,
 ) -> nn.Module:
     """The training loss for a student ('vit' | 'deit' | 'cdeit') and distillation type ('none' | 'soft' | 'hard')."""
-    head_strategy = check_head_strategy(student, head_strategy)  # also checks `student`
+    head_strategy = resolve_head_strategy(student, head_strategy)  # also checks `student`
     if check_distill(distill, student) == "none":
         return LabelLoss(student, head_strategy)
     if (distill == "soft" and tau <= 0) or not 0 <= lam <= 1:
