@@ -280,6 +280,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     if batch_size < 1 or workers < 1:
         raise CdeitError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}.")
     run = Run.open(run_dir)
+    summary = read_summary(run.path)  # read first: a damaged file is named before the work, not after
     data = data or run.config["data"]
     manifest = load_manifest(data)
     info = split_info(manifest, split, data)
@@ -316,7 +317,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     if split != "train" and "train" in manifest["splits"]:
         train_sources = read_split(beton_path(data, "train"), fields=("source",))["source"]
         result["leakage"] = leakage_report(pred, np.unique(train_sources))
-    if summary := read_summary(run.path):
+    if summary:
         result["training"] = {k: summary[k] for k in SUMMARY_KEYS}
     write_json(out_dir / f"{split}.json", result)
     from cdeit.train.use.report import write_plots, write_report
