@@ -499,7 +499,9 @@ def test_a_study_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
     the failure is reported with its log), finished by submitit (evaluation only), then compared."""
     spec = tmp_path / "study.toml"
     text = _spec(tiny_dataset, tmp_path / "s", epochs=2).replace("seeds = [0, 1]", "seeds = [0]")
-    spec.write_text(text + '\n[[configs]]\nname = "too-big"\nstudent = "vit"\nbatch_size = 4096\n')
+    configs = '[[configs]]\nstudent = "vit"\n[[configs]]\nstudent = "cdeit"'
+    text = text.replace('[axes]\nstudent = ["vit", "cdeit"]', configs)
+    spec.write_text(text + '\n[[configs]]\nname = "too-big"\nstudent = "vit"\nbatch_size = 4096\n')  # runs last
     killed = _kill_when_a_run_is_half_done(_sweep_process(spec), tmp_path / "s" / "runs")
     assert killed is not None and killed.name.startswith("vit-"), (
         "no run was caught between its first checkpoint and its end"
