@@ -8,7 +8,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,6 @@ def remove_stale_tmp(directory: str | os.PathLike, recursive: bool = False) -> l
 
     A file whose PID is still alive (this process, or another one writing there) is never touched.
     """
-    from cdeit.common.lock import pid_alive
-
     removed = []
     for p in Path(directory).glob("**/.*.tmp-*" if recursive else ".*.tmp-*"):
         pid = p.name.rpartition(".tmp-")[2]
@@ -138,25 +136,66 @@ def remove_stale_tmp(directory: str | os.PathLike, recursive: bool = False) -> l
     return removed
 
 
-def read_json_object(path: str | os.PathLike, name: str, fix: str) -> dict[str, Any]:
-    """A JSON file that must hold an object; unreadable, invalid or non-object content is one sentence:
-    "NAME could not be read (why); FIX." or "NAME is not a JSON object; FIX."."""
-    from cdeit.common.errors import CdeitError
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
+
+NUMBER = (int, float)  # a JSON number: 1 and 1.0 alike (a bool is refused wherever it is not asked for)
+Kind = type | tuple[type, ...]
+
+
+def read_json_object(
+    path: str | os.PathLike, name: str, fix: str, keys: Mapping[str, Kind] | None = None
+) -> dict[str, Any]:
+    """A JSON file that must hold an object with `keys` (name -> type) at least; a missing, unreadable or invalid
+    file, a non-object or a missing or mistyped key is one sentence naming `name` (and the key), then FIX."""
     try:
         value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CdeitError(f"{name} is missing; {fix}.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CdeitError(f"{name} could not be read ({exc}); {fix}.") from None
     if not isinstance(value, dict):
         raise CdeitError(f"{name} is not a JSON object; {fix}.")
-    return value
+    return check_keys(value, keys or {}, name, fix)
+
+
+def check_keys(obj: dict[str, Any], keys: Mapping[str, Kind], name: str, fix: str) -> dict[str, Any]:
+    """`obj` itself if it holds every key of `keys` with a value of its type; else one sentence naming the key."""
+    for key, kind in keys.items():
+        if key not in obj:
+            raise CdeitError(f"{name} has no {key!r}; {fix}.")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        value = obj[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise CdeitError(f"{name} has {key!r} = {_short(value)}, which should be {_kind_name(kinds)}; {fix}.")
+    return obj
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
+             list: "a list", type(None): "null"}  # fmt: skip
+    named = [words.get(k, k.__name__) for k in kinds if not (k is int and float in kinds)]
+    return " or ".join(named)
 
 
 def read_manifest_json(directory: str | os.PathLike, what: str, command: str) -> tuple[Path, Any]:
     """DIRECTORY/manifest.json parsed, and its path; a missing directory or file, or invalid JSON, is a `CdeitError`
     naming it. `what` says what the directory should be ("a teacher cache"), `command` what builds one."""
-    from cdeit.common.errors import CdeitError
-
     directory = Path(directory)
     path = directory / "manifest.json"
     if not directory.is_dir():

@@ -2,7 +2,8 @@
 
 `output_lock(folder, command)` creates the folder, takes `fcntl.flock(LOCK_EX | LOCK_NB)` on `folder/.cdeit.lock`
 and writes the holder's PID and command into it. The kernel drops the lock when the process dies, so a kill -9
-never leaves a stale lock; a second writer gets one sentence naming the first one's PID. Creating the lock file
+never leaves a stale lock; a second writer gets one sentence naming the first one's PID (a `LockHeld`, which a
+caller that should step aside instead, such as a sweep's job, catches). Creating the lock file
 is also the probe that the folder is writable, before any work starts. Under torchrun only rank 0 takes it (the
 other ranks of the same job write into the folder with it).
 """
@@ -14,10 +15,22 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from cdeit.common.atomic import write_error
 from cdeit.common.errors import CdeitError
 
 LOCK_NAME = ".cdeit.lock"
 TEST_HOLD_ENV = "CDEIT_TEST_LOCK_HOLD_S"  # tests only: seconds to sleep after taking the lock
+
+
+class LockHeld(CdeitError):
+    """Another process holds the folder's lock; `holder` says who ('PID 123 (cdeit train)')."""
+
+    def __init__(self, folder: Path, holder: str) -> None:
+        super().__init__(
+            f"{folder} is being written by {holder}; wait for it to finish (or stop it) and rerun, "
+            "or choose another output."
+        )
+        self.folder, self.holder = folder, holder
 
 
 def _rank() -> int:
@@ -42,8 +55,6 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     """Hold the exclusive lock on `folder` (created if needed) while the block runs; yields the folder."""
     import fcntl
 
-    from cdeit.common.atomic import write_error
-
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CdeitError(f"{folder} is a file, not a folder; choose a folder for the output.")
@@ -57,10 +68,7 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     except OSError as exc:
         raise write_error(folder, exc) from None
     if fd is None:
-        raise CdeitError(
-            f"{folder} is being written by {_holder(path)}; wait for it to finish (or stop it) and rerun, "
-            "or choose another output."
-        )
+        raise LockHeld(folder, _holder(path))
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {command}\n".encode())
@@ -110,16 +118,3 @@ def _remove_empty_tree(folder: Path) -> None:
             sub.rmdir()  # fails, as it should, on a folder that holds a file
     with contextlib.suppress(OSError):
         folder.rmdir()
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (on this machine)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True

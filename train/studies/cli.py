@@ -57,21 +57,20 @@ def sweep(
     ] = None,
     jobs: Annotated[int, typer.Option(help="Trainings at once; the CPU threads are split between them.")] = 1,
     launcher: Annotated[str, typer.Option(help="local | submitit (SLURM; the file's slurm table).")] = "local",
-    dry_run: Annotated[bool, typer.Option(help="Print the plan and the commands; run and write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and what each run still needs; run nothing.")] = False,
 ) -> None:
     """Run a study: every configuration x seed as an ordinary run; reruns skip finished runs, resume killed ones."""
     from cdeit.common.console import out as stdout
     from cdeit.common.errors import CdeitError
-    from cdeit.train.studies.presets import preset_spec, to_toml
-    from cdeit.train.studies.study import plan_study, read_spec, write_plan
+    from cdeit.train.studies.presets import preset_spec
+    from cdeit.train.studies.study import plan_study, read_spec, spec_text, write_plan
     from cdeit.train.studies.sweep import describe
     from cdeit.train.studies.sweep import sweep as run_sweep
 
     if preset is not None:
         if spec is not None or not (data and teacher_cache and out):
             raise CdeitError("--preset takes no study file and needs --data DATA --teacher-cache CACHE --out DIR.")
-        raw, file = preset_spec(preset, data, teacher_cache, str(out)), out / "study.toml"
-        text = to_toml(raw)
+        raw, file, text = preset_spec(preset, data, teacher_cache, str(out)), out / "study.toml", None
     elif spec is None:
         raise CdeitError("give a study file (see docs/studies.md) or --preset table2|table3|table4|fig5.")
     else:
@@ -82,15 +81,15 @@ def sweep(
             if not isinstance(table, dict):
                 raise CdeitError(f"{file}: [{section}] should be a table of options.")
             table.update(parse_set(items))
-            text = to_toml(raw)
+            text = None
     if seeds is not None:
         raw.setdefault("study", {})["seeds"] = parse_seeds(seeds)
-        text = to_toml(raw)
+        text = None
     study = plan_study(raw, file, out)
     if dry_run:
         stdout.print("\n".join(describe(study)), highlight=False, markup=False)
         return
-    write_plan(study, text)
+    write_plan(study, text if text is not None else spec_text(raw))  # the study file as asked, or as changed
     tally = run_sweep(study, jobs, launcher)
     if tally.failed:
         raise typer.Exit(1)

@@ -105,29 +105,3 @@ def preset_spec(name: str, data: str, teacher_cache: str, out: str) -> dict[str,
     spec["study"] = {"name": name, "preset": name, "out": out, "seeds": PRESET_SEEDS} | spec.get("study", {})
     spec["shared"] = {"data": data, "teacher_cache": teacher_cache} | spec.get("shared", {})
     return spec
-
-
-# ------------------------------------------------------------------------------------------ TOML out
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string is a JSON string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise CdeitError(f"cannot write {value!r} to a study file.")
-
-
-def to_toml(spec: dict[str, Any]) -> str:
-    """A study spec as TOML (tables of scalars, lists and inline tables; [[configs]] as an array of tables)."""
-    lines: list[str] = []
-    for section in ("study", "shared", "axes", "slurm"):
-        if spec.get(section):
-            lines += [f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in spec[section].items()), ""]
-    for config in spec.get("configs", []):
-        lines += ["[[configs]]", *(f"{k} = {_toml_value(v)}" for k, v in config.items()), ""]
-    return "\n".join(lines)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cdeit.common.atomic import atomic_path, write_json
+from cdeit.common.atomic import atomic_path, check_keys, read_json_object, write_json
 from cdeit.common.dataset import load_manifest
 from cdeit.common.errors import CdeitError
 from cdeit.train.core.config import TrainConfig
+from cdeit.train.core.rundir import CHECKPOINT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,9 +40,9 @@ SLURM_KEYS = {"cluster": str, "partition": str, "gpus_per_job": int, "cpus_per_t
               "mem_gb": int, "array_parallelism": int}  # fmt: skip
 PLANNED_BY_STUDY = ("out", "seed")  # set per run by the study, never by the file
 ALIASES = {"lambda": "lam"}  # the command line's spelling of a field
-CHECKPOINT = "checkpoints/last.pt"  # the trainer's (cdeit.train.core.trainer.CHECKPOINT; not imported: it loads torch)
 NOT_HASHED = ("out", "workers", "eval_batch_size")  # machinery that does not change what a run learns
 Status = Literal["done", "trained", "partial", "new"]
+Step = Literal["train", "resume", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -288,8 +289,11 @@ def _plan_run(study_dir: Path, group: str, overrides: dict, shared: dict, seed: 
     return PlannedRun(group, seed, overrides, values, name)
 
 
-def load_study(spec_path: str | Path, out: str | Path | None = None) -> Study:
-    return plan_study(read_spec(spec_path), spec_path, out)
+def spec_text(spec: dict[str, Any]) -> str:
+    """A study spec as TOML (tomli-w), for the study.toml of a preset or of a file changed by --set/--seeds."""
+    import tomli_w
+
+    return tomli_w.dumps(spec)
 
 
 def write_plan(study: Study, spec_text: str) -> Path:
@@ -301,16 +305,25 @@ def write_plan(study: Study, spec_text: str) -> Path:
     return study.out / PLAN
 
 
+PLAN_KEYS = {"runs": list}
+RUN_KEYS = {"group": str, "seed": int, "overrides": dict, "settings": dict, "name": str}
+RERUN = "rerun `cdeit sweep` on the study file"
+
+
 def read_plan(study_dir: str | Path) -> dict[str, Any]:
+    """STUDY/plan.json, each planned run checked; a missing or mistyped key is one sentence naming it."""
     path = Path(study_dir) / PLAN
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CdeitError(f"{path} could not be read ({exc}); rerun `cdeit sweep` on the study file.") from None
+    plan = read_json_object(path, str(path), RERUN, PLAN_KEYS)
+    for i, run in enumerate(plan["runs"]):
+        if not isinstance(run, dict):
+            raise CdeitError(f"{path} runs[{i}] is not a JSON object; {RERUN}.")
+        check_keys(run, RUN_KEYS, f"{path} runs[{i}]", RERUN)
+    return plan
 
 
 def planned_runs(plan: dict[str, Any]) -> list[PlannedRun]:
-    return [PlannedRun(**r) for r in plan["runs"]]
+    """The runs of a plan read by `read_plan`."""
+    return [PlannedRun(**{k: r[k] for k in RUN_KEYS}) for r in plan["runs"]]
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -322,62 +335,34 @@ def run_status(run_dir: str | Path) -> Status:
     return "partial" if (run_dir / CHECKPOINT).is_file() else "new"
 
 
-# ------------------------------------------------------------------------------------------ commands
-def _train_options() -> dict[str, tuple[str, str | None]]:
-    """TrainConfig field -> (`--flag`, `--no-flag` or None), read from the `cdeit train` command itself."""
-    import typer
-
-    from cdeit.train.cli import train as train_command
-
-    app = typer.Typer()
-    app.command()(train_command)
-    params = typer.main.get_command(app).params
-    return {p.name: (p.opts[0], p.secondary_opts[0] if p.secondary_opts else None) for p in params if p.opts}
+def steps_for(status: Status) -> list[Step]:
+    """What a run in this state still needs: nothing, evaluate, or train (resume when killed) then evaluate."""
+    return {"done": [], "trained": ["evaluate"], "partial": ["resume", "evaluate"], "new": ["train", "evaluate"]}[
+        status
+    ]
 
 
-def _flag_value(value: Any) -> str:
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return str(value)
+def changed_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that differ from TrainConfig's defaults (what `--dry-run` shows and a resume checks)."""
+    defaults = TrainConfig().to_json()
+    return {k: v for k, v in settings.items() if k not in defaults or v != defaults[k]}
 
 
-def train_argv(run: PlannedRun, study_dir: str | Path, resume: bool = False) -> list[str]:
-    """The `cdeit train` command line of a run: every setting that differs from TrainConfig's defaults."""
-    options, defaults = _train_options(), TrainConfig().to_json()
-    argv = ["train"]
-    for key, value in (run.settings | {"out": str(run.run_dir(study_dir))}).items():
-        if key != "out" and value == defaults.get(key):
-            continue
-        flag, negative = options[key]
-        if isinstance(value, bool):
-            argv.append(flag if value else negative)
-        elif key == "align":
-            argv += [flag, ",".join(f"{k}={w}" for k, w in value.items())]
-        else:
-            argv += [flag, _flag_value(value)]
-    return argv + resume_args(run, study_dir) if resume else argv
+def run_config(run: PlannedRun, study_dir: str | Path) -> TrainConfig:
+    """The run's TrainConfig, written into its directory of this study folder."""
+    return TrainConfig(**(run.settings | {"out": str(run.run_dir(study_dir))})).validate()
 
 
-def resume_args(run: PlannedRun, study_dir: str | Path) -> list[str]:
-    """How `cdeit train` continues a killed run: `--resume RUN` (the other options given agree with the run's).
-
-    The one place that knows the resume flag.
-    """
-    return ["--resume", str(run.run_dir(study_dir))]
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list) or value is None else str(value)
 
 
-def evaluate_argv(run: PlannedRun, study_dir: str | Path) -> list[str]:
-    """`cdeit evaluate RUN` on the study's split; mCE is computed later by `compare` against the baseline group."""
+def step_line(step: Step, run: PlannedRun) -> str:
+    """One step of a run in words, with its settings beyond the defaults (the run directory is its name)."""
     s = run.settings
-    return ["evaluate", str(run.run_dir(study_dir)), "--split", EVAL_SPLIT, "--device", s["device"], "--batch-size",
-            str(s["eval_batch_size"]), "--workers", str(s["workers"])]  # fmt: skip
-
-
-def steps_for(run: PlannedRun, study_dir: str | Path) -> list[list[str]]:
-    """The command lines still to run for this run, read from its files (nothing when it is done)."""
-    status = run_status(run.run_dir(study_dir))
-    if status == "done":
-        return []
-    if status == "trained":
-        return [evaluate_argv(run, study_dir)]
-    return [train_argv(run, study_dir, resume=status == "partial"), evaluate_argv(run, study_dir)]
+    if step == "evaluate":
+        return f"evaluate: split={EVAL_SPLIT} device={s['device']} batch_size={s['eval_batch_size']} " \
+            f"workers={s['workers']}"  # fmt: skip
+    shown = {k: v for k, v in changed_settings(s).items() if k != "out"}
+    how = " (from its last checkpoint)" if step == "resume" else ""
+    return f"{step}{how}: " + " ".join(f"{k}={_show(v)}" for k, v in shown.items())

@@ -1,81 +1,83 @@
 """`cdeit sweep`: run a study's planned runs, N at a time on this machine or as a SLURM array through submitit.
 
-Each run is one job: the ordinary `cdeit train` command line (with `--resume` when the run holds a
-checkpoint), then `cdeit evaluate RUN`, both through `run_command` inside one Python process, so a job
-pays torch's import once (5.5 s on the 2-core machine). What a job still has to do is read from the
-run's files when it starts, so a rerun skips finished runs and resumes killed ones wherever they ran.
+Each run is one job, which calls the trainer and the evaluator with the run's TrainConfig (as DeiT's submitit
+launcher calls `main(args)`), in one Python process, so a job pays torch's import once (5.5 s on the 2-core
+machine). What a job still has to do is read from the run's files when it starts, so a rerun skips finished runs
+and resumes killed ones wherever they ran. A job holds the run directory's lock (common/lock.py, the lock
+`cdeit train` takes) while it works, so two sweeps of one folder never train one run twice.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cdeit.common.console import console, progress_bar
 from cdeit.common.errors import CdeitError
+from cdeit.common.lock import LockHeld, output_lock
 from cdeit.train.studies.study import (
+    EVAL_SPLIT,
     PlannedRun,
+    Step,
     Study,
+    changed_settings,
     planned_runs,
     read_plan,
+    run_config,
     run_status,
+    step_line,
     steps_for,
 )
 
 LOG = "sweep.log"  # each run's job output, beside its metrics
-LOCK = ".sweep.lock"  # held by the job working on a run (released by the kernel when that process dies)
-BUSY = 75  # EX_TEMPFAIL: another job holds the run
+BUSY = 75  # EX_TEMPFAIL: another process holds the run's lock
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 # ------------------------------------------------------------------------------------------ one job
 def run_job(study_dir: str, name: str, threads: int | None = None) -> int:
-    """Train (or resume) and evaluate one planned run; 0 on success, else the failing command's status.
+    """Train (or resume) and evaluate one planned run; 0 when done, BUSY when another process holds the run.
 
-    This is what a local worker process and a submitit job both execute.
+    This is what a local worker process and a submitit job both execute; a failing step raises.
     """
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    from cdeit.common.cli import run_command
-
     run = _find(planned_runs(read_plan(study_dir)), name, study_dir)
-    with _locked(run.run_dir(study_dir)) as held:
-        if not held:
-            print(f"{name} is being worked on by another job (it holds {LOCK}); leaving it to that job.", flush=True)
-            return BUSY
-        for argv in steps_for(run, study_dir):
-            print("$ cdeit " + shlex.join(argv), flush=True)
-            status = run_command(argv)
-            if status != 0:
-                return status
+    run_dir = run.run_dir(study_dir)
+    try:
+        with output_lock(run_dir, "cdeit sweep"):
+            for step in steps_for(run_status(run_dir)):
+                print(f"{name}: {step_line(step, run)}", flush=True)
+                run_step(step, run, study_dir)
+    except LockHeld as held:
+        print(f"{name} is being worked on by {held.holder}; leaving it to that job.", flush=True)
+        return BUSY
     return 0
 
 
-@contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[bool]:
-    """An exclusive, non-blocking flock on RUN/.sweep.lock: two sweeps of one folder never train one run twice."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def run_step(step: Step, run: PlannedRun, study_dir: str | Path) -> None:
+    """Call the trainer (`cdeit train`, or `--resume RUN`) or the evaluator (`cdeit evaluate RUN`) for one run."""
+    cfg = run_config(run, study_dir)
+    if step == "evaluate":  # mCE is left to `compare`, against the study's baseline group
+        from cdeit.train.use.evaluate import evaluate
+
+        with output_lock(Path(cfg.out) / "eval", "cdeit evaluate"):
+            evaluate(cfg.out, None, EVAL_SPLIT, None, None, cfg.device, cfg.eval_batch_size, cfg.workers)
+        return
+    from cdeit.train.core.rundir import resume_config
+    from cdeit.train.core.trainer import train
+
+    if step == "resume":  # the run's own config.json, checked against the planned settings
+        cfg = resume_config(cfg.out, changed_settings(cfg.to_json()))
+    train(cfg, resume=step == "resume")
 
 
 def _find(runs: list[PlannedRun], name: str, study_dir: str) -> PlannedRun:
@@ -238,13 +240,13 @@ def sweep(study: Study, jobs: int = 1, launcher: str = "local") -> Tally:
 
 
 def describe(study: Study) -> list[str]:
-    """`--dry-run`: one line per run (status and directory) followed by the command lines it still needs."""
+    """`--dry-run`: one line per run (status and directory) followed by the steps it still needs."""
     lines = [f"study {study.name}: {len(study.groups)} configurations x {len(study.seeds)} seeds = "
              f"{len(study.runs)} runs in {study.out}"]  # fmt: skip
     for run in study.runs:
         status = run_status(run.run_dir(study.out))
         lines.append(f"[{status}] {run.name}")
-        lines += ["    cdeit " + shlex.join(argv) for argv in steps_for(run, study.out)]
+        lines += ["    " + step_line(step, run) for step in steps_for(status)]
     return lines
 
 

@@ -7,7 +7,6 @@ every metric below is a vectorised group-by over those arrays.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdeit.common.atomic import atomic_path, write_json
+from cdeit.common.atomic import NUMBER, atomic_path, check_keys, read_json_object, write_json
 from cdeit.common.console import progress_bar
 from cdeit.common.dataset import (
     CORRUPTIONS,
@@ -32,6 +31,15 @@ from cdeit.common.errors import CdeitError
 from cdeit.common.metrics import ece_per_group, reliability
 
 PRED_FIELDS = FIELDS  # batches come in the file's field order: image, label, corruption, severity, index, source
+CONFIG_KEYS = {"data": str, "student": str, "distill": str}  # what evaluation reads of RUN/config.json
+SUMMARY_KEYS = {"parameters": int, "train_images_per_s": NUMBER, "train_seconds": NUMBER, "steps": int}
+RESULT_KEYS = {
+    "data": str,
+    "fingerprint": str,
+    "accuracy": NUMBER,
+    "ece": (*NUMBER, type(None)),
+    "per_corruption": dict,
+}
 
 
 @dataclass
@@ -50,12 +58,7 @@ class Run:
             raise CdeitError(f"{path} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
         if not model_file.is_file():
             raise CdeitError(f"{model_file} is missing; finish the run with `cdeit train --resume {path}`.")
-        try:
-            config = json.loads(cfg_file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CdeitError(f"{cfg_file} is not valid JSON ({type(exc).__name__}); restore it or retrain.") from None
-        if not isinstance(config, dict) or not all(isinstance(config.get(k), str) for k in ("data", "student")):
-            raise CdeitError(f"{cfg_file} is not a cdeit run config (no data and student); restore it or retrain.")
+        config = read_json_object(cfg_file, str(cfg_file), "restore it or retrain", CONFIG_KEYS)
         return cls(path, config, model_file)
 
     def load_model(self, device: torch.device) -> Any:
@@ -224,21 +227,30 @@ def baseline_predictions(baseline: str | Path, data: str | Path, split: str, tea
     base = Run.open(baseline)
     saved, npz = base.path / "eval" / f"{split}.json", base.path / "eval" / f"{split}-predictions.npz"
     fingerprint = split_info(load_manifest(data), split, data)["fingerprint"]
-    if not (saved.is_file() and npz.is_file() and json.loads(saved.read_text()).get("fingerprint") == fingerprint):
+    if not (saved.is_file() and npz.is_file() and read_result(saved).get("fingerprint") == fingerprint):
         evaluate(base.path, str(data), split, str(base.path), teacher_cache, device, batch_size, workers)
     with np.load(npz) as arrays:
         return {k: arrays[k] for k in arrays.files}
 
 
-def _read_result(path: Path) -> dict[str, Any]:
-    """A saved RUN/eval/<split>.json, or one sentence naming it when it is damaged."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        value = None
-    if not isinstance(value, dict):
-        raise CdeitError(f"{path} is not an evaluation written by `cdeit evaluate`; delete it and evaluate again.")
-    return value
+def read_result(path: Path) -> dict[str, Any]:
+    """A saved RUN/eval/<split>.json; a damaged one, or one that lacks a key, is one sentence naming it."""
+    fix = "delete it and evaluate the run again"
+    result = read_json_object(path, str(path), fix, RESULT_KEYS)
+    for key, inner in (("clean", {"accuracy": NUMBER}), ("corrupted", {"accuracy": NUMBER}), ("mce", {"mce": NUMBER})):
+        if result.get(key) is not None:  # optional parts: present only where the split or a baseline has them
+            check_keys(result, {key: dict}, str(path), fix)
+            check_keys(result[key], inner, f"{path} {key}", fix)
+    return check_keys(result, {"baseline": str}, str(path), fix) if result.get("mce") is not None else result
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """RUN/summary.json (what training measured), or {} for a run that has not finished training."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return {}
+    return read_json_object(path, str(path), f"restore it or finish the run with `cdeit train --resume {run_dir}`",
+                            SUMMARY_KEYS)  # fmt: skip
 
 
 def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto", batch_size: int = 1024,
@@ -247,7 +259,7 @@ def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto"
     cache of the runs already evaluated (so a comparison measures every run the same way); returns those."""
     runs = [Path(r) for r in runs if (Path(r) / "config.json").is_file()]  # run directories only
     done = [p for r in runs if (p := r / "eval" / f"{split}.json").is_file()]
-    like = _read_result(done[0]) if done else {}
+    like = read_result(done[0]) if done else {}
     missing = [r for r in runs if not (r / "eval" / f"{split}.json").is_file()]
     for run in missing:
         evaluate(run, like.get("data"), split, like.get("baseline"), like.get("teacher_cache"), device, batch_size,
@@ -265,6 +277,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     if batch_size < 1 or workers < 1:
         raise CdeitError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}.")
     run = Run.open(run_dir)
+    summary = read_summary(run.path)  # read first: a damaged file is named before the work, not after
     data = data or run.config["data"]
     manifest = load_manifest(data)
     info = split_info(manifest, split, data)
@@ -301,10 +314,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     if split != "train" and "train" in manifest["splits"]:
         train_sources = read_split(beton_path(data, "train"), fields=("source",))["source"]
         result["leakage"] = leakage_report(pred, np.unique(train_sources))
-    summary = run.path / "summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        result["training"] = {k: s.get(k) for k in ("parameters", "train_images_per_s", "train_seconds", "steps")}
+    if summary:
+        result["training"] = {k: summary[k] for k in SUMMARY_KEYS}
     write_json(out_dir / f"{split}.json", result)
     from cdeit.train.use.report import write_plots, write_report
 

@@ -17,8 +17,8 @@ from cdeit.common.dataset import CORRUPTIONS
 from cdeit.common.errors import CdeitError
 from cdeit.common.metrics import ece
 from cdeit.train.core.config import TrainConfig
-from cdeit.train.use.evaluate import compute_metrics, error_table, mce_report
 from cdeit.train.core.trainer import train
+from cdeit.train.use.evaluate import compute_metrics, error_table, mce_report
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -118,12 +118,12 @@ def test_compare_table_and_plot(runs: dict[str, Path], tmp_path: Path) -> None:
     assert (tmp_path / "compare.csv").read_text().count("\n") == 3
     assert (tmp_path / "compare.png").read_bytes()[:8] == PNG
     missing = CliRunner().invoke(app, ["compare", str(tmp_path)])
-    assert missing.exit_code == 2 and "neither a study folder" in missing.output
+    assert missing.exit_code == 2 and "plan.json" in missing.output and "config.json" in missing.output
     unevaluated = tmp_path / "unevaluated"
     unevaluated.mkdir()
     (unevaluated / "config.json").write_text((runs["vit"] / "config.json").read_text())
     missing = CliRunner().invoke(app, ["compare", str(unevaluated)])  # compare would evaluate it, but it has no model
-    assert missing.exit_code == 2 and "finish the run with `cdeit train --resume" in missing.output
+    assert missing.exit_code == 2 and "model.safetensors" in missing.output
 
 
 def test_predict_classifies_and_reports_bad_files(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_export_rebuilds_with_timm(runs: dict[str, Path], tmp_path: Path) -> Non
     x = torch.randn(2, 3, 32, 32)
     reference = load_safetensors(runs["cdeit"] / "model.safetensors")
     assert torch.allclose(model(x), reference(x))
-    with pytest.raises(CdeitError, match="should end in .safetensors"):
+    with pytest.raises(CdeitError, match="model.pt"):
         from cdeit.train.use.deploy import export
 
         export(runs["cdeit"], tmp_path / "model.pt")
@@ -163,4 +163,42 @@ def test_export_rebuilds_with_timm(runs: dict[str, Path], tmp_path: Path) -> Non
 
 def test_evaluate_refuses_a_non_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
-    assert result.exit_code == 2 and "is not a cdeit run" in result.output
+    assert result.exit_code == 2 and "config.json" in result.output
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "key"),
+    [
+        ("config.json", lambda c: c.pop("distill"), "distill"),
+        ("config.json", lambda c: c.update(data=1), "data"),
+        ("summary.json", lambda s: s.update(steps="7"), "steps"),
+    ],
+)
+def test_evaluate_names_the_key_it_cannot_read(
+    runs: dict[str, Path], tmp_path: Path, file: str, edit: object, key: str
+) -> None:
+    """A run whose config.json or summary.json lacks a key evaluate reads, or has it mistyped: one sentence."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["vit"], run, ignore=shutil.ignore_patterns("eval"))
+    value = json.loads((run / file).read_text())
+    edit(value)  # type: ignore[operator]
+    (run / file).write_text(json.dumps(value))
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--batch-size", "64", "--device", "cpu"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and file in output and repr(key) in output and "Traceback" not in output, output
+
+
+def test_a_damaged_evaluation_is_named(tmp_path: Path) -> None:
+    """compare evaluates the runs given like the ones already evaluated: a damaged eval JSON is named, not used."""
+    from cdeit.train.use.evaluate import evaluate_missing
+
+    done, todo = tmp_path / "done", tmp_path / "todo"
+    for run in (done, todo):
+        (run / "eval").mkdir(parents=True)
+        (run / "config.json").write_text("{}")
+    (done / "eval" / "test.json").write_text(json.dumps({"data": "d", "fingerprint": "f", "ece": 0.1}))
+    with pytest.raises(CdeitError, match="accuracy") as error:
+        evaluate_missing([done, todo])
+    assert "test.json" in str(error.value)

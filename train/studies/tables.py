@@ -1,0 +1,163 @@
+"""The numbers of a comparison as tables: mean ± std per group, paired differences with a t interval, a preset's
+table in the paper's layout, and what the teacher cache saved."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdeit.common.atomic import atomic_path
+from cdeit.train.core.config import DEFAULT_HEAD_STRATEGY
+from cdeit.train.studies.results import Group, RunResult
+
+METRICS = ("accuracy", "clean", "corrupted", "mce", "ece")
+TITLES = {"accuracy": "accuracy (%)", "clean": "clean accuracy (%)", "corrupted": "corrupted accuracy (%)",
+          "mce": "mCE (%)", "ece": "ECE"}  # fmt: skip
+DISPLAY_NAMES = {"vit": "ViT", "deit": "DeiT", "cdeit": "CdeiT"}
+# Measured in docs/benchmarks.md (bench/bench_train.py, one CPU process, DeiT-Tiny student, batch 64): the
+# cached trainer ran 80.5 images/s, the same trainer with the DeiT-III Small teacher online at 224px
+# (--online-teacher's OnlineTeacher, on the erased and mixed batch) 18.3.
+ONLINE_SLOWDOWN = 4.39
+ONLINE_SLOWDOWN_SOURCE = "docs/benchmarks.md: 80.5 vs 18.3 images/s on the CPU, batch 64"
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def mean_std(values: np.ndarray) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); the spread is undefined for one run."""
+    if len(values) == 0:
+        return None, None
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
+
+
+def paired_difference(group: Group, reference: Group, metric: str) -> dict[str, Any]:
+    """Mean of (group - reference) over the seeds both have, with a 95% t interval (n - 1 degrees of freedom)."""
+    from scipy.stats import t
+
+    a, b = group.by_seed(metric), reference.by_seed(metric)
+    seeds = sorted(set(a) & set(b))
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    out: dict[str, Any] = {"n": len(seeds), "seeds": seeds, "mean": float(d.mean()) if len(d) else None}
+    if len(d) > 1:
+        half = float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+        out |= {"low": out["mean"] - half, "high": out["mean"] + half}
+    return out
+
+
+def _fmt(metric: str, mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "-"
+    digits = 4 if metric == "ece" else 2
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _fmt_diff(metric: str, d: dict[str, Any]) -> str:
+    if d["mean"] is None:
+        return "-"
+    digits = 4 if metric == "ece" else 2
+    text = f"{d['mean']:+.{digits}f}"
+    return text + (f" [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]" if "low" in d else " (n = 1: no interval)")
+
+
+# ------------------------------------------------------------------------------------------ tables
+GROUP_COLUMNS = ("model", "distillation", "head strategy", "n", *[TITLES[m] for m in METRICS], "parameters (M)",
+                 "train images/s", "train time (s)")  # fmt: skip
+
+
+def group_rows(groups: list[Group]) -> list[list[str]]:
+    rows = []
+    for g in groups:
+        c = g.config
+        head = setting(c, "head_strategy")
+        summary = {k: mean_std(np.array([r.summary[k] for r in g.runs if r.summary.get(k)], dtype=float))[0]
+                   for k in ("parameters", "train_images_per_s", "train_seconds")}  # fmt: skip
+        model = f"{DISPLAY_NAMES.get(c['student'], c['student'])} ({g.name})"
+        timing = [f"{summary[k]:,.0f}" if summary[k] else "-" for k in ("train_images_per_s", "train_seconds")]
+        rows.append([model, c["distill"], head, str(len(g.runs)), *[_fmt(m, *mean_std(g.values(m))) for m in METRICS],
+                     f"{summary['parameters'] / 1e6:.2f}" if summary["parameters"] else "-", *timing])  # fmt: skip
+    return rows
+
+
+def difference_rows(groups: list[Group], reference: Group) -> list[list[str]]:
+    rows = []
+    for g in groups:
+        if g is reference:
+            continue
+        diffs = {m: paired_difference(g, reference, m) for m in METRICS}
+        rows.append([g.name, str(diffs["accuracy"]["n"]), *[_fmt_diff(m, diffs[m]) for m in METRICS]])
+    return rows
+
+
+def markdown(columns: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *["| " + " | ".join(r) + " |" for r in rows],
+    ]
+
+
+def write_csv(path: Path, columns: list[str] | tuple[str, ...], rows: list[list[str]]) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+    return path
+
+
+def setting(config: dict[str, Any], key: str) -> str:
+    """A configuration's value for a table cell; CdeiT's unset head strategy is the paper's strategy 2."""
+    if key == "head_strategy":
+        return config.get(key) or (DEFAULT_HEAD_STRATEGY if config.get("student") == "cdeit" else "-")
+    return str(config.get(key))
+
+
+def paper_table(preset: str, groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """A preset's table in the paper's layout: its columns, then measured mean ± std (n) beside the paper's value."""
+    from cdeit.train.studies.presets import PRESETS
+
+    p = PRESETS[preset]
+    columns = [title for title, _ in p["columns"]]
+    for m in p["metrics"]:
+        columns += [f"{TITLES[m]} measured", f"{TITLES[m]} paper"]
+    rows = []
+    for g in groups:
+        row = [g.name if key is None else setting(g.config, key) for _, key in p["columns"]]
+        paper = p["paper"].get(g.name, {})
+        for m in p["metrics"]:
+            mean, std = mean_std(g.values(m))
+            row += [_fmt(m, mean, std) + f" (n = {len(g.values(m))})" if mean is not None else "-",
+                    str(paper[m]) if m in paper else "-"]  # fmt: skip
+        rows.append(row)
+    return columns, rows
+
+
+# ------------------------------------------------------------------------------------------ the cache
+def cache_savings(caches: dict[str, list[RunResult]]) -> list[str]:
+    """One sentence per cache: precompute time paid once, runs that reused it, teacher time saved."""
+    if not caches:
+        return ["No compared run read a teacher cache (no distillation), so the cache saved nothing here."]
+    lines = []
+    online = [r for runs in caches.values() for r in runs if r.config.get("online_teacher")]
+    cached_runs = {p: [r for r in runs if not r.config.get("online_teacher")] for p, runs in caches.items()}
+    caches = {p: runs for p, runs in cached_runs.items() if runs}
+    for path, runs in caches.items():
+        train_s = sum(r.summary.get("train_seconds") or 0 for r in runs)
+        lines.append(
+            f"Teacher cache `{path}`: its precompute (time not recorded) paid once, reused by {len(runs)} runs; a "
+            f"trainer running the teacher online would have added about {train_s * (ONLINE_SLOWDOWN - 1):,.0f} s to "
+            f"their {train_s:,.0f} s of training (x{ONLINE_SLOWDOWN} per step, the ratio measured in "
+            f"{ONLINE_SLOWDOWN_SOURCE})."
+        )
+    if online:
+        train_s = sum(r.summary.get("train_seconds") or 0 for r in online)
+        lines.append(
+            f"{len(online)} run{'s' if len(online) > 1 else ''} ran the teacher online instead (`--online-teacher`), "
+            f"{train_s:,.0f} s of training in all, the teacher's forward passes included."
+        )
+    return lines
