@@ -85,7 +85,9 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     the module when it is one), over every product module under the stage folders of `root`."""
     import ast
 
-    modules = {module_name(p, root): p for s in STAGES for p in (root / s).rglob("*.py") if "__pycache__" not in p.parts}
+    modules = {
+        module_name(p, root): p for s in STAGES for p in (root / s).rglob("*.py") if "__pycache__" not in p.parts
+    }
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         edges = set()

@@ -31,9 +31,8 @@ from cdeit.train.core.kinds import (
 
 __all__ = [
     "DEFAULT_HEAD_STRATEGY", "DISTILLS", "HEAD_STRATEGIES", "STUDENTS", "DistillKind", "HeadStrategy", "StudentKind",
-    "TrainConfig", "check_distill", "check_head_strategy", "format_align", "parse_align", "resolve_head_strategy",
+    "TrainConfig", "check_distill", "format_align", "parse_align", "resolve_head_strategy",
 ]  # fmt: skip
-check_head_strategy = resolve_head_strategy  # the name losses.py and evaluate.py still call it by
 ALIGN_TARGETS = ("embedding", *TOKEN_TARGETS)  # docs/asymmetric.md
 ALIGN_METRICS = ("cosine", "mse")
 LAMBDA_DEFAULT = 0.5  # the paper's lambda: Eq. 4, 5 and 7 weigh label and teacher terms equally

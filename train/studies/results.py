@@ -13,7 +13,8 @@ import numpy as np
 
 from cdeit.common.atomic import read_json_object
 from cdeit.common.errors import CdeitError
-from cdeit.train.core.config import DEFAULT_HEAD_STRATEGY, TrainConfig
+from cdeit.train.core.config import TrainConfig
+from cdeit.train.core.kinds import resolve_head_strategy
 from cdeit.train.studies.study import PLAN, planned_runs, read_plan
 from cdeit.train.use.evaluate import read_result, read_summary
 
@@ -70,8 +71,7 @@ def group_key(config: dict[str, Any], teaching: dict[str, Any] | None = None) ->
     kept = {k: v for k, v in sorted(full.items()) if k not in NOT_GROUPED}
     if teaching:
         kept["teaching"] = teaching
-    default = DEFAULT_HEAD_STRATEGY if kept.get("student") == "cdeit" else None
-    kept["head_strategy"] = kept.get("head_strategy") or default
+    kept["head_strategy"] = resolve_head_strategy(str(kept.get("student")), kept.get("head_strategy"))
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 

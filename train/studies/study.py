@@ -13,8 +13,6 @@ import hashlib
 import itertools
 import json
 import sys
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +20,7 @@ from typing import Any, Literal
 from cdeit.common.atomic import atomic_path, check_keys, read_json_object, write_json
 from cdeit.common.dataset import load_manifest
 from cdeit.common.errors import CdeitError
-from cdeit.train.core.config import TrainConfig
+from cdeit.train.core.config import ALIASES, TrainConfig, accepts
 from cdeit.train.core.rundir import CHECKPOINT
 
 if sys.version_info >= (3, 11):
@@ -39,7 +37,7 @@ STUDY_KEYS = ("name", "out", "seeds", "baseline", "preset")
 SLURM_KEYS = {"cluster": str, "partition": str, "gpus_per_job": int, "cpus_per_task": int, "time_min": int,
               "mem_gb": int, "array_parallelism": int}  # fmt: skip
 PLANNED_BY_STUDY = ("out", "seed")  # set per run by the study, never by the file
-ALIASES = {"lambda": "lam"}  # the command line's spelling of a field
+
 NOT_HASHED = ("out", "workers", "eval_batch_size")  # machinery that does not change what a run learns
 Status = Literal["done", "trained", "partial", "new"]
 Step = Literal["train", "resume", "evaluate"]
@@ -100,61 +98,15 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         raise CdeitError(f"study file {path} is not valid TOML ({exc}); see docs/studies.md for the layout.") from None
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _accepts(value: Any, hint: Any) -> bool:
-    """Whether a TOML value fits a TrainConfig field's type (an int is a valid float, a bool is not a number)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin is Literal:
-        return value in args
-    if origin in (typing.Union, types.UnionType):
-        return any(_accepts(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint: Any) -> str:
-    """A field type in words: `an integer`, `one of 'vit', 'deit', 'cdeit'`, `a number`."""
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args and typing.get_origin(hint) is not dict:  # X | None: TOML has no null, so only X can be written
-        return " or ".join(_type_name(a) for a in args)
-    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
-    return words.get(hint, words.get(typing.get_origin(hint), str(hint)))
-
-
 def check_options(options: dict[str, Any], where: str, file: Path) -> dict[str, Any]:
-    """Map `options` onto TrainConfig field names and check each value's type; one sentence per problem."""
-    types = _field_types()
-    checked = {}
-    for key, value in options.items():
+    """`options` as TrainConfig field names, each value of its field's type (TrainConfig.check_mapping, the one
+    checker of settings); the settings a study plans per run (out, seed) are refused here."""
+    for key in options:
         name = ALIASES.get(key, key.replace("-", "_"))
         if name in PLANNED_BY_STUDY:
             fix = "list seeds in [study] seeds" if name == "seed" else "set the study folder with [study] out or --out"
             raise CdeitError(f"{file}: {where} sets {key!r}, which the study sets per run; {fix}.")
-        if name not in types:
-            raise CdeitError(
-                f"{file}: {where} has unknown key {key!r}; use `cdeit train` option names "
-                f"({', '.join(sorted(set(types) - set(PLANNED_BY_STUDY)))})."
-            )
-        if not _accepts(value, types[name]):
-            raise CdeitError(f"{file}: {where} key {key!r} = {value!r} should be {_type_name(types[name])}.")
-        checked[name] = value
-    return checked
+    return TrainConfig.check_mapping(options, f"{file}: {where}")
 
 
 def _table(spec: dict[str, Any], key: str, file: Path) -> dict[str, Any]:
@@ -235,7 +187,7 @@ def _check_slurm(slurm: dict[str, Any], file: Path) -> dict[str, Any]:
         raise CdeitError(f"{file}: [slurm] has unknown key(s) {', '.join(bad)}; it takes {', '.join(SLURM_KEYS)}.")
     for key, value in slurm.items():
         kind = SLURM_KEYS[key]
-        if not _accepts(value, kind) or (kind is int and value < 1):
+        if not accepts(value, kind) or (kind is int and value < 1):
             what = "a positive integer" if kind is int else "a string"
             raise CdeitError(f"{file}: [slurm] {key} = {value!r} should be {what}.")
     return slurm
@@ -277,7 +229,7 @@ def _plan_run(study_dir: Path, group: str, overrides: dict, shared: dict, seed: 
     name = f"{group}-s{seed}-{digest}"
     values["out"] = str(study_dir / RUNS / name)
     try:
-        TrainConfig(**values).validate()
+        TrainConfig.from_mapping(values, f"{file}: configuration {group!r}")
     except CdeitError as exc:
         raise CdeitError(f"{file}: configuration {group!r} (seed {seed}) is invalid: {exc}") from None
     load_manifest(values["data"])  # a missing dataset is refused now, not in the first job's log
@@ -350,7 +302,9 @@ def changed_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 def run_config(run: PlannedRun, study_dir: str | Path) -> TrainConfig:
     """The run's TrainConfig, written into its directory of this study folder."""
-    return TrainConfig(**(run.settings | {"out": str(run.run_dir(study_dir))})).validate()
+    return TrainConfig.from_mapping(
+        run.settings | {"out": str(run.run_dir(study_dir))}, f"{study_dir}/{PLAN} run {run.name}"
+    )
 
 
 def _show(value: Any) -> str:

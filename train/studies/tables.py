@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from cdeit.common.atomic import atomic_path
-from cdeit.train.core.config import DEFAULT_HEAD_STRATEGY
+from cdeit.train.core.kinds import resolve_head_strategy
 from cdeit.train.studies.results import Group, RunResult
 
 METRICS = ("accuracy", "clean", "corrupted", "mce", "ece")
@@ -113,7 +113,7 @@ def write_csv(path: Path, columns: list[str] | tuple[str, ...], rows: list[list[
 def setting(config: dict[str, Any], key: str) -> str:
     """A configuration's value for a table cell; CdeiT's unset head strategy is the paper's strategy 2."""
     if key == "head_strategy":
-        return config.get(key) or (DEFAULT_HEAD_STRATEGY if config.get("student") == "cdeit" else "-")
+        return resolve_head_strategy(str(config.get("student")), config.get(key)) or "-"
     return str(config.get(key))
 
 

@@ -272,7 +272,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
              workers: int = 2) -> dict[str, Any]:  # fmt: skip
     """Evaluate a run on a split; writes RUN/eval/<split>.json, <split>-predictions.npz, report.md and plots."""
     from cdeit.common.device import resolve_device
-    from cdeit.train.core.config import check_head_strategy
+    from cdeit.train.core.kinds import resolve_head_strategy
 
     if batch_size < 1 or workers < 1:
         raise CdeitError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}.")
@@ -296,7 +296,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
         "split_policy": manifest.get("split_policy"),
         "student": run.config["student"],
         "distill": run.config["distill"],
-        "head_strategy": check_head_strategy(run.config["student"], run.config.get("head_strategy")),
+        "head_strategy": resolve_head_strategy(
+            run.config["student"], run.config.get("head_strategy"), f"{run.path}/config.json"
+        ),
         **compute_metrics(pred, manifest["classes"]),
     }
     if baseline:
