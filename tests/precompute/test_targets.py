@@ -148,7 +148,7 @@ def test_storage_is_printed_and_a_full_disk_refused(
     printed = " ".join(capsys.readouterr().err.split())
     assert "storage: 240 rows x 8.3 KiB (index 8 B, logits 40 B, embedding 128 B, patches 8.0 KiB" in printed
     Usage.free = 10**9
-    run = run_module.prepare_run(config(sourced_dataset, tmp_path / "d", targets=ALL_TARGETS))
-    plan = plan_shards({s: run.split_entry(s)["count"] for s in run.cache_splits}, 64)
-    final, peak = storage.storage_needed(run, plan)
+    job = run_module.prepare_job(config(sourced_dataset, tmp_path / "d", targets=ALL_TARGETS))
+    plan = plan_shards({s: job.split_entry(s)["count"] for s in job.cache_splits}, 64)
+    final, peak = storage.storage_needed(job, plan)
     assert final >= 240 * (8 + 40 + 2 * 64 + 2 * 64 * 64 + 2 * 64) and peak > final
