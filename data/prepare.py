@@ -25,12 +25,12 @@ from cdeit.common.dataset import (
     SOURCES_FILE,
     SPLITS,
     load_manifest,
-    write_dataset,
 )
 from cdeit.common.errors import CdeitError
 from cdeit.common.lock import LOCK_NAME
 from cdeit.data.config import SOURCE_POOLS, PrepareConfig
 from cdeit.data.sources import Cifar10, read_cifar10, read_cifar10c
+from cdeit.data.writer import write_dataset
 
 CHUNK = 2048  # images per corruption job
 BYTES_PER_IMAGE = 3072 + 128  # a raw 32x32x3 image plus FFCV's per-sample metadata, generously
