@@ -356,7 +356,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if not cfg.generate:
         c10c, c10c_sums = read_cifar10c(cfg.cifar10c, [t for t in types if t != "clean"], c10.test_labels)
     elif any(t in ("frost",) for t in types):
-        from cdeit.data.corruptions import frost_photos
+        from cdeit.data.frost_photos import frost_photos
 
         frost_photos()  # fail now, not after minutes of work, if the photographs are missing
     wanted = recipe(cfg, types, {"cifar10": c10.checksums, "cifar10c": c10c_sums})
