@@ -142,7 +142,7 @@ def test_storage_is_printed_and_a_full_disk_refused(
         free = 100_000  # bytes: less than 240 rows x 8 KiB of patches
 
     monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: Usage())
-    with pytest.raises(CdeitError, match=r"needs up to .* MiB while it is built but only 97.7 KiB are free"):
+    with pytest.raises(CdeitError, match=r"97\.7 KiB"):  # the free space it names
         precompute_teacher(config(sourced_dataset, tmp_path / "c", targets=ALL_TARGETS))
     assert not (tmp_path / "c").exists()
     printed = " ".join(capsys.readouterr().err.split())
