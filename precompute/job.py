@@ -1,7 +1,8 @@
 """What one `cdeit precompute-teacher` invocation resolved, shared by every step of the run (`PrecomputeJob`).
 
-The steps (passes, head_stage, resume, storage, report, augmented) read it and import nothing from each other
-through it; run.py builds it (`prepare_job`) and strings the steps together.
+The steps (passes, head_stage, resume, storage, report, augmented) take it as their argument and import it from
+here, never from run.py, which builds it (`prepare_job`) and strings the steps together: imports run one way,
+run -> steps -> job.
 """
 
 from __future__ import annotations
