@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -106,17 +106,17 @@ def _file_key(path: Path) -> str:
 
 
 def _known_hashes() -> dict[str, Any]:
+    """The verified hashes recorded so far; an unreadable or damaged record is an empty one (a rehash)."""
+    from cdeit.common.atomic import read_json_object
+
     try:
-        value = json.loads(_hash_cache_path().read_text())
-    except (OSError, ValueError):
+        return read_json_object(_hash_cache_path(), "the verified-hash record", "it is rebuilt")
+    except CdeitError:
         return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _remember_hash(path: Path, key: str, digest: str) -> None:
     """Record a verified hash; a cache that cannot be written only costs a rehash next time."""
-    import contextlib
-
     from cdeit.common.atomic import atomic_path
 
     known = {k: v for k, v in _known_hashes().items() if os.path.exists(k)}  # forget files that are gone
@@ -168,21 +168,6 @@ def split_info(manifest: dict[str, Any], split: str, data_dir: str | os.PathLike
     return splits[split]
 
 
-class _Arrays:
-    """Indexable view FFCV's writer iterates over: sample i as a tuple in FIELDS order."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
-        self.n = len(arrays["image"])
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple:
-        a = self.arrays
-        return (a["image"][i], *(int(a[f][i]) for f in INT_FIELDS))
-
-
 def check_arrays(arrays: dict[str, np.ndarray]) -> None:
     """Shapes and dtypes every split must have before it is packed."""
     import numpy as np
@@ -195,141 +180,6 @@ def check_arrays(arrays: dict[str, np.ndarray]) -> None:
             raise ValueError(f"field {f} must have shape ({n},), got {arrays[f].shape}")
     if not np.array_equal(arrays["index"], np.arange(n)):
         raise ValueError("field index must be 0..N-1 in order")
-
-
-def write_beton(path: str | os.PathLike, arrays: dict[str, np.ndarray], workers: int = 1) -> None:
-    """Pack one split into an FFCV `.beton`, written under a temporary name and renamed when complete."""
-    import ffcv.writer
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
-
-    from cdeit.common.atomic import atomic_path
-
-    check_arrays(arrays)
-    fields = {"image": RGBImageField(write_mode="raw")} | {f: IntField() for f in INT_FIELDS}
-    ffcv.writer.tqdm = _QuietBar  # FFCV prints its own tqdm bar; the caller shows progress instead
-    with atomic_path(path) as tmp:
-        writer = DatasetWriter(str(tmp), fields, num_workers=max(1, workers))
-        write_watched(writer, _Arrays(arrays), Path(path))
-
-
-def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000) -> None:
-    """`writer.from_indexed_dataset(dataset)`, but a writer process that dies becomes one sentence, never a hang.
-
-    FFCV's parent waits in a loop for a sample count that a dead worker (ENOSPC, killed by the OOM killer)
-    never reaches. A watchdog thread follows the worker processes (each recorded as FFCV starts it, so one that
-    dies before the first look is not missed) and interrupts the wait when one exits with an error; the other
-    workers are stopped, FFCV's shared memory released, and the caller's temporary file removed (atomic_path).
-    The workers' own tracebacks go to a buffer, not the user's terminal.
-    """
-    import _thread
-    import io
-    import signal
-    import sys
-    import threading
-
-    import ffcv.writer
-
-    failed: list[int] = []
-    stop = threading.Event()
-    started: list[Any] = []  # FFCV's writer processes, each recorded as it starts: none can die unseen
-
-    class Tracked(ffcv.writer.Process):  # multiprocessing.Process, which FFCV's writer imports by name
-        def start(self) -> None:
-            super().start()
-            started.append(self)
-
-    def watch() -> None:
-        while True:
-            dead = [p.exitcode for p in list(started) if p.exitcode not in (None, 0)]
-            if dead:
-                failed.append(dead[0])
-                _thread.interrupt_main(signal.SIGINT)
-                return
-            if stop.wait(0.05):
-                return
-
-    watchdog = threading.Thread(target=watch, daemon=True, name="ffcv-writer-watchdog")
-    stderr, sys.stderr = sys.stderr, io.StringIO()  # forked workers inherit this: their tracebacks stay quiet
-    interruptible = _sigint_handled()
-    process, ffcv.writer.Process = ffcv.writer.Process, Tracked
-    watchdog.start()
-    try:
-        with interruptible:
-            writer.from_indexed_dataset(dataset, chunksize=chunksize)
-    except KeyboardInterrupt:
-        if not failed:
-            raise
-        _stop_writer(writer)
-        raise _worker_error(final, failed[0]) from None
-    finally:
-        ffcv.writer.Process = process
-        stop.set()
-        watchdog.join()
-        sys.stderr = stderr
-    if failed:  # a worker died after the wait ended but before the watchdog saw it finish cleanly
-        raise _worker_error(final, failed[0])
-
-
-@contextlib.contextmanager
-def _sigint_handled() -> Iterator[None]:
-    """Python's SIGINT handler for the block, so the watchdog's `interrupt_main` reaches the main thread.
-
-    `interrupt_main` does nothing while SIGINT is ignored, as it is in a command started in the background by a
-    non-interactive shell (`cdeit data prepare ... &` in a script): the wait would never end. Only the main thread
-    can install a handler; elsewhere the block runs unchanged.
-    """
-    import signal
-    import threading
-
-    previous = signal.getsignal(signal.SIGINT)
-    if callable(previous) or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _stop_writer(writer: Any) -> None:
-    """Terminate FFCV's remaining writer processes and free its shared metadata block."""
-    import contextlib
-    import multiprocessing
-
-    for p in multiprocessing.active_children():
-        p.terminate()
-        p.join(5)
-    with contextlib.suppress(Exception):
-        writer.metadata_sm.close()
-        writer.metadata_sm.unlink()
-
-
-def _worker_error(final: Path, exitcode: int) -> CdeitError:
-    import shutil
-
-    try:
-        full = shutil.disk_usage(final.parent).free < (64 << 20)
-    except OSError:
-        full = False
-    if full:
-        return CdeitError(f"the disk is full while writing {final}; free space (or choose another --out) and rerun.")
-    return CdeitError(
-        f"an FFCV writer process died (exit code {exitcode}) while writing {final}; nothing was kept. "
-        "Check free memory and disk, then rerun the same command."
-    )
-
-
-class _QuietBar:
-    def __init__(self, *args: Any, **kwargs: Any):
-        pass
-
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def make_loader(
@@ -424,54 +274,36 @@ def split_counts(arrays: dict[str, np.ndarray]) -> list[list[int]]:
     return counts.tolist()
 
 
-def write_dataset(
-    out_dir: str | os.PathLike,
-    splits: dict[str, dict[str, np.ndarray]],
-    meta: dict[str, Any],
-    workers: int = 1,
-    on_split: Callable[[], None] | None = None,
-    sources: dict[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Pack every split and write `manifest.json` last, so a directory with a manifest is complete.
+# --------------------------------------------------------------------------------------------- the manifest written
 
-    `meta` holds what the producer knows (split policy, seed, inputs, ...); counts and fingerprints are
-    computed here from the arrays themselves. `sources`, if given, is one clean image per source
-    photograph used in the splits (`SOURCES_FILE`, for teachers that look at the clean view).
-    Returns the manifest.
+
+def beton_entry(path: Path, arrays: dict[str, np.ndarray], split: bool = True) -> dict[str, Any]:
+    """The manifest entry of a written `.beton`: counts and fingerprint from the arrays, size and sha256 of the file.
+
+    A split's entry also counts its distinct photographs and its class x image-type table; `sources.beton`'s
+    (`split=False`) does not.
     """
     import numpy as np
 
-    from cdeit.common import __version__
-    from cdeit.common.atomic import write_json
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    entries: dict[str, Any] = {}
-    for split, arrays in splits.items():
-        path = beton_path(out_dir, split)
-        write_beton(path, arrays, workers)
-        entries[split] = {
-            "file": path.name,
-            "count": int(len(arrays["image"])),
-            "fingerprint": fingerprint(arrays["image"], arrays["label"]),
+    entry: dict[str, Any] = {
+        "file": path.name,
+        "count": int(len(arrays["image"])),
+        "fingerprint": fingerprint(arrays["image"], arrays["label"]),
+    }
+    if split:
+        entry |= {
             "distinct_sources": int(len(np.unique(arrays["source"]))),
             "counts_class_by_type": split_counts(arrays),
-            "beton_bytes": path.stat().st_size,
-            "beton_sha256": file_sha256(path),
         }
-        if on_split:
-            on_split()
-    extra: dict[str, Any] = {}
-    if sources is not None:
-        path = out_dir / SOURCES_FILE
-        write_beton(path, sources, workers)
-        extra["source_images"] = {
-            "file": SOURCES_FILE,
-            "count": int(len(sources["image"])),
-            "fingerprint": fingerprint(sources["image"], sources["label"]),
-            "beton_bytes": path.stat().st_size,
-            "beton_sha256": file_sha256(path),
-        }
+    return entry | {"beton_bytes": path.stat().st_size, "beton_sha256": file_sha256(path)}
+
+
+def dataset_manifest(
+    meta: dict[str, Any], splits: dict[str, dict[str, Any]], sources: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """DATA/manifest.json as `load_manifest` reads it: the names, what the producer knows (`meta`), the entries."""
+    from cdeit.common import __version__
+
     manifest = {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
@@ -479,8 +311,6 @@ def write_dataset(
         "corruptions": list(CORRUPTIONS),
         "image_shape": list(IMAGE_SHAPE),
         **meta,
-        "splits": entries,
-        **extra,
+        "splits": splits,
     }
-    write_json(out_dir / MANIFEST, manifest)
-    return manifest
+    return manifest | ({"source_images": sources} if sources is not None else {})

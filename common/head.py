@@ -7,7 +7,6 @@ accuracy kept. Zero initialisation and a seeded shuffle make the fit determinist
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,28 +120,21 @@ def fit_settings(fit: HeadFit, teacher: Teacher, fingerprints: dict[str, str]) -
 
 def save_head(path: str | os.PathLike, head: LinearHead) -> None:
     """Write the head as safetensors (tensors `weight`, `bias`; metadata as JSON strings), atomically."""
-    from cdeit.common.atomic import write_safetensors
+    from cdeit.common.cache import write_head_file
 
-    meta = {k: json.dumps(v, sort_keys=True) for k, v in head.meta.items()}
-    write_safetensors(path, {"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, meta)
+    write_head_file(path, {"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, head.meta)
 
 
 def load_head(path: str | os.PathLike, teacher: Teacher, num_classes: int) -> LinearHead:
     """A head file for this teacher and class count, or one sentence saying why it does not fit."""
-    from safetensors import safe_open
+    from cdeit.common.cache import read_head_file
 
     path = Path(path)
     if not path.is_file():
         raise CdeitError(
             f"head file {path} does not exist; pass a head.safetensors written by `cdeit precompute-teacher`."
         )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-            raw = dict(f.metadata() or {})
-    except Exception as exc:
-        raise CdeitError(f"head file {path} is not a valid .safetensors file ({exc}).") from None
-    meta = {k: _json_or_str(v) for k, v in raw.items()}
+    tensors, meta = read_head_file(path)
     weight, bias = tensors.get("weight"), tensors.get("bias")
     want = (num_classes, teacher.num_features)
     if weight is None or bias is None or tuple(weight.shape) != want or tuple(bias.shape) != (num_classes,):
@@ -155,10 +147,3 @@ def load_head(path: str | os.PathLike, teacher: Teacher, num_classes: int) -> Li
     if meta.get("weights_hash") not in (None, teacher.weights_hash):
         raise CdeitError(f"head file {path} was fitted on another teacher's features (weights {meta['weights_hash']}).")
     return LinearHead(weight.float(), bias.float(), meta | {"source": meta.get("source", "file")})
-
-
-def _json_or_str(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value

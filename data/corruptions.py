@@ -9,12 +9,10 @@ Algorithms, parameters and deviations from the original: docs/corruptions.md.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -23,6 +21,7 @@ from scipy import ndimage, sparse
 
 from cdeit.common.dataset import CORRUPTIONS, SEVERITIES
 from cdeit.common.errors import CdeitError
+from cdeit.data.frost_photos import frost_crops
 
 NAMES: tuple[str, ...] = CORRUPTIONS[1:]  # the fixed order of image types 1..10
 SIZE = 32  # CIFAR images are SIZE x SIZE; fog's fractal and frost's crops are drawn at this size
@@ -39,8 +38,6 @@ MOTION_ANGLE = (-45.0, 45.0)  # degrees, uniform per image
 ZOOM_STOPS = (1.06, 1.11, 1.16, 1.21, 1.26)
 FOG = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))  # (strength, wibble decay)
 FROST = ((1.0, 0.2), (1.0, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))  # (image weight, frost weight)
-FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")  # first five of six
-FROST_SCALE = 0.2  # photographs are shrunk to 20% before cropping (cv2.resize, bilinear)
 BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to V in HSV
 JPEG_QUALITY = (80, 65, 58, 50, 40)
 PLASMA_WIBBLE = 100.0  # initial displacement scale of the diamond-square fractal
@@ -67,8 +64,6 @@ SNOW = (
     SnowParams(0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
 )
 SNOW_ANGLE = (-135.0, -45.0)  # degrees: streaks fall downwards
-
-_FROST_PHOTOS: list[np.ndarray] | None = None  # loaded once per process by frost_photos()
 
 
 def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generator) -> np.ndarray:
@@ -299,58 +294,6 @@ def fog(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     peak = x.max(axis=(1, 2, 3), keepdims=True)
     plasma = plasma_fractal(len(x), decay, rng)[..., None]
     return (x + strength * plasma) * (peak / (peak + strength))
-
-
-def _frost_dir() -> Path:
-    """The `frost` folder of the installed imagecorruptions package, found without importing it."""
-    spec = importlib.util.find_spec("imagecorruptions")  # importing it fails: it needs the removed pkg_resources
-    if spec is None or not spec.submodule_search_locations:
-        raise CdeitError(
-            "the frost corruption needs the photographs of the `imagecorruptions` package, which is not "
-            "installed; install it with `pip install imagecorruptions==1.1.2`."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "frost"
-
-
-def frost_photos() -> list[np.ndarray]:
-    """The five frost photographs the generator draws from, RGB uint8, shrunk to 20% (cached, read-only)."""
-    global _FROST_PHOTOS
-    if _FROST_PHOTOS is None:
-        import cv2  # bilinear resize exactly as the original generator's cv2.resize
-
-        folder = _frost_dir()
-        photos = []
-        for name in FROST_FILES:
-            path = folder / name
-            bgr = cv2.imread(str(path)) if path.is_file() else None
-            if bgr is None:
-                raise CdeitError(
-                    f"frost photograph {path} is missing or unreadable; reinstall the `imagecorruptions` "
-                    "package (`pip install --force-reinstall imagecorruptions==1.1.2`), which ships it."
-                )
-            small = cv2.resize(bgr, (0, 0), fx=FROST_SCALE, fy=FROST_SCALE, interpolation=cv2.INTER_LINEAR)
-            rgb = np.ascontiguousarray(small[..., ::-1])
-            rgb.flags.writeable = False
-            photos.append(rgb)
-        _FROST_PHOTOS = photos
-    return list(_FROST_PHOTOS)
-
-
-def frost_crops(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n random SIZE x SIZE crops (uint8, (n, SIZE, SIZE, 3)), each from a photograph drawn uniformly."""
-    photos = frost_photos()
-    heights = np.array([p.shape[0] for p in photos])
-    widths = np.array([p.shape[1] for p in photos])
-    stack = np.zeros((len(photos), heights.max(), widths.max(), 3), np.uint8)
-    for k, photo in enumerate(photos):
-        stack[k, : len(photo), : photo.shape[1]] = photo
-    which = rng.integers(0, len(photos), n)
-    top = rng.integers(0, heights[which] - SIZE + 1)  # every crop inside the photograph is possible
-    left = rng.integers(0, widths[which] - SIZE + 1)
-    offsets = np.arange(SIZE)
-    rows = (top[:, None] + offsets)[:, :, None]
-    cols = (left[:, None] + offsets)[:, None, :]
-    return stack[which[:, None, None], rows, cols]
 
 
 def frost(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:

@@ -25,12 +25,12 @@ from cdeit.common.dataset import (
     SOURCES_FILE,
     SPLITS,
     load_manifest,
-    write_dataset,
 )
 from cdeit.common.errors import CdeitError
 from cdeit.common.lock import LOCK_NAME
 from cdeit.data.config import SOURCE_POOLS, PrepareConfig
 from cdeit.data.sources import Cifar10, read_cifar10, read_cifar10c
+from cdeit.data.writer import write_dataset
 
 CHUNK = 2048  # images per corruption job
 BYTES_PER_IMAGE = 3072 + 128  # a raw 32x32x3 image plus FFCV's per-sample metadata, generously
@@ -356,7 +356,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if not cfg.generate:
         c10c, c10c_sums = read_cifar10c(cfg.cifar10c, [t for t in types if t != "clean"], c10.test_labels)
     elif any(t in ("frost",) for t in types):
-        from cdeit.data.corruptions import frost_photos
+        from cdeit.data.frost_photos import frost_photos
 
         frost_photos()  # fail now, not after minutes of work, if the photographs are missing
     wanted = recipe(cfg, types, {"cifar10": c10.checksums, "cifar10c": c10c_sums})

@@ -19,91 +19,93 @@ from cdeit.common.head import LinearHead, fit_head, fit_settings, load_head
 if TYPE_CHECKING:
     import torch
 
-    from cdeit.precompute.run import Run
+    from cdeit.precompute.job import PrecomputeJob
 
 
-def given_head(run: Run) -> LinearHead | None:
+def given_head(job: PrecomputeJob) -> LinearHead | None:
     """The head named by --head: a file, the teacher's own classifier (`none`), or None to fit one."""
     from cdeit.common.teacher import own_head
 
-    choice, classes = run.cfg.head, len(run.data["classes"])
+    choice, classes = job.cfg.head, len(job.data["classes"])
     if choice is None:
         return None
     if choice.lower() == "none":
-        tensors = own_head(run.teacher)
+        tensors = own_head(job.teacher)
         if tensors is None or tensors["weight"].shape[0] != classes:
-            outputs = run.teacher.model.num_classes if run.teacher.head_loaded else "no trained"
+            outputs = job.teacher.model.num_classes if job.teacher.head_loaded else "no trained"
             raise CdeitError(
-                f"--head none uses the teacher's own classifier, but {run.teacher.name} has {outputs} outputs "
+                f"--head none uses the teacher's own classifier, but {job.teacher.name} has {outputs} outputs "
                 f"for a dataset of {classes} classes; drop --head to fit a {classes}-way head (paper 4.1)."
             )
-        return LinearHead(tensors["weight"], tensors["bias"], _head_meta(run, "teacher"))
-    return load_head(Path(choice), run.teacher, classes)
+        return LinearHead(tensors["weight"], tensors["bias"], _head_meta(job, "teacher"))
+    return load_head(Path(choice), job.teacher, classes)
 
 
-def reusable_head(run: Run) -> LinearHead | None:
+def reusable_head(job: PrecomputeJob) -> LinearHead | None:
     """The head a previous run fitted into this cache with the same settings (resume), if any."""
-    meta = read_head_meta(run.cfg.out)
-    if meta is None or not is_reusable(meta, run):
+    meta = read_head_meta(job.cfg.out)
+    if meta is None or not is_reusable(meta, job):
         return None
-    return load_head(run.cfg.out / HEAD_FILE, run.teacher, len(run.data["classes"]))
+    return load_head(job.cfg.out / HEAD_FILE, job.teacher, len(job.data["classes"]))
 
 
-def _head_meta(run: Run, source: str) -> dict[str, Any]:
-    t = run.teacher
-    return {"source": source, "teacher": t.name, "weights_hash": t.weights_hash, "classes": list(run.data["classes"])}
+def _head_meta(job: PrecomputeJob, source: str) -> dict[str, Any]:
+    t = job.teacher
+    return {"source": source, "teacher": t.name, "weights_hash": t.weights_hash, "classes": list(job.data["classes"])}
 
 
-def fit_if_ready(run: Run, plan: list[ShardSpec]) -> LinearHead | None:
+def fit_if_ready(job: PrecomputeJob, plan: list[ShardSpec]) -> LinearHead | None:
     """Fit the head when the features of every train and val shard are here (else a slice: return None)."""
-    need = plan if run.clean else [s for s in plan if s.split in ("train", "val")]
-    if not all(s.path(run.cfg.out, FEATURES).is_file() for s in need):
+    need = plan if job.clean else [s for s in plan if s.split in ("train", "val")]
+    if not all(s.path(job.cfg.out, FEATURES).is_file() for s in need):
         return None
-    if run.clean:
-        train, val = _source_features(run, need)
+    if job.clean:
+        train, val = _source_features(job, need)
     else:
-        train, val = (_split_features(run, [s for s in need if s.split == split]) for split in ("train", "val"))
-    console.print(f"fitting the {len(run.data['classes'])}-way head on {len(train[1]):,} train features ...")
-    weight, bias, result = fit_head(train, val, len(run.data["classes"]), run.fit, run.device)
-    meta = _head_meta(run, "fitted") | {"fit": _fit_settings(run), "result": result}
+        train, val = (_split_features(job, [s for s in need if s.split == split]) for split in ("train", "val"))
+    console.print(f"fitting the {len(job.data['classes'])}-way head on {len(train[1]):,} train features ...")
+    weight, bias, result = fit_head(train, val, len(job.data["classes"]), job.fit, job.device)
+    meta = _head_meta(job, "fitted") | {"fit": _fit_settings(job), "result": result}
     console.print(
-        f"head fitted: val accuracy {result['val_accuracy']:.2%} at epoch {result['best_epoch']}/{run.fit.epochs}"
+        f"head fitted: val accuracy {result['val_accuracy']:.2%} at epoch {result['best_epoch']}/{job.fit.epochs}"
     )
-    return LinearHead(weight, bias, meta | {"device_type": run.device.type})
+    return LinearHead(weight, bias, meta | {"device_type": job.device.type})
 
 
-def _source_features(run: Run, specs: list[ShardSpec]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+def _source_features(
+    job: PrecomputeJob, specs: list[ShardSpec]
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """Clean view: (features, labels) of the source photographs used in train, and of those used in val."""
     import torch
 
     from cdeit.common.dataset import beton_path, read_split
 
-    arrays = [read_arrays(s.path(run.cfg.out, FEATURES), ("features", "label", "source")) for s in specs]
+    arrays = [read_arrays(s.path(job.cfg.out, FEATURES), ("features", "label", "source")) for s in specs]
     features, labels, source = (np.concatenate([a[k] for a in arrays]) for k in ("features", "label", "source"))
     parts = []
     for split in ("train", "val"):
-        used = np.isin(source, read_split(beton_path(run.cfg.data, split), fields=("source",))["source"])
+        used = np.isin(source, read_split(beton_path(job.cfg.data, split), fields=("source",))["source"])
         parts.append((torch.from_numpy(features[used]), torch.from_numpy(labels[used])))
     return parts[0], parts[1]
 
 
-def _split_features(run: Run, specs: list[ShardSpec]) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_features(job: PrecomputeJob, specs: list[ShardSpec]) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
-    arrays = [read_arrays(s.path(run.cfg.out, FEATURES), ("features", "label")) for s in specs]
+    arrays = [read_arrays(s.path(job.cfg.out, FEATURES), ("features", "label")) for s in specs]
     features = torch.from_numpy(np.concatenate([a["features"] for a in arrays]))
     return features, torch.from_numpy(np.concatenate([a["label"] for a in arrays]))
 
 
-def is_reusable(meta: dict[str, Any], run: Run) -> bool:
+def is_reusable(meta: dict[str, Any], job: PrecomputeJob) -> bool:
     """Whether a cache's head (its metadata) is one this run would fit itself: a resume may keep it."""
-    return meta.get("source") == "fitted" and meta.get("fit") == _fit_settings(run)
+    return meta.get("source") == "fitted" and meta.get("fit") == _fit_settings(job)
 
 
-def _fit_settings(run: Run) -> dict[str, Any]:
+def _fit_settings(job: PrecomputeJob) -> dict[str, Any]:
     """What decides the fitted head; a clean-view head is fitted on the clean features of the train sources."""
-    fingerprints = {s: e["fingerprint"] for s, e in run.data["splits"].items()}
-    settings = fit_settings(run.fit, run.teacher, fingerprints)
-    if run.clean:
-        settings |= {"view": "clean", "sources": run.split_entry(SOURCES_SPLIT)["fingerprint"]}
+    fingerprints = {s: e["fingerprint"] for s, e in job.data["splits"].items()}
+    settings = fit_settings(job.fit, job.teacher, fingerprints)
+    if job.clean:
+        settings |= {"view": "clean", "sources": job.split_entry(SOURCES_SPLIT)["fingerprint"]}
     return settings

@@ -8,12 +8,12 @@ from cdeit.common.console import console, out
 
 if TYPE_CHECKING:
     from cdeit.common.head import LinearHead
-    from cdeit.precompute.run import Run
+    from cdeit.precompute.job import PrecomputeJob
 
 
-def report(run: Run, summary: dict[str, Any], head: LinearHead | None) -> None:
+def report(job: PrecomputeJob, summary: dict[str, Any], head: LinearHead | None) -> None:
     """Print teacher accuracy per split and corruption type, then one line of images, seconds and images/s."""
-    manifest, path = summary["manifest"], run.cfg.out
+    manifest, path = summary["manifest"], job.cfg.out
     if head is None:
         have = len(manifest["feature_shards"])
         console.print(
@@ -28,7 +28,7 @@ def report(run: Run, summary: dict[str, Any], head: LinearHead | None) -> None:
         out.print(f"clean view: the teacher's accuracy on each split's samples, seeing their clean sources: {joined}")
     rate = f"{summary['images_per_s']:,.1f} images/s" if summary["images"] else "nothing to compute"
     state = "complete" if summary["complete"] else "incomplete"
-    who = f"rank 0 of {run.env.world}: " if run.env.world > 1 else ""
+    who = f"rank 0 of {job.env.world}: " if job.env.world > 1 else ""
     out.print(
         f"{who}{summary['images']:,} images in {summary['features_seconds']:.1f} s ({rate}) on {summary['device']}, "
         f"batch {summary['batch_size']}, {summary['compute_dtype']}; total {summary['seconds']:.1f} s; "
@@ -38,19 +38,19 @@ def report(run: Run, summary: dict[str, Any], head: LinearHead | None) -> None:
         views, seconds = summary["views"], summary["views_seconds"]
         rate = views / seconds if seconds else 0.0
         out.print(f"{who}{views:,} augmented views in {seconds:.1f} s ({rate:,.1f} views/s)")
-    if run.teacher.random_weights:
+    if job.teacher.random_weights:
         console.print("[bold yellow]the cache holds logits of a teacher with RANDOM WEIGHTS.[/]")
 
 
-def joined_accuracy(run: Run) -> dict[str, float]:
+def joined_accuracy(job: PrecomputeJob) -> dict[str, float]:
     """Clean view: per split, how often the teacher is right about a sample when it sees that sample's clean source."""
     from cdeit.common.cache import load_teacher_logits
     from cdeit.common.dataset import beton_path, read_split
 
     result = {}
-    for split in run.data["splits"]:
-        logits = load_teacher_logits(run.cfg.out, run.cfg.data, split, "cpu", checksums=False)
-        labels = read_split(beton_path(run.cfg.data, split), fields=("label",))["label"]
+    for split in job.data["splits"]:
+        logits = load_teacher_logits(job.cfg.out, job.cfg.data, split, "cpu", checksums=False)
+        labels = read_split(beton_path(job.cfg.data, split), fields=("label",))["label"]
         result[split] = float((logits.argmax(1).numpy() == labels).mean()) if len(labels) else float("nan")
     return result
 

@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import datetime
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cdeit.common.cache import SOURCES_SPLIT, TARGETS, ShardSpec, plan_shards, provenance, shard_attrs, write_manifest
+from cdeit.common.cache import SOURCES_SPLIT, TARGETS, plan_shards, write_manifest
 from cdeit.common.console import console
 from cdeit.common.dataset import SPLITS
 from cdeit.common.device import resolve_device
-from cdeit.common.distributed import DistEnv, barrier, dist_env, process_group
+from cdeit.common.distributed import barrier, dist_env, process_group
 from cdeit.common.errors import CdeitError
-from cdeit.common.head import HeadFit, LinearHead
+from cdeit.common.head import HeadFit
 from cdeit.common.teacher import Teacher
 from cdeit.common.tokens import TOKEN_TARGETS
 from cdeit.precompute.augmented import pass_augmented
 from cdeit.precompute.config import PrecomputeConfig
 from cdeit.precompute.head_stage import fit_if_ready, given_head, reusable_head
+from cdeit.precompute.job import PrecomputeJob
 from cdeit.precompute.passes import pass_features, pass_logits
 from cdeit.precompute.report import joined_accuracy, report
 from cdeit.precompute.resume import check_out_dir, manifest_sums
@@ -40,129 +40,44 @@ if TYPE_CHECKING:
 BATCH_CUDA, BATCH_CPU = 1024, 64
 
 
-@dataclass
-class Run:
-    """What one invocation resolved: the dataset manifest, teacher, device, batch size and head settings."""
-
-    cfg: PrecomputeConfig
-    data: dict[str, Any]
-    teacher: Teacher
-    device: torch.device
-    batch_size: int
-    env: DistEnv
-    fit: HeadFit
-    sums: dict[str, str] = field(default_factory=dict)  # file -> sha256 from the manifest found at start
-
-    @property
-    def compute_dtype(self) -> str:
-        return "bfloat16-autocast" if self.device.type == "cuda" else "float32"
-
-    @property
-    def clean(self) -> bool:
-        return self.cfg.view == "clean"
-
-    @property
-    def store_features(self) -> bool:
-        """The `embedding` target is the pre-logit features that --store-features keeps."""
-        return self.cfg.store_features or "embedding" in self.cfg.targets
-
-    @property
-    def extras(self) -> tuple[str, ...]:
-        """The per-patch targets (patches, attention) this run computes beside the features."""
-        return tuple(t for t in TARGETS if t in self.cfg.targets and t in TOKEN_TARGETS)
-
-    @property
-    def cache_splits(self) -> tuple[str, ...]:
-        """What the cache's rows are: the splits (same view) or the dataset's source photographs (clean view)."""
-        return (SOURCES_SPLIT,) if self.clean else self.cfg.splits
-
-    @property
-    def teacher_grid(self) -> tuple[int, int]:
-        return tuple(self.teacher.model.patch_embed.grid_size)
-
-    def split_entry(self, split: str) -> dict[str, Any]:
-        """The dataset manifest's entry (count, fingerprint) for a split or for sources.beton."""
-        return self.data["source_images"] if split == SOURCES_SPLIT else self.data["splits"][split]
-
-    def identity(self) -> dict[str, Any]:
-        """This run's provenance: what every shard of its cache shares (common.cache.format.provenance)."""
-        t = self.teacher
-        return provenance(
-            teacher=t.name,
-            weights_hash=t.weights_hash,
-            random_weights=t.random_weights,
-            preprocessing=t.preprocessing.attrs(),
-            compute_dtype=self.compute_dtype,
-            shard_size=self.cfg.shard_size,
-            classes=self.data["classes"],
-            corruptions=self.data["corruptions"],
-            weights_source=t.weights_source,
-            device_type=self.device.type,
-            view=self.cfg.view,
-            token_targets=self.extras,
-            teacher_grid=self.teacher_grid if self.extras else (),
-            teacher_module=t.module.name if t.module else None,
-            teacher_module_sha256=t.module.sha256 if t.module else None,
-            augmentation=self.view_settings(),
-            teacher_spec=None if self.cfg.checkpoint or t.random_weights else self.cfg.teacher,
-        )
-
-    def view_settings(self) -> dict[str, Any] | None:
-        """`--views K`: K, the seed of the draws and the augmentation settings the cache records (else None)."""
-        if not self.cfg.views:
-            return None
-        return {"views": self.cfg.views, "view_seed": self.cfg.seed, **self.cfg.augmentation.attrs()}
-
-    def shard_attrs(
-        self, spec: ShardSpec, kind: str, head: LinearHead | None = None, tally: tuple[list, list] | None = None
-    ) -> dict[str, Any]:
-        """The attributes of one shard of this run (a logit shard names its head and the teacher's `tally`)."""
-        head_hash = head.hash if head is not None else None
-        split = self.split_entry(spec.split)
-        return shard_attrs(spec, kind, self.identity(), split, head_hash, self.store_features, tally)
-
-
-# --------------------------------------------------------------------------------------------- entry point
-
-
 def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
     """Run both passes into `cfg.out` and return a summary (images, seconds, images/s, accuracy, manifest)."""
     started = time.perf_counter()
-    run = prepare_run(cfg)
-    plan = plan_shards({s: run.split_entry(s)["count"] for s in run.cache_splits}, cfg.shard_size)
-    given = given_head(run)
-    with process_group(run.env, timeout=datetime.timedelta(hours=12)):  # ranks wait at barriers for the slowest
-        if run.env.rank == 0:
-            check_storage(run, plan)
-            check_out_dir(run, given)
-        barrier(run.env)
-        run.sums = manifest_sums(cfg.out)
-        head = given or reusable_head(run)
-        images, seconds = pass_features(run, plan, head)
+    job = prepare_job(cfg)
+    plan = plan_shards({s: job.split_entry(s)["count"] for s in job.cache_splits}, cfg.shard_size)
+    given = given_head(job)
+    with process_group(job.env, timeout=datetime.timedelta(hours=12)):  # ranks wait at barriers for the slowest
+        if job.env.rank == 0:
+            check_storage(job, plan)
+            check_out_dir(job, given)
+        barrier(job.env)
+        job.sums = manifest_sums(cfg.out)
+        head = given or reusable_head(job)
+        images, seconds = pass_features(job, plan, head)
         views = (0, 0.0)
         if head is not None and cfg.views:  # the head is known: every rank renders the views of its own shards
-            views = pass_augmented(run, plan, head, run.env.rank, run.env.world)
-        barrier(run.env)
+            views = pass_augmented(job, plan, head, job.env.rank, job.env.world)
+        barrier(job.env)
     summary = {"images": images, "features_seconds": seconds, "images_per_s": images / seconds if seconds else 0.0}
-    summary |= {"device": str(run.device), "batch_size": run.batch_size, "compute_dtype": run.compute_dtype}
+    summary |= {"device": str(job.device), "batch_size": job.batch_size, "compute_dtype": job.compute_dtype}
     summary |= {"views": views[0], "views_seconds": views[1]} if cfg.views else {}
-    if run.env.rank != 0:
+    if job.env.rank != 0:
         return summary
-    fitted, head = head is None, head or fit_if_ready(run, plan)
+    fitted, head = head is None, head or fit_if_ready(job, plan)
     if head is not None:
-        pass_logits(run, plan, head)
+        pass_logits(job, plan, head)
     if fitted and head is not None and cfg.views:  # a head fitted just now: this rank renders the slice's views
-        summary["views"], summary["views_seconds"] = pass_augmented(run, plan, head)
-    manifest = write_manifest(cfg.out, fallback=run.identity())
+        summary["views"], summary["views_seconds"] = pass_augmented(job, plan, head)
+    manifest = write_manifest(cfg.out, fallback=job.identity())
     summary |= {"seconds": time.perf_counter() - started, "complete": manifest["complete"], "manifest": manifest}
     summary["accuracy"] = {s: v["accuracy"] for s, v in manifest["splits"].items()}
-    if run.clean and manifest["complete"]:
-        summary["accuracy_joined"] = joined_accuracy(run)
-    report(run, summary, head)
+    if job.clean and manifest["complete"]:
+        summary["accuracy_joined"] = joined_accuracy(job)
+    report(job, summary, head)
     return summary
 
 
-def prepare_run(cfg: PrecomputeConfig) -> Run:
+def prepare_job(cfg: PrecomputeConfig) -> PrecomputeJob:
     """Check the options against the dataset, pick the device and batch size, and build the teacher."""
     from cdeit.common.dataset import load_manifest, split_info
     from cdeit.common.teacher import build_teacher
@@ -189,7 +104,7 @@ def prepare_run(cfg: PrecomputeConfig) -> Run:
         teacher.model.to(memory_format=_channels_last())
     if teacher.random_weights and env.rank == 0:
         random_weights_banner(teacher)
-    return Run(
+    return PrecomputeJob(
         cfg,
         data,
         teacher,

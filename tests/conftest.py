@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdeit.common.dataset import CLASSES, CORRUPTIONS, write_dataset
+from cdeit.common.dataset import CLASSES, CORRUPTIONS
+from cdeit.data.writer import write_dataset
 
 
 def tiny_split(n: int, seed: int, source_offset: int = 0) -> dict[str, np.ndarray]:

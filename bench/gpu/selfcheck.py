@@ -120,7 +120,8 @@ def tiny_beton(folder: Path, device: str, n: int = 64) -> int:
     """Write `n` random images with cdeit's ffcv writer and read them back through its loader onto `device`."""
     import numpy as np
 
-    from cdeit.common.dataset import INT_FIELDS, make_loader, write_beton
+    from cdeit.common.dataset import INT_FIELDS, make_loader
+    from cdeit.data.writer import write_beton
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

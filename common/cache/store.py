@@ -205,18 +205,35 @@ def read_head_meta(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(cache_dir) / HEAD_FILE
     if not path.is_file():
         return None
+    tensors, meta = read_head_file(path)
+    return {"file": HEAD_FILE, "hash": tensor_hash(tensors)} | meta
+
+
+def write_head_file(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A head file: safetensors with its metadata values as JSON strings, written atomically."""
+    from cdeit.common.atomic import write_safetensors
+
+    write_safetensors(path, tensors, {k: json.dumps(v, sort_keys=True) for k, v in meta.items()})
+
+
+def read_head_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tensors and the decoded metadata of a head file (sorted by key: safetensors keeps hash-map order)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    info: dict[str, Any] = {"file": HEAD_FILE, "hash": tensor_hash(tensors)}
-    for k, v in sorted(meta.items()):  # safetensors returns metadata in hash-map order: sort for stable manifests
-        try:
-            info[k] = json.loads(v)
-        except json.JSONDecodeError:
-            info[k] = v
-    return info
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+            raw = dict(f.metadata() or {})
+    except Exception as exc:
+        raise CdeitError(f"head file {path} is not a valid .safetensors file ({exc}).") from None
+    return tensors, {k: _json_or_text(v) for k, v in sorted(raw.items())}
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def _split_order(split: str) -> tuple[int, str]:

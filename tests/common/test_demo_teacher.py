@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -19,25 +18,29 @@ def _probe_fails() -> bool:
     raise AssertionError("the demo probed the network although the weights were at hand")
 
 
-@pytest.mark.slow  # two small precompute runs (about 10 s)
 def test_demo_teacher_uses_the_cache_or_the_checkpoint_instead_of_random_weights(
-    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The precompute command the demo runs: no --random-weights and no network probe when the weights are in the
+    local HF cache or a --checkpoint is given. (That such a teacher has the same weights hash whatever the source
+    is tests/precompute/test_teacher_sources.py's identity test.)"""
     torch.manual_seed(11)
     model = timm.create_model("test_vit.r160_in1k")
     fake_hf_cache(tmp_path / "hub", "timm/test_vit.r160_in1k", model)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(demo, "hub_reachable", _probe_fails)
-    demo._teacher(tiny_dataset, tmp_path / "from-cache", "test_vit", "cpu")
-    cached = json.loads((tmp_path / "from-cache" / "manifest.json").read_text())["provenance"]
-    assert cached["random_weights"] is False and "local Hugging Face cache" in cached["weights_source"]
+    commands: list[tuple[str, ...]] = []
+    monkeypatch.setattr(demo, "_run", lambda *argv: commands.append(argv))
+    demo._teacher(tmp_path / "data", tmp_path / "from-cache", "test_vit", "cpu")
+    assert commands[-1][0] == "precompute-teacher" and "--random-weights" not in commands[-1]
+    assert "--checkpoint" not in commands[-1]
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
-    demo._teacher(tiny_dataset, tmp_path / "from-file", "test_vit", "cpu", checkpoint=tmp_path / "w.safetensors")
-    filed = json.loads((tmp_path / "from-file" / "manifest.json").read_text())["provenance"]
-    assert filed["weights_source"] == "checkpoint w.safetensors" and filed["weights_hash"] == cached["weights_hash"]
+    demo._teacher(tmp_path / "data", tmp_path / "from-file", "test_vit", "cpu", checkpoint=tmp_path / "w.safetensors")
+    argv = commands[-1]
+    assert "--random-weights" not in argv and argv[argv.index("--checkpoint") + 1] == str(tmp_path / "w.safetensors")
 
 
 def test_demo_without_weights_anywhere_falls_back_to_the_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from scipy import ndimage, stats
 from cdeit.common.dataset import CORRUPTIONS
 from cdeit.common.errors import CdeitError
 from cdeit.data import corruptions as C
+from cdeit.data import frost_photos as F
 from cdeit.data.corruptions import NAMES, corrupt
 
 RANDOM = ("motion_blur", "fog", "frost", "snow", "shot_noise", "gaussian_noise")
@@ -383,23 +384,23 @@ def test_fog_never_exceeds_the_image_maximum(images: np.ndarray) -> None:
 
 
 def test_frost_photos_from_the_installed_package() -> None:
-    photos = C.frost_photos()
+    photos = F.frost_photos()
     # frost1..5 at 20%: 900x600, 560x315 (twice), 527x350, 660x495 pixels originally
     assert [p.shape for p in photos] == [(120, 180, 3), (63, 112, 3), (63, 112, 3), (70, 105, 3), (99, 132, 3)]
     assert all(p.dtype == np.uint8 and not p.flags.writeable for p in photos)
-    assert C.frost_photos()[0] is photos[0]  # loaded once
+    assert F.frost_photos()[0] is photos[0]  # loaded once
     assert all(p[..., 2].mean() > p[..., 0].mean() for p in photos)  # RGB, not OpenCV's BGR: frost is bluish
 
 
 def test_frost_missing_files_or_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(C, "_FROST_PHOTOS", None)
-    monkeypatch.setattr(C, "_frost_dir", lambda: tmp_path)
-    with pytest.raises(CdeitError, match=r"frost photograph .*frost1\.png is missing.*imagecorruptions"):
-        C.frost_photos()
+    monkeypatch.setattr(F, "_FROST_PHOTOS", None)
+    monkeypatch.setattr(F, "_frost_dir", lambda: tmp_path)
+    with pytest.raises(CdeitError, match=r"frost1\.png"):
+        F.frost_photos()
     monkeypatch.undo()
-    monkeypatch.setattr(C, "_FROST_PHOTOS", None)
-    monkeypatch.setattr(C.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(CdeitError, match=r"`imagecorruptions` package, which is not installed"):
+    monkeypatch.setattr(F, "_FROST_PHOTOS", None)
+    monkeypatch.setattr(F.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(CdeitError, match="imagecorruptions"):
         corrupt(flat(0), "frost", 1, np.random.default_rng(0))
 
 
@@ -414,8 +415,8 @@ def _ramp_photos() -> list[np.ndarray]:
 
 def test_frost_crops_are_whole_windows_of_the_first_five_photos(monkeypatch: pytest.MonkeyPatch) -> None:
     photos = _ramp_photos()
-    monkeypatch.setattr(C, "_FROST_PHOTOS", photos)
-    crops = C.frost_crops(400, np.random.default_rng(0))
+    monkeypatch.setattr(F, "_FROST_PHOTOS", photos)
+    crops = F.frost_crops(400, np.random.default_rng(0))
     seen = set()
     for crop in crops:
         top, left, k = (int(v) for v in crop[0, 0])
@@ -426,7 +427,7 @@ def test_frost_crops_are_whole_windows_of_the_first_five_photos(monkeypatch: pyt
 
 
 def test_frost_blend_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(C, "_FROST_PHOTOS", [np.full((40, 40, 3), 200, np.uint8)] * 5)
+    monkeypatch.setattr(F, "_FROST_PHOTOS", [np.full((40, 40, 3), 200, np.uint8)] * 5)
     # severity 4: 0.85 * 100 + 0.4 * 200 = 165; severity 1: 1.0 * 240 + 0.2 * 200 = 280 -> clipped to 255
     assert np.all(corrupt(flat(100, n=2), "frost", 4, np.random.default_rng(0)) == 165)
     assert np.all(corrupt(flat(240, n=2), "frost", 1, np.random.default_rng(0)) == 255)

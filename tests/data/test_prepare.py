@@ -126,10 +126,10 @@ def test_foreign_files_in_out_are_refused(raw: Path, tmp_path: Path) -> None:
 
 
 def test_killed_run_leaves_no_manifest_and_rerun_completes(raw: Path, tmp_path: Path, monkeypatch) -> None:
-    import cdeit.common.dataset as dataset
+    import cdeit.data.writer as writer
 
     calls = {"n": 0}
-    real = dataset.write_beton
+    real = writer.write_beton
 
     def dies_on_second(path, arrays, workers=1):  # noqa: ANN001, ANN202
         calls["n"] += 1
@@ -137,13 +137,13 @@ def test_killed_run_leaves_no_manifest_and_rerun_completes(raw: Path, tmp_path: 
             raise KeyboardInterrupt
         real(path, arrays, workers)
 
-    monkeypatch.setattr(dataset, "write_beton", dies_on_second)
+    monkeypatch.setattr(writer, "write_beton", dies_on_second)
     out = tmp_path / "ds"
     cfg = PrepareConfig(cifar10=raw, cifar10c=raw, out=out, per_class_per_type=SIZES, workers=1)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg)
     assert not (out / "manifest.json").exists() and not list(out.glob(".*tmp*"))
-    monkeypatch.setattr(dataset, "write_beton", real)
+    monkeypatch.setattr(writer, "write_beton", real)
     assert not prepare(cfg).get("reused")
     assert load_manifest(out)["splits"]["test"]["count"] == 550
 
