@@ -199,12 +199,12 @@ def test_rebuilding_the_teacher_leaves_the_run_s_random_state(
 
 
 def test_a_bf16_cache_runs_its_teacher_under_bf16() -> None:
-    """The dtype a precompute records (precompute.run.Run.compute_dtype) decides the online teacher's autocast."""
-    from cdeit.precompute.run import Run
+    """The dtype a precompute records (PrecomputeJob.compute_dtype) decides the online teacher's autocast."""
+    from cdeit.precompute.job import PrecomputeJob
     from cdeit.train.core.online import cache_amp
 
     for device, amp in (("cuda", True), ("cpu", False)):
-        run = Run.__new__(Run)
+        run = PrecomputeJob.__new__(PrecomputeJob)
         run.device = torch.device(device)
         assert cache_amp({"compute_dtype": run.compute_dtype}) is amp
 

@@ -285,7 +285,7 @@ def test_distillation_from_a_better_teacher_beats_no_distillation(tmp_path: Path
     labels is far better than the labels, and a student distilled from it beats one trained on labels."""
     import numpy as np
 
-    from cdeit.common.dataset import write_dataset
+    from cdeit.data.writer import write_dataset
     from cdeit.precompute.run import PrecomputeConfig, precompute_teacher
     from tests.conftest import tiny_split
 
