@@ -30,12 +30,21 @@ from cdeit.train.studies.tables import (
     paper_table,
     write_csv,
 )
+from cdeit.train.use.plots import save
 
 
-def _plots(groups: list[Group], out: Path, split: str) -> Path:
-    from cdeit.train.use.report import _plt, _save
+def teacher_report(groups: list[Group]) -> dict[str, Any] | None:
+    """The teacher's evaluation beside the runs (their eval JSON's `teacher`, one cache for all), or None."""
+    return next((r.result["teacher"] for g in groups for r in g.runs if r.result.get("teacher")), None)
 
-    plt = _plt()
+
+def compare_figure(groups: list[Group], split: str) -> Any:
+    """Accuracy per image type, overall accuracy and mCE per group: one colour per group in every panel, error bars
+    (std over seeds) only where a group has two runs or more, and the teacher's accuracy as a reference line."""
+    from cdeit.train.use.plots import pyplot
+
+    plt = pyplot()
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(groups))]
     fig, (ax_type, ax_sum, ax_mce) = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [3, 1, 1]})
     types = [c for c in CORRUPTIONS if c in groups[0].runs[0].result["per_corruption"]]
     width = 0.8 / len(groups)
@@ -44,7 +53,13 @@ def _plots(groups: list[Group], out: Path, split: str) -> Path:
                         for r in g.runs])  # fmt: skip
         spread = acc.std(0, ddof=1) if len(acc) > 1 else None
         x = np.arange(len(types)) + (i - (len(groups) - 1) / 2) * width
-        ax_type.bar(x, acc.mean(0), width, yerr=spread, capsize=2, label=f"{g.name} (n = {len(g.runs)})")
+        ax_type.bar(x, acc.mean(0), width, yerr=spread, capsize=2 if spread is not None else 0, color=colours[i],
+                    label=f"{g.name} (n = {len(g.runs)})")  # fmt: skip
+    teacher = teacher_report(groups)
+    if teacher is not None:
+        per_type = teacher.get("per_corruption_accuracy", {})
+        xs = [k for k, c in enumerate(types) if c in per_type]
+        ax_type.plot(xs, [100 * per_type[types[k]] for k in xs], "k_", markersize=14, mew=2, label="teacher")
     ax_type.set_xticks(range(len(types)), types, rotation=35, ha="right", fontsize=8)
     ax_type.set_ylabel("top-1 accuracy (%)")
     ax_type.set_title(f"accuracy per image type ({split}), mean ± std over seeds", fontsize=10)
@@ -52,15 +67,20 @@ def _plots(groups: list[Group], out: Path, split: str) -> Path:
     ax_type.legend(fontsize=7, ncol=2, loc="upper right")
     for ax, metric in ((ax_sum, "accuracy"), (ax_mce, "mce")):
         stats = [mean_std(g.values(metric)) for g in groups]
-        ax.bar(range(len(groups)), [m or 0 for m, _ in stats], yerr=[s or 0 for _, s in stats], capsize=3)
-        ax.set_xticks(range(len(groups)), [g.name for g in groups], rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{TITLES[metric]}, mean ± std", fontsize=10)
         if all(m is None for m, _ in stats):
-            ax.clear()
             ax.axis("off")
             ax.text(0.5, 0.5, f"no {TITLES[metric]}:\nno baseline group", ha="center", va="center", fontsize=9)
+            continue
+        for i, (m, sd) in enumerate(stats):
+            n = len(groups[i].values(metric))
+            ax.bar(i, m or 0, yerr=sd if n > 1 else None, capsize=3 if n > 1 else 0, color=colours[i])
+        if metric == "accuracy" and teacher is not None:
+            ax.axhline(100 * teacher["accuracy"], color="black", linestyle="--", linewidth=1, label="teacher")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(range(len(groups)), [g.name for g in groups], rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{TITLES[metric]}, mean ± std", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out / "compare.png")
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ compare
@@ -111,6 +131,6 @@ def compare(paths: list[Path], out: Path, split: str = "test", reference: str | 
     md += ["", "## What the cache saved", "", *cache_savings(caches), ""]
     with atomic_path(files["markdown"]) as tmp:
         tmp.write_text("\n".join(md))
-    files["plot"] = _plots(groups, out, split)
+    files["plot"] = save(compare_figure(groups, split), out / "compare.png")
     result["files"] = files
     return result

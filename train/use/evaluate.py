@@ -319,7 +319,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     if summary:
         result["training"] = {k: summary[k] for k in SUMMARY_KEYS}
     write_json(out_dir / f"{split}.json", result)
-    from cdeit.train.use.report import write_plots, write_report
+    from cdeit.train.use.plots import write_plots
+    from cdeit.train.use.report import write_report
 
     plots = write_plots(result, out_dir, split, manifest["classes"])
     write_report(result, out_dir / "report.md", plots)
