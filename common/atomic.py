@@ -162,6 +162,8 @@ def read_json_object(
         value = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise CdeitError(f"{name} is missing; {fix}.") from None
+    except RecursionError:
+        raise CdeitError(f"{name} is nested too deeply to be a cdeit file; {fix}.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CdeitError(f"{name} could not be read ({exc}); {fix}.") from None
     if not isinstance(value, dict):
@@ -181,8 +183,67 @@ def check_keys(obj: dict[str, Any], keys: Mapping[str, Kind], name: str, fix: st
     return obj
 
 
+def field(
+    obj: Mapping[str, Any],
+    key: str,
+    kind: Kind,
+    name: str,
+    fix: str,
+    *,
+    at: str = "",
+    minimum: float | None = None,
+    optional: bool = False,
+) -> Any:
+    """`obj[key]` when present with a value of `kind` (at least `minimum`); else one sentence naming file `name` and
+    the key (`at` prefixes its path inside the file, e.g. "splits.train."). An `optional` key may be absent (None)."""
+    label = f"{at}{key}"
+    if key not in obj:
+        if optional:
+            return None
+        raise CdeitError(f"{name} has no {label!r}; {fix}.")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise CdeitError(f"{name} has {label!r} = {_short(value)}, which should be {_kind_name(kinds)}; {fix}.")
+    if minimum is not None and isinstance(value, NUMBER) and not (math.isfinite(value) and value >= minimum):
+        raise CdeitError(f"{name} has {label!r} = {_short(value)}, which should be at least {minimum:g}; {fix}.")
+    return value
+
+
+def string_list(obj: Mapping[str, Any], key: str, name: str, fix: str, *, at: str = "", optional: bool = False) -> Any:
+    """`obj[key]` when it is a list of strings (see `field`)."""
+    value = field(obj, key, list, name, fix, at=at, optional=optional)
+    if value is not None and not all(isinstance(v, str) for v in value):
+        raise CdeitError(f"{name} has {at}{key!r} = {_short(value)}, which should be a list of strings; {fix}.")
+    return value
+
+
+def plain_name(value: str, name: str, label: str, fix: str, suffix: str = "") -> str:
+    """`value` when it is a plain file name (no folder, no `..`, ending in `suffix`); else one sentence naming
+    file `name` and its key `label`. What a file lists is looked up inside the file's own folder only."""
+    separators = ("/", "\\", "\0")
+    if not value or value in (".", "..") or any(c in value for c in separators) or not value.endswith(suffix):
+        raise CdeitError(
+            f"{name} has {label!r} = {_short(value)}, which is not a plain{' ' + suffix if suffix else ''} file name "
+            f"inside its folder; {fix}."
+        )
+    return value
+
+
+def inside(folder: Path, path: Path, name: str, label: str, fix: str) -> Path:
+    """`path` when it (after symlinks) lies inside `folder` (after symlinks); else one sentence naming `name`."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError, RuntimeError):
+        raise CdeitError(f"{name} lists {label} {path.name}, which leads outside {folder}; {fix}.") from None
+    return path
+
+
 def _short(value: Any) -> str:
-    text = json.dumps(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -204,7 +265,9 @@ def read_manifest_json(directory: str | os.PathLike, what: str, command: str) ->
         raise CdeitError(f"{path} is missing, so {directory} is not {what}; build one with `{command}`.")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise CdeitError(f"{path} is nested too deeply to be a manifest; rerun `{command}` to rebuild it.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CdeitError(f"{path} is not valid JSON ({exc}); rerun `{command}` to rebuild it.") from None
     if not isinstance(manifest, dict):
         raise CdeitError(f"{path} is not the manifest of {what}; pass a directory made by `{command}`.")
