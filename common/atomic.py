@@ -60,20 +60,45 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+# The product's test hooks (CDEIT_TEST_*) are read only when CDEIT_TESTING=1, which tests/conftest.py sets: outside
+# the test suite they do nothing, whatever the environment says; under it a bad value is a sentence.
+TESTING_ENV = "CDEIT_TESTING"
 KILL_ENV = "CDEIT_TEST_KILL"  # tests only: "before:GLOB[#N]" or "after:GLOB[#N]", SIGKILL at the N-th such rename
 _kill_seen: dict[str, int] = {}
 
 
+def testing() -> bool:
+    """Whether the test suite runs this process (CDEIT_TESTING=1): the only case the test hooks are read."""
+    return os.environ.get(TESTING_ENV) == "1"
+
+
+def test_seconds(env: str) -> float:
+    """The seconds a test hook `env` asks to wait (0 outside the test suite); a bad value is one sentence."""
+    if not testing():
+        return 0.0
+    text = os.environ.get(env, "").strip() or "0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise CdeitError(f"test hook {env}={text!r} is not a number of seconds in 0..3600; fix or unset it.")
+    return value
+
+
 def _test_kill(when: str, final: Path) -> None:
     """kill -9 this process just before or after the N-th file matching GLOB is renamed (the kill tests' hook)."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec or not spec.startswith(f"{when}:"):
+    spec = os.environ.get(KILL_ENV) if testing() else None
+    if not spec:
         return
     import fnmatch
     import signal
 
-    pattern, _, nth = spec[len(when) + 1 :].partition("#")
-    if fnmatch.fnmatch(final.name, pattern):
+    at, _, rest = spec.partition(":")
+    pattern, _, nth = rest.partition("#")
+    if at not in ("before", "after") or not pattern or not (nth or "1").isdigit() or int(nth or 1) < 1:
+        raise CdeitError(f"test hook {KILL_ENV}={spec!r} is not before:GLOB[#N] or after:GLOB[#N]; fix or unset it.")
+    if at == when and fnmatch.fnmatch(final.name, pattern):
         _kill_seen[spec] = _kill_seen.get(spec, 0) + 1
         if _kill_seen[spec] == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)

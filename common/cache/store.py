@@ -92,7 +92,7 @@ def write_shard(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs
     """Write one shard under a temporary name, flush it and rename it: a shard with its final name is complete."""
     import h5py
 
-    from cdeit.common.atomic import atomic_path
+    from cdeit.common.atomic import atomic_path, test_seconds
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def write_shard(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs
                 f.create_dataset(name, data=value, track_times=False)  # no timestamps: same inputs, same bytes
             for key, value in attrs.items():
                 f.attrs[key] = _to_attr(value)
-        if pause := float(os.environ.get(TEST_PAUSE_ENV, "0") or 0):
+        if pause := test_seconds(TEST_PAUSE_ENV):
             import time
 
             time.sleep(pause)
