@@ -71,7 +71,7 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     path, manifest = read_manifest_json(data_dir, "a cdeit dataset", "cdeit data prepare")
     name, fix = str(path), "rebuild the dataset with `cdeit data prepare` (or get an intact copy)"
     if not isinstance(manifest.get("splits", {}), dict):
-        raise CdeitError(f"{path} is not a cdeit dataset manifest; rebuild the dataset with `cdeit data prepare`.")
+        raise CdeitError(f"{path} has 'splits' that is not an object, so it is not a cdeit dataset manifest; {fix}.")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CdeitError(

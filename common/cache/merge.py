@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from cdeit.common.cache.format import AUGMENTED_DIR, FEATURES_DIR, HEAD_FILE, MANIFEST, provenance_conflicts
-from cdeit.common.cache.store import open_shard, read_cache_manifest, sha256_file, write_manifest
+from cdeit.common.cache.manifest import check_shard_attrs
+from cdeit.common.cache.store import read_attrs, read_cache_manifest, sha256_file, write_manifest
 from cdeit.common.errors import CdeitError
 
 
@@ -122,8 +123,7 @@ def _copy_verified(src_dir: Path, out: Path, entry: Mapping[str, Any], created: 
         if sha256_file(dst) != entry["sha256"]:
             raise CdeitError(f"{entry['file']} differs between {src_dir} and {out}; these caches cannot be merged.")
         return
-    with open_shard(src):  # links, virtual datasets or external storage: refused before a byte is copied
-        pass
+    check_shard_attrs(src, read_attrs(src))  # links, outside storage, missing attributes: refused before copying
     _copy_file(src, dst)
     created.append(dst)
     if sha256_file(dst) != entry["sha256"]:
