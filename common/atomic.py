@@ -60,20 +60,45 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+# The product's test hooks (CDEIT_TEST_*) are read only when CDEIT_TESTING=1, which tests/conftest.py sets: outside
+# the test suite they do nothing, whatever the environment says; under it a bad value is a sentence.
+TESTING_ENV = "CDEIT_TESTING"
 KILL_ENV = "CDEIT_TEST_KILL"  # tests only: "before:GLOB[#N]" or "after:GLOB[#N]", SIGKILL at the N-th such rename
 _kill_seen: dict[str, int] = {}
 
 
+def testing() -> bool:
+    """Whether the test suite runs this process (CDEIT_TESTING=1): the only case the test hooks are read."""
+    return os.environ.get(TESTING_ENV) == "1"
+
+
+def test_seconds(env: str) -> float:
+    """The seconds a test hook `env` asks to wait (0 outside the test suite); a bad value is one sentence."""
+    if not testing():
+        return 0.0
+    text = os.environ.get(env, "").strip() or "0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise CdeitError(f"test hook {env}={text!r} is not a number of seconds in 0..3600; fix or unset it.")
+    return value
+
+
 def _test_kill(when: str, final: Path) -> None:
     """kill -9 this process just before or after the N-th file matching GLOB is renamed (the kill tests' hook)."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec or not spec.startswith(f"{when}:"):
+    spec = os.environ.get(KILL_ENV) if testing() else None
+    if not spec:
         return
     import fnmatch
     import signal
 
-    pattern, _, nth = spec[len(when) + 1 :].partition("#")
-    if fnmatch.fnmatch(final.name, pattern):
+    at, _, rest = spec.partition(":")
+    pattern, _, nth = rest.partition("#")
+    if at not in ("before", "after") or not pattern or not (nth or "1").isdigit() or int(nth or 1) < 1:
+        raise CdeitError(f"test hook {KILL_ENV}={spec!r} is not before:GLOB[#N] or after:GLOB[#N]; fix or unset it.")
+    if at == when and fnmatch.fnmatch(final.name, pattern):
         _kill_seen[spec] = _kill_seen.get(spec, 0) + 1
         if _kill_seen[spec] == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -162,6 +187,8 @@ def read_json_object(
         value = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise CdeitError(f"{name} is missing; {fix}.") from None
+    except RecursionError:
+        raise CdeitError(f"{name} is nested too deeply to be a cdeit file; {fix}.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CdeitError(f"{name} could not be read ({exc}); {fix}.") from None
     if not isinstance(value, dict):
@@ -181,8 +208,67 @@ def check_keys(obj: dict[str, Any], keys: Mapping[str, Kind], name: str, fix: st
     return obj
 
 
+def field(
+    obj: Mapping[str, Any],
+    key: str,
+    kind: Kind,
+    name: str,
+    fix: str,
+    *,
+    at: str = "",
+    minimum: float | None = None,
+    optional: bool = False,
+) -> Any:
+    """`obj[key]` when present with a value of `kind` (at least `minimum`); else one sentence naming file `name` and
+    the key (`at` prefixes its path inside the file, e.g. "splits.train."). An `optional` key may be absent (None)."""
+    label = f"{at}{key}"
+    if key not in obj:
+        if optional:
+            return None
+        raise CdeitError(f"{name} has no {label!r}; {fix}.")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise CdeitError(f"{name} has {label!r} = {_short(value)}, which should be {_kind_name(kinds)}; {fix}.")
+    if minimum is not None and isinstance(value, NUMBER) and not (math.isfinite(value) and value >= minimum):
+        raise CdeitError(f"{name} has {label!r} = {_short(value)}, which should be at least {minimum:g}; {fix}.")
+    return value
+
+
+def string_list(obj: Mapping[str, Any], key: str, name: str, fix: str, *, at: str = "", optional: bool = False) -> Any:
+    """`obj[key]` when it is a list of strings (see `field`)."""
+    value = field(obj, key, list, name, fix, at=at, optional=optional)
+    if value is not None and not all(isinstance(v, str) for v in value):
+        raise CdeitError(f"{name} has {at}{key!r} = {_short(value)}, which should be a list of strings; {fix}.")
+    return value
+
+
+def plain_name(value: str, name: str, label: str, fix: str, suffix: str = "") -> str:
+    """`value` when it is a plain file name (no folder, no `..`, ending in `suffix`); else one sentence naming
+    file `name` and its key `label`. What a file lists is looked up inside the file's own folder only."""
+    separators = ("/", "\\", "\0")
+    if not value or value in (".", "..") or any(c in value for c in separators) or not value.endswith(suffix):
+        raise CdeitError(
+            f"{name} has {label!r} = {_short(value)}, which is not a plain{' ' + suffix if suffix else ''} file name "
+            f"inside its folder; {fix}."
+        )
+    return value
+
+
+def inside(folder: Path, path: Path, name: str, label: str, fix: str) -> Path:
+    """`path` when it (after symlinks) lies inside `folder` (after symlinks); else one sentence naming `name`."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError, RuntimeError):
+        raise CdeitError(f"{name} lists {label} {path.name}, which leads outside {folder}; {fix}.") from None
+    return path
+
+
 def _short(value: Any) -> str:
-    text = json.dumps(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -204,7 +290,9 @@ def read_manifest_json(directory: str | os.PathLike, what: str, command: str) ->
         raise CdeitError(f"{path} is missing, so {directory} is not {what}; build one with `{command}`.")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise CdeitError(f"{path} is nested too deeply to be a manifest; rerun `{command}` to rebuild it.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CdeitError(f"{path} is not valid JSON ({exc}); rerun `{command}` to rebuild it.") from None
     if not isinstance(manifest, dict):
         raise CdeitError(f"{path} is not the manifest of {what}; pass a directory made by `{command}`.")

@@ -35,7 +35,9 @@ def friendly_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            _check_stdout()
+            return result
         except CdeitError as exc:
             _error(str(exc))
             sys.exit(2)
@@ -59,6 +61,14 @@ def friendly_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_stdout() -> None:
+    """A command's results went somewhere: a closed standard output (`>&-`) or one that cannot be flushed is an
+    error, not a silent success."""
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        raise CdeitError("standard output is closed, so the results were not written; run the command with it open.")
+    sys.stdout.flush()  # an OSError (EBADF, EPIPE, a full disk) is reported by the handler below
 
 
 def _error(sentence: str) -> None:

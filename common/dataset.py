@@ -64,22 +64,50 @@ def beton_path(data_dir: str | os.PathLike, split: str) -> Path:
 
 
 def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read and check DATA/manifest.json; every problem is one sentence naming the file."""
-    from cdeit.common.atomic import read_manifest_json
+    """Read and check DATA/manifest.json: every key a command reads (presence, type, range) and every file it names
+    (a plain `.beton` name inside DATA, no symlink out of it); each problem is one sentence naming file and key."""
+    from cdeit.common.atomic import field, read_manifest_json, string_list
 
     path, manifest = read_manifest_json(data_dir, "a cdeit dataset", "cdeit data prepare")
+    name, fix = str(path), "rebuild the dataset with `cdeit data prepare` (or get an intact copy)"
     if not isinstance(manifest.get("splits", {}), dict):
-        raise CdeitError(f"{path} is not a cdeit dataset manifest; rebuild the dataset with `cdeit data prepare`.")
+        raise CdeitError(f"{path} has 'splits' that is not an object, so it is not a cdeit dataset manifest; {fix}.")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CdeitError(
             f"{path} has format version {version!r} but this cdeit reads version {FORMAT_VERSION}; "
             "rebuild the dataset with this version of `cdeit data prepare`."
         )
-    for split in manifest.get("splits", {}):
-        if not beton_path(data_dir, split).is_file():
-            raise CdeitError(f"{beton_path(data_dir, split)} listed in {path} is missing; rebuild the dataset.")
+    string_list(manifest, "classes", name, fix)
+    string_list(manifest, "corruptions", name, fix, optional=True)
+    types = string_list(manifest, "types", name, fix, optional=True) or []
+    if unknown := [t for t in types if t not in CORRUPTIONS]:
+        raise CdeitError(f"{path} has 'types' naming {unknown[0]!r}, which is not an image type; {fix}.")
+    for split, entry in field(manifest, "splits", dict, name, fix).items():
+        _check_entry(Path(data_dir), split, entry, name, fix, f"splits.{split}.")
+    if (sources := field(manifest, "source_images", dict, name, fix, optional=True)) is not None:
+        _check_entry(Path(data_dir), "sources", sources, name, fix, "source_images.", is_split=False)
     return manifest
+
+
+def _check_entry(data_dir: Path, split: str, entry: Any, name: str, fix: str, at: str, is_split: bool = True) -> None:
+    """One .beton's manifest entry: its keys, and its file `SPLIT.beton` present inside DATA (no symlink out)."""
+    from cdeit.common.atomic import field, inside, plain_name
+
+    if not isinstance(entry, dict):
+        raise CdeitError(f"{name} has {at.rstrip('.')!r} that is not an object; {fix}.")
+    file = plain_name(f"{split}.beton", name, at.rstrip("."), fix, ".beton")
+    if field(entry, "file", str, name, fix, at=at, optional=True) not in (None, file):
+        raise CdeitError(f"{name} has {at + 'file'!r} = {entry['file']!r}, which should be {file!r}; {fix}.")
+    field(entry, "count", int, name, fix, at=at, minimum=0)
+    field(entry, "fingerprint", str, name, fix, at=at)
+    field(entry, "beton_bytes", int, name, fix, at=at, minimum=0, optional=True)
+    field(entry, "beton_sha256", str, name, fix, at=at, optional=True)
+    path = inside(data_dir, data_dir / file, name, "the file", fix)
+    if is_split:
+        field(entry, "distinct_sources", int, name, fix, at=at, minimum=0, optional=True)
+    if is_split and not path.is_file():
+        raise CdeitError(f"{path} listed in {name} is missing; rebuild the dataset.")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -106,13 +134,21 @@ def _file_key(path: Path) -> str:
 
 
 def _known_hashes() -> dict[str, Any]:
-    """The verified hashes recorded so far; an unreadable or damaged record is an empty one (a rehash)."""
-    from cdeit.common.atomic import read_json_object
-
-    try:
-        return read_json_object(_hash_cache_path(), "the verified-hash record", "it is rebuilt")
-    except CdeitError:
+    """The verified hashes recorded so far (none without a record). A path that holds anything but such a record
+    (a user's file that CDEIT_HASH_CACHE names by mistake) is refused, never replaced."""
+    path = _hash_cache_path()
+    if not path.exists():
         return {}
+    try:
+        value = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise CdeitError(
+            f"{path} ({HASH_CACHE_ENV}) is not cdeit's record of verified .beton hashes, and cdeit will not replace "
+            f"it; point {HASH_CACHE_ENV} at a new file (or delete this one if it is a damaged record)."
+        )
+    return value
 
 
 def _remember_hash(path: Path, key: str, digest: str) -> None:

@@ -39,9 +39,23 @@ class DistEnv:
 
 
 def dist_env() -> DistEnv:
-    """Read RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them."""
-    env = os.environ
-    return DistEnv(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    """Read RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them; values no launcher would set (a stale RANK=1
+    in a shell, WORLD_SIZE=abc) are one sentence, not a silent exit or a wait for ranks that never come."""
+    from cdeit.common.errors import CdeitError
+
+    values = {}
+    for key, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = os.environ.get(key, "").strip() or str(default)
+        if not text.isdigit() or int(text) > 1 << 20:
+            raise CdeitError(f"environment variable {key}={text!r} is not a process count or rank torchrun sets; "
+                             f"unset it, or start cdeit with torchrun.")  # fmt: skip
+        values[key] = int(text)
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1 or rank >= world or local >= world:
+        raise CdeitError(f"environment variables RANK={rank}, LOCAL_RANK={local} and WORLD_SIZE={world} do not "
+                         "describe a torchrun process; unset them (a leftover of another job?), or start cdeit with "
+                         "torchrun.")  # fmt: skip
+    return DistEnv(rank, world, local)
 
 
 def setup(env: DistEnv, device_type: str = "cpu", timeout: datetime.timedelta | None = None) -> DistEnv:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from cdeit.common.atomic import write_error
+from cdeit.common.atomic import test_seconds, write_error
 from cdeit.common.errors import CdeitError
 
 LOCK_NAME = ".cdeit.lock"
@@ -34,10 +34,10 @@ class LockHeld(CdeitError):
 
 
 def _rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    """This process's torchrun rank (a RANK no launcher would set is refused here, before any folder is made)."""
+    from cdeit.common.distributed import dist_env
+
+    return dist_env().rank
 
 
 def _holder(path: Path) -> str:
@@ -72,7 +72,7 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {command}\n".encode())
-        if hold := float(os.environ.get(TEST_HOLD_ENV, "0") or 0):  # tests: keep the lock a while first
+        if hold := test_seconds(TEST_HOLD_ENV):  # tests: keep the lock a while first
             import time
 
             time.sleep(hold)

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from cdeit.common.dataset import CORRUPTIONS, SEVERITIES, beton_path, load_manifest, read_split
+from cdeit.common.dataset import CORRUPTIONS, SEVERITIES, beton_path, check_betons, load_manifest, read_split
 from cdeit.common.errors import CdeitError
 
 
 def audit(data_dir: str | Path) -> dict[str, Any]:
     """For each pair of splits: shared source photographs and the share of each split's samples they make."""
     manifest = load_manifest(data_dir)
+    check_betons(data_dir, manifest, list(manifest["splits"]))  # the files are the ones the manifest describes
     sources = {s: read_split(beton_path(data_dir, s), fields=("source",))["source"] for s in manifest["splits"]}
     pairs = []
     for a, b in itertools.combinations(sources, 2):
@@ -48,6 +49,7 @@ def show(data_dir: str | Path, out_png: str | Path, split: str = "test", severit
         raise CdeitError(f"--severity {severity} is out of range; choose {SEVERITIES[0]}..{SEVERITIES[-1]}.")
     manifest = load_manifest(data_dir)
     split_info(manifest, split, data_dir)
+    check_betons(data_dir, manifest, [split])
     arrays = read_split(beton_path(data_dir, split), fields=("image", "label", "corruption", "severity"))
     classes = manifest["classes"]
     types = manifest.get("types", list(CORRUPTIONS))

@@ -50,8 +50,18 @@ PREPARE_OPTIONS = ConfigOptions(
     per_class_per_type=_triple,
     split=_split_policy,
     types=lambda text: comma_list(text) or D.types,  # empty: every type
-    workers=lambda n: _at_least_one("workers", n),
+    workers=lambda n: _workers(n),
 )
+
+
+def _workers(value: int) -> int:
+    """--workers within 1..max_workers(): 0 would silently become 1, 99999 would fork until the machine stalls."""
+    from cdeit.common.device import max_workers
+
+    _at_least_one("workers", value)
+    if value > max_workers():
+        raise CdeitError(f"--workers {value} is more than {max_workers()} (four per CPU core); choose fewer.")
+    return value
 
 
 def _at_least_one(name: str, value: int) -> int:

@@ -24,6 +24,7 @@ from cdeit.common.dataset import (
     SEVERITIES,
     SOURCES_FILE,
     SPLITS,
+    check_betons,
     load_manifest,
 )
 from cdeit.common.errors import CdeitError
@@ -361,7 +362,10 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         frost_photos()  # fail now, not after minutes of work, if the photographs are missing
     wanted = recipe(cfg, types, {"cifar10": c10.checksums, "cifar10c": c10c_sums})
     if _check_out(cfg.out, wanted):
-        return load_manifest(cfg.out) | {"reused": True}
+        manifest = load_manifest(cfg.out)
+        files = [*manifest["splits"], *(["sources"] if "source_images" in manifest else [])]
+        check_betons(cfg.out, manifest, files)  # "nothing to do" only over files that are still what was written
+        return manifest | {"reused": True}
     plans = make_plan(cfg, c10, types)
     total = sum(len(p.label) for p in plans.values())
     remove_stale_tmp(cfg.out)  # half-written betons of a killed run (up to GBs)

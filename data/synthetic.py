@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cdeit.common.atomic import atomic_path
+from cdeit.common.errors import CdeitError
 
 SYNTHETIC_CLASSES = (
     "disc",
@@ -92,6 +93,14 @@ def write_synthetic_cifar(
 ) -> Path:
     """Write `OUT/cifar-10-batches-py/` (5 train batches, test batch, meta) with procedural images."""
     root = Path(out) / "cifar-10-batches-py"
+    own = {f"data_batch_{k}" for k in range(1, 6)} | {"test_batch"}  # what a killed synth leaves (no batches.meta)
+    if root.is_dir() and (
+        theirs := sorted(p.name for p in root.iterdir() if p.name not in own and ".tmp-" not in p.name)
+    ):
+        raise CdeitError(
+            f"{root} already holds a CIFAR-10 folder ({theirs[0]}, ...), which synth would replace; "
+            "choose another --to."
+        )
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     train_labels = rng.permutation(np.repeat(np.arange(10), train_per_class))

@@ -253,9 +253,11 @@ def merge(
     """Join slices computed on different machines into one cache, refusing to mix teachers, heads or data."""
     from cdeit.common.atomic import remove_stale_tmp
     from cdeit.common.cache import merge_caches
+    from cdeit.common.cache.merge import check_merge_out
     from cdeit.common.console import out
     from cdeit.common.lock import output_lock
 
+    check_merge_out(out_dir)  # a run or a dataset as --out: refused before the lock touches it
     with output_lock(out_dir, "cdeit cache merge"):
         remove_stale_tmp(out_dir, recursive=True)  # a killed merge's half-copied shards, features/ included
         _check_merge_space(caches, out_dir)

@@ -19,7 +19,7 @@ import numpy as np
 from cdeit.common.cache import SOURCES_SPLIT, TARGETS, plan_shards, write_manifest
 from cdeit.common.console import console
 from cdeit.common.dataset import SPLITS
-from cdeit.common.device import resolve_device
+from cdeit.common.device import max_workers, resolve_device
 from cdeit.common.distributed import barrier, dist_env, process_group
 from cdeit.common.errors import CdeitError
 from cdeit.common.head import HeadFit
@@ -115,6 +115,9 @@ def prepare_job(cfg: PrecomputeConfig) -> PrecomputeJob:
     )
 
 
+INT32 = 2**31 - 1  # the largest shard, batch or count an HDF5 attribute and a torch index hold safely
+
+
 def _check_options(cfg: PrecomputeConfig) -> None:
     if cfg.view not in ("same", "clean"):
         raise CdeitError(f"--view {cfg.view!r} is unknown; choose same (the paper's) or clean.")
@@ -144,12 +147,13 @@ def _check_options(cfg: PrecomputeConfig) -> None:
         )
     if cfg.views:
         cfg.augmentation.check()
-    for name, value, low in (("--shard-size", cfg.shard_size, 1), ("--batch-size", cfg.batch_size, 1),
-                             ("--workers", cfg.workers, 1), ("--seed", cfg.seed, 0)):  # fmt: skip
-        if value is not None and value < low:
-            raise CdeitError(f"{name} must be at least {low}, got {value}.")
-    if cfg.head_epochs < 1:
-        raise CdeitError(f"--head-epochs must be at least 1, got {cfg.head_epochs}.")
+    bounds = (("--shard-size", cfg.shard_size, 1, INT32), ("--batch-size", cfg.batch_size, 1, INT32),
+              ("--workers", cfg.workers, 1, max_workers()), ("--seed", cfg.seed, 0, 2**63 - 1),
+              ("--head-epochs", cfg.head_epochs, 1, 10**6), ("--views", cfg.views, 0, 1024),
+              ("--num-shards", cfg.num_shards, 1, 10**6))  # fmt: skip
+    for name, value, low, high in bounds:
+        if value is not None and not low <= value <= high:
+            raise CdeitError(f"{name} must be in {low}..{high:,}, got {value}.")
     if not 0 < cfg.head_lr < float("inf"):
         raise CdeitError(f"--head-lr must be positive, got {cfg.head_lr}.")
     if cfg.head is None and cfg.view == "same" and not {"train", "val"} <= set(cfg.splits):

@@ -83,6 +83,7 @@ def _hash_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     from cdeit.common.dataset import HASH_CACHE_ENV
 
     os.environ[HASH_CACHE_ENV] = str(tmp_path_factory.mktemp("hashes") / "verified-betons.json")
+    os.environ["CDEIT_TESTING"] = "1"  # the product's test hooks (CDEIT_TEST_*) are read only under this flag
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdeit.common.cache.format import HEAD_FILE, MANIFEST, provenance_conflicts
-from cdeit.common.cache.store import read_cache_manifest, sha256_file, write_manifest
+from cdeit.common.cache.format import AUGMENTED_DIR, FEATURES_DIR, HEAD_FILE, MANIFEST, provenance_conflicts
+from cdeit.common.cache.manifest import check_shard_attrs
+from cdeit.common.cache.store import read_attrs, read_cache_manifest, sha256_file, write_manifest
 from cdeit.common.errors import CdeitError
 
 
@@ -22,6 +23,7 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -
     if any(p.resolve() == out.resolve() for p in paths):
         raise CdeitError(f"--out {out} is also one of the caches to merge; write the merged cache to a new directory.")
     manifests = [read_cache_manifest(p) for p in paths]
+    check_merge_out(out)
     if (out / MANIFEST).is_file():
         paths, manifests = [*paths, out], [*manifests, read_cache_manifest(out)]
     _check_joinable(paths, manifests)
@@ -41,6 +43,28 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -
         if Path(entry["file"]).name in with_logits:  # features whose logits exist are no longer needed
             (out / entry["file"]).unlink(missing_ok=True)
     return write_manifest(out)
+
+
+# what a cache folder may hold besides its manifest: shards, the head, the two shard folders, the output lock
+CACHE_ENTRIES = (HEAD_FILE, FEATURES_DIR, AUGMENTED_DIR, ".cdeit.lock")
+
+
+def check_merge_out(out: Path) -> None:
+    """Refuse an --out that is a folder of another kind (a run, a dataset, anything but a cache or an empty folder),
+    before anything is written into it."""
+    if not out.is_dir():
+        return
+    if (out / MANIFEST).is_file():
+        read_cache_manifest(out)  # a teacher cache, or one sentence saying what else it is
+        return
+    foreign = sorted(
+        p.name for p in out.iterdir()
+        if p.name not in CACHE_ENTRIES and not p.name.endswith(".h5") and ".tmp-" not in p.name
+    )  # fmt: skip
+    if foreign:
+        raise CdeitError(
+            f"--out {out} is not a teacher cache (it holds {foreign[0]}); merge into a new folder or into a cache."
+        )
 
 
 def _copy_sources(
@@ -99,6 +123,7 @@ def _copy_verified(src_dir: Path, out: Path, entry: Mapping[str, Any], created: 
         if sha256_file(dst) != entry["sha256"]:
             raise CdeitError(f"{entry['file']} differs between {src_dir} and {out}; these caches cannot be merged.")
         return
+    check_shard_attrs(src, read_attrs(src))  # links, outside storage, missing attributes: refused before copying
     _copy_file(src, dst)
     created.append(dst)
     if sha256_file(dst) != entry["sha256"]:

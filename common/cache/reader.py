@@ -301,6 +301,7 @@ def _read_tables(
     filled = np.zeros(count, np.int64)
     for entry in (e for e in manifest["shards"] if e["split"] == split):
         index, arrays = _read_shard(cache_dir, entry, targets, keys, checksums)
+        _check_rows(cache_dir / entry["file"], index, arrays, count)
         _check_shard_attrs(cache_dir / entry["file"], split, info["fingerprint"], manifest["provenance"])
         for target in targets:
             values = arrays[TARGET_DATASETS[target]]
@@ -318,6 +319,17 @@ def _read_tables(
             "`cdeit cache verify`."
         )
     return tables, ints
+
+
+def _check_rows(path: Path, index: np.ndarray, arrays: Mapping[str, np.ndarray], count: int) -> None:
+    """Refuse a shard whose `index` is not a vector of rows 0..count-1 with one row of every dataset per entry."""
+    ok = index.ndim == 1 and np.issubdtype(index.dtype, np.integer) and (not index.size or index.min() >= 0)
+    ok = ok and (not index.size or index.max() < count) and all(v.shape[:1] == index.shape for v in arrays.values())
+    if not ok:
+        raise CdeitError(
+            f"shard {path} has an `index` outside rows 0..{count - 1} or datasets of other lengths; "
+            f"run `cdeit cache verify {path.parent}`."
+        )
 
 
 def _check_shard_attrs(path: Path, split: str, fingerprint: str, provenance: Mapping[str, Any]) -> None:

@@ -6,10 +6,11 @@ shards present, so that resume, slices and merge share one code path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from cdeit.common.cache.format import (
     cache_view,
     views_of,
 )
+from cdeit.common.cache.manifest import check_shard_attrs, read_cache_manifest
 from cdeit.common.dataset import file_sha256
 from cdeit.common.errors import CdeitError
 from cdeit.common.views import AUG_KEYS
@@ -90,7 +92,7 @@ def write_shard(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs
     """Write one shard under a temporary name, flush it and rename it: a shard with its final name is complete."""
     import h5py
 
-    from cdeit.common.atomic import atomic_path
+    from cdeit.common.atomic import atomic_path, test_seconds
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,25 +102,47 @@ def write_shard(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs
                 f.create_dataset(name, data=value, track_times=False)  # no timestamps: same inputs, same bytes
             for key, value in attrs.items():
                 f.attrs[key] = _to_attr(value)
-        if pause := float(os.environ.get(TEST_PAUSE_ENV, "0") or 0):
+        if pause := test_seconds(TEST_PAUSE_ENV):
             import time
 
             time.sleep(pause)
 
 
-def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    """A shard's attributes as plain Python values."""
+@contextlib.contextmanager
+def open_shard(path: str | os.PathLike) -> Iterator[Any]:
+    """An HDF5 shard opened for reading, after refusing what would read outside it: soft or external links,
+    groups, virtual datasets and external storage (a shard keeps all of its data in itself)."""
     import h5py
 
     with h5py.File(path, "r") as f:
+        for name in f:
+            link = f.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                _outside(path, name, "is a link to elsewhere")
+            item = f[name]
+            if not isinstance(item, h5py.Dataset):
+                _outside(path, name, "is a group, not a dataset")
+            if item.is_virtual or item.external:
+                _outside(path, name, "keeps its data outside the shard (virtual or external storage)")
+        yield f
+
+
+def _outside(path: str | os.PathLike, name: str, what: str) -> None:
+    raise CdeitError(
+        f"shard {path}: dataset {name!r} {what}, which a cdeit shard never does; cdeit reads no data outside a "
+        "shard: recompute it with `cdeit precompute-teacher` or get an intact copy."
+    )
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """A shard's attributes as plain Python values."""
+    with open_shard(path) as f:
         return {k: _from_attr(v) for k, v in f.attrs.items()}
 
 
 def read_arrays(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Datasets of a shard as numpy arrays (all of them when `names` is None)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with open_shard(path) as f:
         return {k: f[k][()] for k in (names if names is not None else list(f.keys()))}
 
 
@@ -127,6 +151,8 @@ def shard_problem(path: Path, spec: ShardSpec, kind: str, expect: Mapping[str, A
     try:
         attrs = read_attrs(path)
         arrays = read_arrays(path)
+    except CdeitError as exc:
+        return str(exc).rstrip(".")
     except Exception as exc:  # h5py raises OSError, KeyError, ValueError... for damaged files
         return f"{path.name} cannot be read ({type(exc).__name__})"
     want = {"kind": kind, "split": spec.split, "shard": spec.shard, "start": spec.start, "stop": spec.stop, **expect}
@@ -146,8 +172,12 @@ def shard_problem(path: Path, spec: ShardSpec, kind: str, expect: Mapping[str, A
 
 def shard_files(cache_dir: Path, kind: str) -> list[Path]:
     """The finished shards of `kind` in a cache directory, by name (temporary files start with a dot)."""
+    from cdeit.common.atomic import inside
+
     base = cache_dir / {LOGITS: "", FEATURES: FEATURES_DIR, AUGMENTED: AUGMENTED_DIR}[kind]
-    return sorted(p for p in base.glob("*.h5") if not p.name.startswith("."))
+    fix = "remove that link: a cache's shards are its own files"
+    found = sorted(p for p in base.glob("*.h5") if not p.name.startswith("."))
+    return [inside(cache_dir, p, str(cache_dir), "the shard", fix) for p in found]
 
 
 def _record(cache_dir: Path, path: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -252,9 +282,9 @@ def build_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | N
     cache_dir = Path(cache_dir)
     logit_files, feature_files = shard_files(cache_dir, LOGITS), shard_files(cache_dir, FEATURES)
     augmented_files = shard_files(cache_dir, AUGMENTED)
-    logit_attrs = [read_attrs(p) for p in logit_files]
-    feature_attrs = [read_attrs(p) for p in feature_files]
-    augmented_attrs = [read_attrs(p) for p in augmented_files]
+    logit_attrs = [check_shard_attrs(p, read_attrs(p)) for p in logit_files]
+    feature_attrs = [check_shard_attrs(p, read_attrs(p)) for p in feature_files]
+    augmented_attrs = [check_shard_attrs(p, read_attrs(p)) for p in augmented_files]
     everything = logit_attrs + feature_attrs + augmented_attrs
     provenance = dict(fallback or {})
     if everything:
@@ -316,43 +346,6 @@ def write_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | N
     manifest = build_manifest(cache_dir, fallback)
     write_json(Path(cache_dir) / MANIFEST, manifest)
     return manifest
-
-
-def read_cache_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read CACHE/manifest.json; every problem is one sentence naming the file."""
-    from cdeit.common.atomic import read_manifest_json
-
-    path, manifest = read_manifest_json(cache_dir, "a teacher cache", "cdeit precompute-teacher")
-    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
-        raise CdeitError(
-            f"{path} is not the manifest of a teacher cache; pass a directory made by `cdeit precompute-teacher`."
-        )
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CdeitError(
-            f"{path} is {manifest.get('format')!r} version {manifest.get('format_version')!r}, but this cdeit reads "
-            f"{CACHE_FORMAT!r} version {FORMAT_VERSION}; recompute the cache with this version."
-        )
-    if problem := _manifest_shape_problem(manifest):
-        raise CdeitError(f"{path} is damaged ({problem}); rebuild it with `cdeit precompute-teacher` on this cache.")
-    return manifest
-
-
-def _manifest_shape_problem(manifest: Mapping[str, Any]) -> str | None:
-    """What is missing or of the wrong type in a cache manifest (a hand edit, a truncated copy), or None."""
-    for key, kind in (("provenance", dict), ("dataset", dict), ("splits", dict), ("shards", list),
-                      ("feature_shards", list)):  # fmt: skip
-        if not isinstance(manifest.get(key), kind):
-            return f"`{key}` is missing or not a {'list' if kind is list else 'mapping'}"
-    entry_keys = {"file": str, "split": str, "bytes": int, "sha256": str}
-    for entry in manifest["shards"] + manifest["feature_shards"]:
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in entry_keys.items()):
-            return "a shard entry lacks file, split, bytes or sha256"
-    for split, info in manifest["splits"].items():
-        if not isinstance(info, dict) or not isinstance(info.get("count"), int) or "fingerprint" not in info:
-            return f"split {split!r} lacks its count or fingerprint"
-    if not isinstance(manifest["dataset"].get("classes"), list):
-        return "`dataset.classes` is missing"
-    return None
 
 
 def cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:

@@ -135,6 +135,9 @@ def _readable_shards(
             continue
         try:
             attrs, arrays = read_attrs(path), read_arrays(path)
+        except CdeitError as exc:  # a shard that would read data outside itself
+            problems.append(str(exc))
+            continue
         except Exception as exc:
             problems.append(f"shard {entry['file']} cannot be read as HDF5 ({type(exc).__name__}).")
             continue

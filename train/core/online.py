@@ -121,7 +121,7 @@ def load_online_teacher(cfg: TrainConfig, device: torch.device, normalise: Norma
         )
     # the name asked for at precompute (`name.tag`, `hf-hub:org/repo`) finds the same weights; a checkpoint file
     # loads into the architecture's name
-    name = prov["teacher"] if cfg.teacher_checkpoint else prov.get("teacher_spec") or prov["teacher"]
+    name = _teacher_name(cache, prov, cfg)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # build_teacher seeds torch:
         teacher = build_teacher(name, cfg.teacher_checkpoint, module=cfg.teacher_module)  # keep the run's stream
     _check_same_teacher(cache, prov, teacher, cfg)
@@ -137,6 +137,29 @@ def load_online_teacher(cfg: TrainConfig, device: torch.device, normalise: Norma
         f"of cache {cache}, {'bf16' if amp and device.type == 'cuda' else 'float32'})"
     )
     return OnlineTeacher(teacher, head, normalise, device, amp)
+
+
+def _teacher_name(cache: Path, prov: Mapping[str, Any], cfg: TrainConfig) -> str:
+    """The timm name to rebuild the cache's teacher from. A cache is a shared file, so what it records never picks a
+    folder or a download: the architecture's plain timm name, and the recorded spelling (`name.tag`,
+    `hf-hub:org/repo`, never `local-dir:PATH`) only when those weights are already in the local Hugging Face cache."""
+    from cdeit.common.hub import timm_weights_in_cache
+
+    teacher, spec = prov.get("teacher"), prov.get("teacher_spec")
+    if not isinstance(teacher, str) or not teacher or ":" in teacher:
+        raise CdeitError(
+            f"{cache / 'manifest.json'} records teacher {teacher!r}, which is not a plain timm name; --online-teacher "
+            "rebuilds only a named timm architecture: recompute the cache or train from it without --online-teacher."
+        )
+    if cfg.teacher_checkpoint or not spec or spec == teacher:
+        return teacher
+    if not isinstance(spec, str) or spec.startswith("local-dir:") or timm_weights_in_cache(spec) is None:
+        raise CdeitError(
+            f"{cache / 'manifest.json'} records teacher_spec {spec!r}, whose weights are not in the local Hugging "
+            "Face cache; a cache never chooses a folder or a download for --online-teacher: pass the weights file "
+            "as --teacher-checkpoint FILE."
+        )
+    return spec
 
 
 def cache_amp(provenance: Mapping[str, Any]) -> bool:
