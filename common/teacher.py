@@ -17,12 +17,13 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cdeit.common.console import console
 from cdeit.common.errors import CdeitError
 from cdeit.common.hub import DEFAULT_TEACHER, cached_snapshot, cached_weights, hub_cache_dir, hub_offline
 from cdeit.common.preprocess import Preprocessing, preprocessing_for
+from cdeit.common.teacher_weights import architecture, create_teacher_model, from_checkpoint, is_classifier_key, reason
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_TEACHER", "Teacher", "TeacherModule", "build_teacher", "import_teacher_module", "own_head"]
 
-# timm's load_state_dict picks EMA weights first, then these; the pre-read mirrors it so both see the same tensors
-WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state", "module")
 TEACHER_FORMS = (
     "a timm name (deit3_small_patch16_224), a name.tag (deit3_small_patch16_224.fb_in22k_ft_in1k), "
     "hf-hub:org/repo (from the hub, or from the local Hugging Face cache without network), "
@@ -93,9 +92,9 @@ def build_teacher(
     torch.manual_seed(seed)  # random weights (and any head timm leaves untrained) are reproducible
     head_loaded = True
     if checkpoint is not None:
-        model, where, head_loaded = _from_checkpoint(name, Path(checkpoint))
+        model, where, head_loaded = from_checkpoint(name, Path(checkpoint))
     elif random_weights:
-        model, where = _create(name, "with random weights", pretrained=False), f"random (seed {seed})"
+        model, where = create_teacher_model(name, "with random weights", pretrained=False), f"random (seed {seed})"
     else:
         model, where = _pretrained(name, source)
     model.eval().requires_grad_(False)
@@ -111,12 +110,6 @@ def build_teacher(
         head_loaded=head_loaded,
         module=imported,
     )
-
-
-def architecture(model: nn.Module, name: str) -> str:
-    """The registered architecture name (no tag, no hf-hub:/local-dir: source), as timm's pretrained_cfg has it."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return str(cfg.get("architecture") or name.split(".")[0])
 
 
 # --------------------------------------------------------------------------------------------- names and modules
@@ -199,33 +192,18 @@ def _sha256(path: Path) -> str:
 # --------------------------------------------------------------------------------------------- weights
 
 
-def _create(name: str, what: str, **kwargs: Any) -> nn.Module:
-    """timm.create_model, with any failure as one sentence."""
-    import timm
-
-    try:
-        return timm.create_model(name, **kwargs)
-    except Exception as exc:  # hub, network, config and load errors come in many types
-        raise CdeitError(f"timm could not build {name} {what} ({_reason(exc)}).") from None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _pretrained(name: str, source: str | None) -> tuple[nn.Module, str]:
     """Pretrained weights: a local-dir folder, else the local HF cache (no network), else the hub."""
     import timm.models
 
     if source == "local-dir":
-        return _create(name, "from its folder", pretrained=True), f"pretrained ({name})"
+        return create_teacher_model(name, "from its folder", pretrained=True), f"pretrained ({name})"
     if source == "hf-hub":
         repo = name.split(":", 1)[1]
         snapshot = cached_snapshot(repo)
         if snapshot is not None:
             _say_cache_hit(name, snapshot)
-            model = _create(f"local-dir:{snapshot}", "from the local Hugging Face cache", pretrained=True)
+            model = create_teacher_model(f"local-dir:{snapshot}", "from the local Hugging Face cache", pretrained=True)
             return model, f"pretrained ({name}, local Hugging Face cache)"
     else:
         cfg = timm.models.get_pretrained_cfg(name)
@@ -235,7 +213,9 @@ def _pretrained(name: str, source: str | None) -> tuple[nn.Module, str]:
         if file is not None:
             _say_cache_hit(name, file)
             overlay = {"file": str(file)}
-            model = _create(name, "from the local Hugging Face cache", pretrained=True, pretrained_cfg_overlay=overlay)
+            model = create_teacher_model(
+                name, "from the local Hugging Face cache", pretrained=True, pretrained_cfg_overlay=overlay
+            )
             return model, f"pretrained ({name}, local Hugging Face cache)"
     if hub_offline():
         raise CdeitError(
@@ -256,173 +236,10 @@ def _from_hub(name: str) -> nn.Module:
         return timm.create_model(name, pretrained=True)
     except Exception as exc:  # hub, network and cache errors come in many types
         raise CdeitError(
-            f"could not load the pretrained weights of {name} from the timm hub ({_reason(exc)}); "
+            f"could not load the pretrained weights of {name} from the timm hub ({reason(exc)}); "
             "connect to the network, point HF_HOME at a Hugging Face cache holding them, "
             "or pass --checkpoint FILE (.safetensors or .pth)."
         ) from None
-
-
-def _from_checkpoint(name: str, path: Path) -> tuple[nn.Module, str, bool]:
-    """Load FILE through timm (overlay file + the architecture's filter); a missing classifier alone is allowed."""
-    state = load_state_dict(path)  # refuses pickles and non-tensors with one sentence, before timm reads it
-    probe = _create(name, "", pretrained=False)
-    heads = classifier_names(probe)
-    weight = state.get(f"{heads[0]}.weight") if heads else None
-    num_classes = int(weight.shape[0]) if weight is not None and weight.ndim == 2 else int(probe.num_classes)
-    _say_missing_batch_counts(probe, state, path)
-    overlay = {"file": str(path.resolve()), "num_classes": num_classes}
-    kwargs = {"pretrained": True, "pretrained_cfg_overlay": overlay, "num_classes": num_classes}
-    try:
-        model = _load_through_timm(name, path, **kwargs)
-        head_loaded = True
-    except _LoadMismatch as mismatch:
-        missing, unexpected, shapes = mismatch.problems
-        allowed = [k for k in missing if is_classifier_key(probe, k) or k.endswith(".num_batches_tracked")]
-        if unexpected or shapes or len(allowed) < len(missing):
-            unfit = [k for k in missing if k not in allowed]
-            raise _does_not_fit(probe, name, path, unfit, unexpected, shapes) from None
-        model = _load_through_timm(name, path, pretrained_strict=False, **kwargs)
-        head_loaded = not any(is_classifier_key(probe, k) for k in missing)
-    _check_loaded(model, state, name, path)
-    return model, f"checkpoint {path.name}", head_loaded
-
-
-class _LoadMismatch(Exception):
-    def __init__(self, problems: tuple[list[str], list[str], list[str]]):
-        super().__init__("state dict does not fit")
-        self.problems = problems
-
-
-def _load_through_timm(name: str, path: Path, **kwargs: Any) -> nn.Module:
-    import timm
-
-    try:
-        return timm.create_model(name, **kwargs)
-    except RuntimeError as exc:
-        problems = load_problems(str(exc))
-        if problems is None:
-            raise CdeitError(f"timm could not load checkpoint {path} into {name} ({_reason(exc)}).") from None
-        raise _LoadMismatch(problems) from None
-    except Exception as exc:  # a filter fn meeting a foreign layout raises KeyError, IndexError, ...
-        raise CdeitError(
-            f"timm could not load checkpoint {path} into {name} ({type(exc).__name__}: {_reason(exc)}); "
-            "pass the checkpoint of this --teacher."
-        ) from None
-
-
-SIZE_MISMATCH = re.compile(
-    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[(.*?)\]\) from checkpoint, "
-    r"the shape in current model is torch\.Size\(\[(.*?)\]\)"
-)
-
-
-def load_problems(message: str) -> tuple[list[str], list[str], list[str]] | None:
-    """(missing, unexpected, shape mismatches) from torch's `load_state_dict` error, or None for another error."""
-    if "Error(s) in loading state_dict" not in message:
-        return None
-    missing: list[str] = []
-    unexpected: list[str] = []
-    shapes: list[str] = []
-    for line in (part.strip() for part in message.splitlines()):
-        if line.startswith("Missing key(s) in state_dict:"):
-            missing = re.findall(r'"([^"]+)"', line)
-        elif line.startswith("Unexpected key(s) in state_dict:"):
-            unexpected = re.findall(r'"([^"]+)"', line)
-        elif match := SIZE_MISMATCH.match(line):
-            shapes.append(f"{match[1]} ({match[2]}) vs ({match[3]})")
-    return missing, unexpected, shapes
-
-
-def _does_not_fit(
-    model: nn.Module, name: str, path: Path, missing: list[str], unexpected: list[str], shapes: list[str]
-) -> CdeitError:
-    parts = [
-        f"{label} {_listing(keys)}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
-        if keys
-    ]
-    return CdeitError(
-        f"checkpoint {path} does not fit {architecture(model, name)} (after timm's checkpoint filter): "
-        f"{'; '.join(parts)}; pass the checkpoint of this --teacher."
-    )
-
-
-def _check_loaded(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
-    """Refuse a silent random init: an entrypoint that ignores pretrained=True leaves every tensor as created."""
-    import torch
-
-    held = model.state_dict()
-    comparable = [k for k, v in state.items() if k in held and held[k].shape == v.shape and v.is_floating_point()]
-    if comparable and not any(torch.equal(held[k], state[k].to(held[k].dtype)) for k in comparable):
-        raise CdeitError(
-            f"{name} ignored the weights of {path}: its @register_model function must build the model through "
-            "timm.models.build_model_with_cfg(..., pretrained, **kwargs) so timm can load a checkpoint into it."
-        )
-
-
-def _say_missing_batch_counts(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Say so when a checkpoint predates BatchNorm's num_batches_tracked buffers (torch then sets them to 0)."""
-    expected = [k for k in model.state_dict() if k.endswith(".num_batches_tracked")]
-    absent = [k for k in expected if k not in state]
-    if absent:
-        console.print(
-            f"checkpoint {path.name} has no num_batches_tracked for {len(absent)} of {len(expected)} BatchNorm "
-            "layers (saved before PyTorch tracked them); they are set to 0, which changes no output in eval mode."
-        )
-
-
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file or of a `.pth` loaded with weights_only=True (no pickled objects)."""
-    import torch
-
-    if not path.is_file():
-        raise CdeitError(f"checkpoint {path} does not exist.")
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        kind = "holds pickled Python objects" if "global" in str(exc).lower() else "is not a plain PyTorch checkpoint"
-        raise CdeitError(
-            f"checkpoint {path} {kind}, which cdeit refuses to load (weights_only=True); "
-            "save a plain state dict of tensors or convert it to .safetensors."
-        ) from None
-    return _unwrap(state, path)
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CdeitError(f"checkpoint {path} is not a valid .safetensors file ({exc}).") from None
-
-
-def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
-    for key in WRAPPER_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CdeitError(f"checkpoint {path} does not hold a state dict of tensors; save `model.state_dict()`.")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def classifier_names(model: nn.Module) -> list[str]:
-    """The module names of the model's classifier(s) from timm's pretrained config ('head' for ViTs)."""
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
-    return [names] if isinstance(names, str) else list(names)
-
-
-def is_classifier_key(model: nn.Module, key: str) -> bool:
-    return any(key.startswith(f"{name}.") for name in classifier_names(model))
-
-
-def _listing(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown} (and {len(keys) - limit} more)" if len(keys) > limit else shown
 
 
 def own_head(teacher: Teacher) -> dict[str, torch.Tensor] | None:
