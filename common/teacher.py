@@ -5,8 +5,7 @@ Weights come from, in this order: `--checkpoint FILE` (loaded by timm with `pret
 so the architecture's `checkpoint_filter_fn` maps official layouts such as facebookresearch DeiT-III), the local
 Hugging Face cache (no network), the hub itself, or `--random-weights`. `--teacher-module` imports user code that
 registers its own model with timm's `@register_model` before the name is looked up. Files are safetensors or
-`.pth` read with `weights_only=True`: pickled Python objects are never loaded (common.teacher_weights reads and
-loads them). docs/precompute.md has the recipes.
+`.pth` read with `weights_only=True`: pickled Python objects are never loaded. docs/precompute.md has the recipes.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from cdeit.common.console import console
 from cdeit.common.errors import CdeitError
 from cdeit.common.hub import DEFAULT_TEACHER, cached_snapshot, cached_weights, hub_cache_dir, hub_offline
 from cdeit.common.preprocess import Preprocessing, preprocessing_for
-from cdeit.common.teacher_weights import architecture, create_model, from_checkpoint, is_classifier_key, reason
+from cdeit.common.teacher_weights import architecture, create_teacher_model, from_checkpoint, is_classifier_key, reason
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +91,7 @@ def build_teacher(
     if checkpoint is not None:
         model, where, head_loaded = from_checkpoint(name, Path(checkpoint))
     elif random_weights:
-        model, where = create_model(name, "with random weights", pretrained=False), f"random (seed {seed})"
+        model, where = create_teacher_model(name, "with random weights", pretrained=False), f"random (seed {seed})"
     else:
         model, where = _pretrained(name, source)
     model.eval().requires_grad_(False)
@@ -187,7 +186,7 @@ def _sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# --------------------------------------------------------------------------------------------- pretrained weights
+# --------------------------------------------------------------------------------------------- weights
 
 
 def _pretrained(name: str, source: str | None) -> tuple[nn.Module, str]:
@@ -195,13 +194,13 @@ def _pretrained(name: str, source: str | None) -> tuple[nn.Module, str]:
     import timm.models
 
     if source == "local-dir":
-        return create_model(name, "from its folder", pretrained=True), f"pretrained ({name})"
+        return create_teacher_model(name, "from its folder", pretrained=True), f"pretrained ({name})"
     if source == "hf-hub":
         repo = name.split(":", 1)[1]
         snapshot = cached_snapshot(repo)
         if snapshot is not None:
             _say_cache_hit(name, snapshot)
-            model = create_model(f"local-dir:{snapshot}", "from the local Hugging Face cache", pretrained=True)
+            model = create_teacher_model(f"local-dir:{snapshot}", "from the local Hugging Face cache", pretrained=True)
             return model, f"pretrained ({name}, local Hugging Face cache)"
     else:
         cfg = timm.models.get_pretrained_cfg(name)
@@ -211,7 +210,7 @@ def _pretrained(name: str, source: str | None) -> tuple[nn.Module, str]:
         if file is not None:
             _say_cache_hit(name, file)
             overlay = {"file": str(file)}
-            model = create_model(
+            model = create_teacher_model(
                 name, "from the local Hugging Face cache", pretrained=True, pretrained_cfg_overlay=overlay
             )
             return model, f"pretrained ({name}, local Hugging Face cache)"

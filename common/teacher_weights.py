@@ -1,14 +1,16 @@
-"""A teacher's weight files: read safely (safetensors, or `.pth` with weights_only) and loaded through timm.
+"""A teacher's weights from a file (`--checkpoint FILE`): read as tensors only, loaded through timm, checked.
 
-`--checkpoint FILE` goes through `timm.create_model` with `pretrained_cfg_overlay=dict(file=...)`, so the
-architecture's `checkpoint_filter_fn` maps official layouts (facebookresearch DeiT-III); a checkpoint that does not
-fit, or a model that ignores it, is one sentence. The classifier is the one part a checkpoint may lack: cdeit
-replaces it (paper 4.1).
+timm loads the file into the architecture (`pretrained_cfg_overlay=dict(file=...)`, so its `checkpoint_filter_fn`
+maps official layouts). A user's `@register_model` function that builds a plain `nn.Module` and ignores
+`pretrained` (the usual research code) leaves its tensors as created: the file is then loaded with timm's own
+`load_checkpoint` and the filter its module defines (`checkpoint_filter_fn`, as timm's model files name it). Either
+way the keys and shapes must fit, the classifier alone may be missing, and a misfit is one sentence naming the key.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +24,6 @@ if TYPE_CHECKING:
 # timm's load_state_dict picks EMA weights first, then these; the pre-read mirrors it so both see the same tensors
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state", "module")
 
-SIZE_MISMATCH = re.compile(
-    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[(.*?)\]\) from checkpoint, "
-    r"the shape in current model is torch\.Size\(\[(.*?)\]\)"
-)
-
 
 def architecture(model: nn.Module, name: str) -> str:
     """The registered architecture name (no tag, no hf-hub:/local-dir: source), as timm's pretrained_cfg has it."""
@@ -34,17 +31,7 @@ def architecture(model: nn.Module, name: str) -> str:
     return str(cfg.get("architecture") or name.split(".")[0])
 
 
-def classifier_names(model: nn.Module) -> list[str]:
-    """The module names of the model's classifier(s) from timm's pretrained config ('head' for ViTs)."""
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
-    return [names] if isinstance(names, str) else list(names)
-
-
-def is_classifier_key(model: nn.Module, key: str) -> bool:
-    return any(key.startswith(f"{name}.") for name in classifier_names(model))
-
-
-def create_model(name: str, what: str, **kwargs: Any) -> nn.Module:
+def create_teacher_model(name: str, what: str, **kwargs: Any) -> nn.Module:
     """timm.create_model, with any failure as one sentence."""
     import timm
 
@@ -62,7 +49,7 @@ def reason(exc: BaseException) -> str:
 def from_checkpoint(name: str, path: Path) -> tuple[nn.Module, str, bool]:
     """Load FILE through timm (overlay file + the architecture's filter); a missing classifier alone is allowed."""
     state = load_state_dict(path)  # refuses pickles and non-tensors with one sentence, before timm reads it
-    probe = create_model(name, "", pretrained=False)
+    probe = create_teacher_model(name, "", pretrained=False)
     heads = classifier_names(probe)
     weight = state.get(f"{heads[0]}.weight") if heads else None
     num_classes = int(weight.shape[0]) if weight is not None and weight.ndim == 2 else int(probe.num_classes)
@@ -80,7 +67,8 @@ def from_checkpoint(name: str, path: Path) -> tuple[nn.Module, str, bool]:
             raise _does_not_fit(probe, name, path, unfit, unexpected, shapes) from None
         model = _load_through_timm(name, path, pretrained_strict=False, **kwargs)
         head_loaded = not any(is_classifier_key(probe, k) for k in missing)
-    _check_loaded(model, state, name, path)
+    if _ignored_weights(model, state):  # a plain nn.Module entrypoint: timm's load_checkpoint loads the file
+        head_loaded = _load_plain(model, name, path)
     return model, f"checkpoint {path.name}", head_loaded
 
 
@@ -105,6 +93,12 @@ def _load_through_timm(name: str, path: Path, **kwargs: Any) -> nn.Module:
             f"timm could not load checkpoint {path} into {name} ({type(exc).__name__}: {reason(exc)}); "
             "pass the checkpoint of this --teacher."
         ) from None
+
+
+SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[(.*?)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[(.*?)\]\)"
+)
 
 
 def load_problems(message: str) -> tuple[list[str], list[str], list[str]] | None:
@@ -138,17 +132,41 @@ def _does_not_fit(
     )
 
 
-def _check_loaded(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
-    """Refuse a silent random init: an entrypoint that ignores pretrained=True leaves every tensor as created."""
+def _ignored_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether the entrypoint ignored pretrained=True: a model not built by timm's builder (no pretrained_cfg), or
+    no tensor of the file in the model as created."""
     import torch
 
+    if getattr(model, "pretrained_cfg", None) is None:
+        return True
     held = model.state_dict()
     comparable = [k for k, v in state.items() if k in held and held[k].shape == v.shape and v.is_floating_point()]
-    if comparable and not any(torch.equal(held[k], state[k].to(held[k].dtype)) for k in comparable):
+    return bool(comparable) and not any(torch.equal(held[k], state[k].to(held[k].dtype)) for k in comparable)
+
+
+def _load_plain(model: nn.Module, name: str, path: Path) -> bool:
+    """Load FILE with timm's `load_checkpoint` and the model module's `checkpoint_filter_fn` (if it has one); keys
+    and shapes must fit, a missing classifier alone is allowed. Returns whether the classifier was loaded."""
+    from timm.models import load_checkpoint
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    try:
+        result = load_checkpoint(model, str(path), strict=False, filter_fn=filter_fn, weights_only=True)
+    except RuntimeError as exc:  # shape mismatches raise even when not strict
+        problems = load_problems(str(exc))
+        if problems is None:
+            raise CdeitError(f"timm could not load checkpoint {path} into {name} ({reason(exc)}).") from None
+        raise _does_not_fit(model, name, path, *problems) from None
+    except Exception as exc:  # a module's filter meeting a foreign layout raises KeyError, IndexError, ...
         raise CdeitError(
-            f"{name} ignored the weights of {path}: its @register_model function must build the model through "
-            "timm.models.build_model_with_cfg(..., pretrained, **kwargs) so timm can load a checkpoint into it."
-        )
+            f"timm could not load checkpoint {path} into {name} ({type(exc).__name__}: {reason(exc)}); "
+            "pass the checkpoint of this --teacher."
+        ) from None
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    unfit = [k for k in missing if not (is_classifier_key(model, k) or k.endswith(".num_batches_tracked"))]
+    if unfit or unexpected:
+        raise _does_not_fit(model, name, path, unfit, unexpected, [])
+    return not any(is_classifier_key(model, k) for k in missing)
 
 
 def _say_missing_batch_counts(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -199,6 +217,16 @@ def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CdeitError(f"checkpoint {path} does not hold a state dict of tensors; save `model.state_dict()`.")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def classifier_names(model: nn.Module) -> list[str]:
+    """The module names of the model's classifier(s) from timm's pretrained config ('head' for ViTs)."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    return [names] if isinstance(names, str) else list(names)
+
+
+def is_classifier_key(model: nn.Module, key: str) -> bool:
+    return any(key.startswith(f"{name}.") for name in classifier_names(model))
 
 
 def _listing(keys: list[str], limit: int = 5) -> str:

@@ -108,6 +108,14 @@ def train(
     align_metric: Annotated[
         str, typer.Option(help="cosine | mse: distance of the projected embedding and patch features.")
     ] = D.align_metric,
+    # where a run starts and what it logs (issue 23), timm's names
+    initial_checkpoint: Annotated[
+        str | None,
+        typer.Option(help="Start from these weights: a student .safetensors file or a run directory (its model)."),
+    ] = D.initial_checkpoint,
+    log_wandb: Annotated[
+        bool, typer.Option("--log-wandb/--no-log-wandb", help="Also log to Weights & Biases (pip install wandb).")
+    ] = D.log_wandb,
 ) -> None:
     """Train a ViT / DeiT / CdeiT student from cached teacher logits joined by index (--online-teacher: run it)."""
     from cdeit.common.console import out as stdout

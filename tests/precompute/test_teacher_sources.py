@@ -152,17 +152,27 @@ def test_own_module_teacher_preprocesses_from_its_pretrained_cfg_and_tolerates_o
     torch.testing.assert_close(DeviceResize(prep, "cpu")(images), (images / 255 - mean) / std)  # 32px: unresized
 
 
-def test_module_entrypoint_that_ignores_pretrained_is_refused(tmp_path: Path) -> None:
+def test_module_entrypoint_that_ignores_pretrained_is_loaded_by_timm(tmp_path: Path) -> None:
+    """A plain nn.Module entrypoint (ignores `pretrained`): timm's load_checkpoint loads the file, with the module's
+    checkpoint_filter_fn; keys that do not fit are refused naming the key (issue 23; it was refused outright)."""
     code = (
         "from timm.models import register_model\nfrom torch import nn\n\n"
-        "class Tiny(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-        "        self.head = nn.Linear(4, 10)\n\n"
-        "@register_model\ndef careless_net(pretrained=False, **kwargs):\n    return Tiny()\n"
+        "class Tiny(nn.Module):\n    def __init__(self, num_classes=10, **kwargs):\n        super().__init__()\n"
+        "        self.body = nn.Linear(4, 4)\n        self.head = nn.Linear(4, num_classes)\n"
+        "        self.num_features, self.num_classes = 4, num_classes\n\n"
+        "def checkpoint_filter_fn(state, model):\n    return {k.removeprefix('net.'): v for k, v in state.items()}\n\n"
+        "@register_model\ndef careless_net(pretrained=False, **kwargs):\n    return Tiny(**kwargs)\n"
     )
     (tmp_path / "careless.py").write_text(code)
-    save_file({"head.weight": torch.ones(10, 4), "head.bias": torch.ones(10)}, str(tmp_path / "w.safetensors"))
-    with pytest.raises(CdeitError, match=r"careless_net ignored the weights of .*build_model_with_cfg"):
-        build_teacher("careless_net", tmp_path / "w.safetensors", module=str(tmp_path / "careless.py"))
+    weights = {"net.body.weight": torch.full((4, 4), 0.5), "net.body.bias": torch.ones(4),
+               "net.head.weight": torch.ones(10, 4), "net.head.bias": torch.ones(10)}  # fmt: skip
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    model = build_teacher("careless_net", tmp_path / "w.safetensors", module=str(tmp_path / "careless.py")).model
+    assert torch.equal(model.body.weight, weights["net.body.weight"]) and torch.equal(model.head.bias, torch.ones(10))
+    save_file({"net.head.weight": torch.ones(10, 4), "net.head.bias": torch.ones(10), "net.other": torch.ones(2)},
+              str(tmp_path / "bad.safetensors"))  # fmt: skip
+    with pytest.raises(CdeitError, match="body.weight"):  # the key the file lacks
+        build_teacher("careless_net", tmp_path / "bad.safetensors", module=str(tmp_path / "careless.py"))
     (tmp_path / "broken.py").write_text("import no_such_package_here\n")
     with pytest.raises(CdeitError, match=r"--teacher-module .*broken.py failed to import \(ModuleNotFoundError"):
         import_teacher_module(str(tmp_path / "broken.py"))

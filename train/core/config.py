@@ -141,6 +141,9 @@ class TrainConfig:
     # asymmetric, multi-level distillation (docs/asymmetric.md); empty: the paper's recipe
     align: dict[str, float] = field(default_factory=dict)  # embedding | patches | attention -> loss weight
     align_metric: str = "cosine"  # embedding and patches: cosine distance or mse on the projected features
+    # where a run starts and what it logs (train/core/weights.py, train/core/tracking.py), timm's names
+    initial_checkpoint: str | None = None  # start from a student file's (or a run directory's) weights
+    log_wandb: bool = False  # also log to Weights & Biases (the wandb package is no dependency: pip install wandb)
 
     @property
     def lr(self) -> float:
@@ -180,7 +183,16 @@ class TrainConfig:
         self._validate_align()
         self._validate_online()
         self._validate_model()
+        self._validate_start_and_logging()
         return self
+
+    def _validate_start_and_logging(self) -> None:
+        """--log-wandb needs wandb installed (--initial-checkpoint's file is checked when a new run starts: a resume
+        no longer reads it)."""
+        from cdeit.train.core.tracking import check_wandb
+
+        if self.log_wandb:
+            check_wandb()
 
     def _validate_model(self) -> None:
         """--model-kwargs: only the arguments a model file records (kinds.check_model_kwargs), and sizes with which

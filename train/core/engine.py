@@ -38,6 +38,7 @@ class State:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken: the one step counter
     best_val_acc: float = -1.0
+    best_epoch: int = 0  # the epoch best.safetensors holds (0: none yet)
     train_seconds: float = 0.0
     train_images: int = 0
 
@@ -69,6 +70,8 @@ class Engine:
     autocast: bool = False
     lr: float = 0.0  # the lr of the latest optimizer step
     first_bad_step: torch.Tensor = field(default_factory=lambda: torch.full((), -1, dtype=torch.int64))
+    # per-step logging (train/core/tracking.py): called with (step, lr, loss parts on the device), no sync
+    on_step: Callable[[int, float, dict[str, torch.Tensor]], None] | None = None
 
     def to(self, device: torch.device) -> Engine:
         """Keep the first-bad-step marker on the training device (no sync per step)."""
@@ -99,7 +102,10 @@ def train_step(engine: Engine, batch: Sequence[torch.Tensor], state: State) -> d
     bad = ~torch.isfinite(parts["total"].detach()) & (engine.first_bad_step < 0)
     engine.first_bad_step = torch.where(bad, state.step, engine.first_bad_step)  # read at the sync points
     engine.scheduler.step_update(state.step)
-    return {k: v.detach() for k, v in parts.items()}
+    parts = {k: v.detach() for k, v in parts.items()}
+    if engine.on_step is not None:
+        engine.on_step(state.step, engine.lr, parts)
+    return parts
 
 
 def check_finite(engine: Engine) -> None:

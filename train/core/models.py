@@ -28,11 +28,20 @@ from cdeit.common.errors import CdeitError
 from cdeit.train.core.kinds import MODEL_NAMES, HeadStrategy, StudentKind, check_model_kwargs, resolve_head_strategy
 from cdeit.train.core.token_vit import TokenViT
 
-__all__ = ["MODEL_NAMES", "Normalise", "TokenViT", "build_student", "load_safetensors", "save_safetensors"]
+__all__ = [
+    "MODEL_NAMES",
+    "Normalise",
+    "TokenViT",
+    "build_student",
+    "load_safetensors",
+    "read_classes",
+    "save_safetensors",
+]
 # CIFAR-10 training-set statistics: the students' normalisation (`Normalise.for_model` reads pretrained_cfg).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CONFIG_KEY = "cdeit.model_config"  # safetensors metadata entry holding model_config() as JSON
+CLASSES_KEY = "cdeit.classes"  # safetensors metadata entry holding the class names (JSON list), when known
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -123,12 +132,28 @@ def unwrap(model: nn.Module) -> TokenViT:
     return model
 
 
-def save_safetensors(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the weights and model_config() to a safetensors file, atomically; returns the path."""
+def save_safetensors(model: nn.Module, path: str | os.PathLike, classes: list[str] | None = None) -> Path:
+    """Write the weights, model_config() and the class names (if given) to a safetensors file, atomically, so the
+    file alone names what it predicts; returns the path."""
     student = unwrap(model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
     metadata = {"format": "pt", CONFIG_KEY: json.dumps(student.model_config())}
+    if classes is not None:
+        metadata[CLASSES_KEY] = json.dumps(list(classes))
     return write_safetensors(path, tensors, metadata)  # sorted metadata: identical inputs, identical bytes
+
+
+def read_classes(path: str | os.PathLike) -> list[str] | None:
+    """The class names a student file carries (CLASSES_KEY), or None for a file written without them."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(CLASSES_KEY)
+        classes = json.loads(raw) if raw is not None else None
+    except (SafetensorError, OSError, json.JSONDecodeError):
+        return None
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return None
+    return classes
 
 
 def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> TokenViT:

@@ -26,7 +26,9 @@ ENVIRONMENT = "environment.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoints/last.pt"
 # settings a resume may change: they do not alter what is trained (paths are compared by identity instead)
-RESUME_FREE = ("workers", "eval_every", "eval_batch_size", "device")
+RESUME_FREE = ("workers", "eval_every", "eval_batch_size", "device", "log_wandb")
+# settings a resume may change because they extend the run: the schedule is recomputed (docs/training.md)
+RESUME_EXTENDS = ("epochs",)
 # paths stored absolute, and compared on resume by what they hold (the online teacher's files: by the cache's hashes)
 PATH_FIELDS = ("data", "teacher_cache", "out", "teacher_checkpoint", "teacher_module")
 VERSIONED = ("cdeit", "torch", "timm", "ffcv", "numpy")
@@ -48,6 +50,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
         for k in PATH_FIELDS
         if (v := getattr(cfg, k)) and (k != "teacher_module" or Path(v).expanduser().is_file())
     }
+    if cfg.initial_checkpoint:  # recorded absolute, but compared on resume as typed (it does not travel with a run)
+        resolved["initial_checkpoint"] = str(Path(cfg.initial_checkpoint).expanduser().resolve())
     return dataclasses.replace(cfg, **resolved)
 
 
@@ -87,13 +91,16 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict[str, str | None]:
+    """Each package's full version string: the module's own `__version__` where it has one (torch's
+    "2.4.1+cu124" names the build; the distribution metadata says only "2.4.1"), else the metadata's."""
+    import importlib
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
     for name in VERSIONED:
         try:
-            out[name] = version(name)
-        except PackageNotFoundError:
+            out[name] = str(getattr(importlib.import_module(name), "__version__", None) or version(name))
+        except (ImportError, PackageNotFoundError):
             out[name] = None
     return out
 
@@ -126,6 +133,11 @@ def environment(cfg: TrainConfig, device: Any, world: int, from_cache: bool = Tr
     }
     if cfg.teacher_cache and from_cache:
         env["teacher_cache"] = {"path": cfg.teacher_cache, "identity": cache_identity(cfg.teacher_cache)}
+    if cfg.initial_checkpoint and Path(cfg.initial_checkpoint).exists():  # the weights it started from, by content
+        from cdeit.train.core.weights import sha256_file, weights_file
+
+        file = weights_file(cfg.initial_checkpoint, "last", "--initial-checkpoint", "--initial-checkpoint")
+        env["initial_checkpoint"] = {"path": str(file), "sha256": sha256_file(file)}
     return env
 
 
@@ -147,7 +159,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
         raise CdeitError(f"{out} already holds a run; pass --resume {out} to continue it or choose another --out.")
     if resume and saved.is_file():
         old = TrainConfig().to_json() | TrainConfig.read_json(saved, f"--resume {out}: {saved}")  # new: defaults
-        ignore = (*RESUME_FREE, *PATH_FIELDS)
+        ignore = (*RESUME_FREE, *RESUME_EXTENDS, *PATH_FIELDS)
         differs = [k for k, v in cfg.to_json().items() if k not in ignore and old.get(k) != v]
         if differs:
             raise CdeitError(f"--resume with other settings than {saved} ({', '.join(differs)}); use the same options.")
@@ -191,7 +203,8 @@ def resume_config(run: str | Path, given: dict[str, Any]) -> TrainConfig:
     """The settings of `cdeit train --resume RUN`: RUN/config.json, with RUN as the run directory.
 
     `given` holds the options typed on the command line: each must agree with the run, except those a resume
-    may change (RESUME_FREE) and the data and cache paths (their content is compared when training starts).
+    may change (RESUME_FREE), --epochs (RESUME_EXTENDS: the schedule is recomputed from the resumed step) and the
+    data and cache paths (their content is compared when training starts).
     """
     run = Path(run).expanduser().resolve()
     path = run / CONFIG
@@ -200,12 +213,25 @@ def resume_config(run: str | Path, given: dict[str, Any]) -> TrainConfig:
     saved = TrainConfig().to_json() | TrainConfig.read_json(path, f"--resume {run}: {path}")  # new fields: defaults
     if "out" in given and Path(given["out"]).expanduser().resolve() != run:
         raise CdeitError(f"--resume {run} with --out {given['out']}: a resume writes into RUN; drop --out.")
-    clash = [k for k in saved if k in given and k not in (*RESUME_FREE, *PATH_FIELDS) and saved[k] != given[k]]
+    free_keys = (*RESUME_FREE, *RESUME_EXTENDS, *PATH_FIELDS)
+    clash = [k for k in saved if k in given and k not in free_keys and saved[k] != given[k]]
     if clash:
         listed = ", ".join(f"--{k.replace('_', '-')} {given[k]} (run: {saved.get(k)})" for k in clash)
         raise CdeitError(f"--resume {run} was trained with other settings: {listed}; drop them to continue the run.")
-    free = {k: v for k, v in given.items() if k in (*RESUME_FREE, *PATH_FIELDS) and k != "out"}
+    free = {k: v for k, v in given.items() if k in free_keys and k != "out"}
     return TrainConfig.from_mapping(saved | free | {"out": str(run)}, f"--resume {run}")
+
+
+def extend_schedule(scheduler: Any, state: Any, old_epochs: int, cfg: TrainConfig) -> dict[str, Any]:
+    """`--resume RUN --epochs N`: set the new total's schedule (`scheduler`, built for cfg.epochs) to the resumed
+    step; returns what environment.json's resumed entry records. Fewer epochs than already trained are refused."""
+    if cfg.epochs < state.epoch:
+        raise CdeitError(
+            f"--resume {cfg.out} --epochs {cfg.epochs}: the run has already trained {state.epoch} epochs; give at "
+            f"least {state.epoch}."
+        )
+    scheduler.step_update(state.step)  # the lr of the next step, on the new total's curve
+    return {"epochs": {"from": old_epochs, "to": cfg.epochs}, "at_epoch": state.epoch, "at_step": state.step}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -31,8 +31,11 @@ from cdeit.train.core.config import TrainConfig
 from cdeit.train.core.engine import Engine, NonFiniteLoss, State, train_one_epoch, validate
 from cdeit.train.core.losses import build_loss
 from cdeit.train.core.models import Normalise, build_student, save_safetensors
+from cdeit.train.core.notes import quiet_library_messages, small_data_note
 from cdeit.train.core.rundir import CHECKPOINT, io_error, prepare_run_dir
 from cdeit.train.core.teachers import TeacherSource, load_teacher
+from cdeit.train.core.tracking import Tracker
+from cdeit.train.core.weights import load_initial_checkpoint
 
 TRAIN_FIELDS = ("image", "label", "corruption", "index")
 PAPER_VIEWS = ("none", "same")  # the paper's teacher (or none): other views are beyond it, and say so
@@ -59,6 +62,7 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_ep
     from timm.scheduler import CosineLRScheduler
 
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    quiet_library_messages()  # e.g. timm's warning for a one-step cosine says nothing a user can act on
     return CosineLRScheduler(
         optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
         warmup_prefix=False, t_in_epochs=False,
@@ -109,6 +113,10 @@ class Trainer:
         kwargs.setdefault("num_classes", self.num_classes)
         self.model = build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs).to(dev)
         self.model.set_return_heads(True)  # forward gives the losses every head; validation reads heads()
+        if cfg.initial_checkpoint and not self.resume:  # (a resume's checkpoint holds the weights)
+            note = load_initial_checkpoint(cfg.initial_checkpoint, self.model)  # every rank: the same start
+            if self.dist.main:
+                console.print(note)
         self.raw_model = self.model
         self.normalise = Normalise.for_model(self.model, dev)
         self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
@@ -225,6 +233,11 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.state = State(**payload["state"])
         self.last_record = payload.get("record")
+        if payload["config"]["epochs"] != self.cfg.epochs:  # --resume RUN --epochs N: the schedule for the new total
+            self.scheduler = self.engine.scheduler = lr_schedule(self.optimizer, self.cfg, self.steps_per_epoch)
+            self.env["extended"] = rundir.extend_schedule(
+                self.scheduler, self.state, payload["config"]["epochs"], self.cfg
+            )
 
     # ---------------------------------------------------------------- loop
     def validate(self, split: str = "val") -> dict[str, float]:
@@ -261,14 +274,10 @@ class Trainer:
         return self.val_teacher[split]
 
     def _log(self, record: dict[str, Any]) -> None:
-        """One epoch's line in metrics.jsonl and its scalars in RUN/tb/ (rank 0)."""
-        if not self.dist.main:
-            return
-        rundir.append_metrics(self.out, record)
-        for key, value in record.items():
-            if key not in ("epoch", "step") and isinstance(value, int | float):
-                self.tb.add_scalar(_tb_tag(key), value, global_step=record["step"])
-        self.tb.flush()
+        """One epoch's line in metrics.jsonl, its steps and scalars in RUN/tb/ and wandb (rank 0)."""
+        if self.dist.main:
+            rundir.append_metrics(self.out, record)
+            self.tracker.log_epoch(record)
 
     def _start(self) -> None:
         """Load the checkpoint (resume) or start afresh; write config.json, environment.json, open RUN/tb/."""
@@ -286,10 +295,8 @@ class Trainer:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         write_json(self.out / "config.json", cfg.to_json())  # a moved run records where it is now
         rundir.record_environment(self.out, self.env, resumed)
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step: a redone epoch's events replace those a killed run wrote after its checkpoint
-        self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.state.step if resumed else None)
+        self.tracker = Tracker(self.out, cfg.to_json(), self.state.step if resumed else None, cfg.log_wandb)
+        self.engine.on_step = self.tracker.step
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -301,6 +308,7 @@ class Trainer:
                 f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
                 f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}, {cfg.precision}"
             )
+            small_data_note(self.manifest["splits"]["train"]["count"], cfg.batch_size)
             if cfg.min_lr > cfg.lr:  # a small batch with Table 1's floor: the "decay" rises to min_lr
                 console.print(
                     f"[yellow]warning: --min-lr {cfg.min_lr:g} is above the lr {cfg.lr:g} (batch {cfg.batch_size}): "
@@ -325,7 +333,7 @@ class Trainer:
                 if (epoch + 1) % cfg.eval_every == 0 or last:
                     record |= self.validate("val")
                     if record["val_acc"] > self.state.best_val_acc:
-                        self.state.best_val_acc = record["val_acc"]
+                        self.state.best_val_acc, self.state.best_epoch = record["val_acc"], epoch + 1
                         self._save_model("best.safetensors")
                 self.state.epoch = epoch + 1
                 self.last_record = record
@@ -340,7 +348,8 @@ class Trainer:
         if not self.dist.main:
             return
         try:
-            save_safetensors(self.raw_model, self.out / name)
+            classes = self.manifest["classes"] if len(self.manifest["classes"]) == self.raw_model.num_classes else None
+            save_safetensors(self.raw_model, self.out / name, classes)  # the file names its classes
         except OSError as exc:
             raise io_error(self.out / name, exc) from None
 
@@ -361,6 +370,7 @@ class Trainer:
                 "train_seconds": self.state.train_seconds,
                 "train_images_per_s": self.state.train_images / max(self.state.train_seconds, 1e-9),
                 "best_val_acc": self.state.best_val_acc,
+                "best": {"file": "best.safetensors", "chosen_by": "val_acc", "epoch": self.state.best_epoch},
                 **{k: v for k, v in last.items() if k.startswith("val_")},
                 "device": str(self.device),
                 "world_size": self.dist.world,
@@ -368,18 +378,10 @@ class Trainer:
             if self.beyond_paper_teacher:  # beyond the paper's recipe: say which view and alignment
                 summary |= {"teacher_view": self.teacher.view, "align": self.cfg.align}
             write_json(self.out / "summary.json", summary)
-            self.tb.close()
+            self.tracker.close()
         distributed.barrier(self.dist)
         distributed.teardown(self.dist)
         return summary
-
-
-def _tb_tag(key: str) -> str:
-    """metrics.jsonl key -> TensorBoard tag: train_cls_ce -> train/cls_ce, val_acc -> val/acc, lr -> lr."""
-    for prefix in ("train", "val"):
-        if key.startswith(prefix + "_"):
-            return f"{prefix}/{key[len(prefix) + 1 :]}"
-    return key
 
 
 def _epoch_line(r: dict[str, Any]) -> str:

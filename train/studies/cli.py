@@ -110,6 +110,9 @@ def compare(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda: for runs not evaluated yet.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size (runs not evaluated yet).")] = 1024,
     workers: Annotated[int, typer.Option(help="FFCV loader threads (runs not evaluated yet).")] = 2,
+    checkpoint: Annotated[
+        str, typer.Option(help="Compare each run's last or best model (its RUN/eval/best/).")
+    ] = "last",
 ) -> None:
     """Groups by everything but the seed: n, mean ± std, paired differences with 95% intervals, the paper's tables.
 
@@ -121,10 +124,14 @@ def compare(
     from cdeit.train.use.evaluate import evaluate_missing
 
     plain = [r for r in runs if not (r / "plan.json").is_file()]  # run directories, not study folders
-    for run in evaluate_missing(plain, split, device, batch_size, workers):
+    if checkpoint not in ("last", "best"):
+        from cdeit.common.errors import CdeitError
+
+        raise CdeitError(f"--checkpoint {checkpoint} is unknown for compare; choose last or best (one per run).")
+    for run in evaluate_missing(plain, split, device, batch_size, workers, checkpoint):
         console.print(f"evaluated {run} on {split} (it had no eval/{split}.json)")
     default = runs[0] / "compare" if len(runs) == 1 and (runs[0] / "plan.json").is_file() else Path(".")
-    files = run_compare(runs, out or default, split, reference)["files"]
+    files = run_compare(runs, out or default, split, reference, checkpoint)["files"]
     stdout.print(files["markdown"].read_text(), markup=False)
     stdout.print(f"table: {files['markdown']} ({files['csv']}), plot: {files['plot']}")
 

@@ -93,9 +93,12 @@ def _find_group(groups: list[Group], name: str, what: str) -> Group:
     )
 
 
-def compare(paths: list[Path], out: Path, split: str = "test", reference: str | None = None) -> dict[str, Any]:
-    """Write compare.md / .csv (groups), compare-differences.csv, the preset's paper table and compare.png."""
-    runs, info = collect([Path(p) for p in paths], split)
+def compare(
+    paths: list[Path], out: Path, split: str = "test", reference: str | None = None, checkpoint: str = "last"
+) -> dict[str, Any]:
+    """Write compare.md / .csv (groups), compare-differences.csv, the preset's paper table and compare.png; each run
+    measured at `checkpoint` (last: model.safetensors, best: best.safetensors)."""
+    runs, info = collect([Path(p) for p in paths], split, checkpoint)
     groups = group_runs(runs)
     caches = check_comparable(runs)
     if len(info["baselines"]) > 1:

@@ -16,7 +16,7 @@ from cdeit.common.errors import CdeitError
 from cdeit.train.core.config import TrainConfig
 from cdeit.train.core.kinds import resolve_head_strategy
 from cdeit.train.studies.study import PLAN, planned_runs, read_plan
-from cdeit.train.use.evaluate import read_result, read_summary
+from cdeit.train.use.evaluate import eval_dir, read_result, read_summary
 
 NOT_GROUPED = (
     "seed",
@@ -30,6 +30,7 @@ NOT_GROUPED = (
     "teacher_cache",
     "teacher_checkpoint",
     "teacher_module",
+    "log_wandb",  # where the run also logged, not what it trained
 )  # paths; a cache's teaching enters the key by content
 CACHE_INFO_KEYS = ("weights_source", "device_type", "resize", "tool_version")  # may differ between equal caches
 
@@ -44,6 +45,7 @@ class RunResult:
     result: dict[str, Any]  # RUN/eval/<split>.json
     summary: dict[str, Any]
     metrics: dict[str, float | None] = field(default_factory=dict)
+    evals: Path | None = None  # the folder of its evaluations (`--checkpoint`: RUN/eval, RUN/eval/best); None: RUN/eval
 
 
 @dataclass
@@ -78,12 +80,13 @@ def group_key(config: dict[str, Any], teaching: dict[str, Any] | None = None) ->
 RUN_CONFIG_KEYS = {"seed": int, "student": str, "distill": str}  # what a comparison reads of RUN/config.json
 
 
-def _load_run(run: Path, split: str, name: str | None = None) -> RunResult:
+def _load_run(run: Path, split: str, name: str | None = None, checkpoint: str = "last") -> RunResult:
     config = read_json_object(run / "config.json", str(run / "config.json"),
                               "is it a run directory from `cdeit train`?", RUN_CONFIG_KEYS)  # fmt: skip
-    path = run / "eval" / f"{split}.json"
+    evals = eval_dir(run, checkpoint)
+    path = evals / f"{split}.json"
     if not path.is_file():
-        raise CdeitError(f"{path} is missing; run `cdeit evaluate {run} --split {split}`.")
+        raise CdeitError(f"{path} is missing; run `cdeit evaluate {run} --split {split} --checkpoint {checkpoint}`.")
     result, summary = read_result(path), read_summary(run)
     metrics = {
         "accuracy": 100 * result["accuracy"],
@@ -94,11 +97,12 @@ def _load_run(run: Path, split: str, name: str | None = None) -> RunResult:
     }
     seed = config["seed"]
     name = name or run.name.removesuffix(f"-s{seed}")  # runs/deit-soft-s1 is one of the group deit-soft
-    return RunResult(run, group_key(config, _teaching(config)), name, seed, config, result, summary, metrics)
+    return RunResult(run, group_key(config, _teaching(config)), name, seed, config, result, summary, metrics, evals)
 
 
-def collect(paths: list[Path], split: str) -> tuple[list[RunResult], dict[str, Any]]:
-    """Runs of every study folder and run directory given; `info` holds the studies' baseline and preset."""
+def collect(paths: list[Path], split: str, checkpoint: str = "last") -> tuple[list[RunResult], dict[str, Any]]:
+    """Runs of every study folder and run directory given, each measured at `checkpoint` (last, best); `info` holds
+    the studies' baseline and preset."""
     runs: list[RunResult] = []
     info: dict[str, Any] = {"baselines": set(), "presets": set(), "unfinished": 0}
     for path in paths:
@@ -106,17 +110,17 @@ def collect(paths: list[Path], split: str) -> tuple[list[RunResult], dict[str, A
             plan = read_plan(path)
             for planned in planned_runs(plan):
                 run_dir = path / "runs" / planned.name
-                if not (run_dir / "eval" / f"{split}.json").is_file():
+                if not (eval_dir(run_dir, checkpoint) / f"{split}.json").is_file():
                     info["unfinished"] += 1
                     continue
-                runs.append(_load_run(run_dir, split, planned.group))
+                runs.append(_load_run(run_dir, split, planned.group, checkpoint))
                 if planned.group == plan.get("baseline"):
                     info["baselines"].add(runs[-1].group)
             info["presets"].add(plan.get("preset"))
         elif (path / "config.json").is_file():  # a run of a study keeps its configuration's name
             plan = path.parent.parent / PLAN
             group = {p.name: p.group for p in planned_runs(read_plan(plan.parent))} if plan.is_file() else {}
-            runs.append(_load_run(path, split, group.get(path.name)))
+            runs.append(_load_run(path, split, group.get(path.name), checkpoint))
         else:
             raise CdeitError(f"{path} is neither a study folder (plan.json) nor a run directory (config.json).")
     if not runs:
@@ -195,7 +199,7 @@ def check_comparable(runs: list[RunResult]) -> dict[str, list[RunResult]]:
 
 
 def _predictions(run: RunResult, split: str) -> dict[str, np.ndarray]:
-    path = run.path / "eval" / f"{split}-predictions.npz"
+    path = (run.evals or run.path / "eval") / f"{split}-predictions.npz"
     if not path.is_file():
         raise CdeitError(f"{path} is missing, so mCE cannot be measured; rerun `cdeit evaluate {run.path}`.")
     with np.load(path) as z:

@@ -10,6 +10,8 @@ import typer
 
 from cdeit.common.console import friendly_errors
 
+CHECKPOINT_HELP = "Which weights of the run: last (model.safetensors), best (best.safetensors) or a .safetensors file."
+
 
 @friendly_errors
 def evaluate(
@@ -21,6 +23,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 1024,
     workers: Annotated[int, typer.Option(help="FFCV loader threads.")] = 2,
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP + " Not last: RUN/eval/<name>/.")] = "last",
 ) -> None:
     """Accuracy, cross-entropy and ECE per corruption and severity, mCE, plots and a Markdown report."""
     from rich.table import Table
@@ -35,8 +38,8 @@ def evaluate(
 
         raise CdeitError(f"{run} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
     with output_lock(run / "eval", "cdeit evaluate"):
-        result = run_eval(run, data, split, baseline, teacher_cache, device, batch_size, workers)
-    table = Table(title=f"{run} on {split}")
+        result = run_eval(run, data, split, baseline, teacher_cache, device, batch_size, workers, checkpoint)
+    table = Table(title=f"{run} ({checkpoint}) on {split}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in key_table(result):
@@ -51,12 +54,13 @@ def predict(
     model: Annotated[Path, typer.Option(help="Run directory or exported .safetensors file.")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "cpu",
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)] = "last",
 ) -> None:
     """Classify image files; CdeiT also names the corruption it sees. Unreadable files are reported, not fatal."""
     from cdeit.common.console import console, out
     from cdeit.train.use.deploy import predict_files
 
-    results = predict_files(model, images, device)
+    results = predict_files(model, images, device, checkpoint)
     for r in results:
         if as_json:
             out.print(json.dumps(r), highlight=False)
@@ -73,6 +77,7 @@ def predict(
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory from `cdeit train`.")],
     to: Annotated[Path, typer.Option(help="Output .safetensors file (a .json config is written beside it).")],
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)] = "last",
 ) -> None:
     """Write the student as safetensors plus a JSON model config that timm.create_model rebuilds."""
     from cdeit.common.console import out
@@ -80,7 +85,7 @@ def export(
     from cdeit.train.use.deploy import export as run_export
 
     with output_lock(to.parent, "cdeit export"):
-        weights, config = run_export(run, to)
+        weights, config = run_export(run, to, checkpoint)
     out.print(f"wrote {weights} and {config}")
 
 

@@ -13,19 +13,19 @@ from cdeit.common.dataset import CORRUPTIONS
 from cdeit.common.errors import CdeitError
 
 
-def load_student(model: str | Path, device: torch.device) -> tuple[Any, list[str]]:
-    """A student from a run directory (its model.safetensors) or a `.safetensors` file; with class names."""
+def load_student(model: str | Path, device: torch.device, checkpoint: str = "last") -> tuple[Any, list[str]]:
+    """A student from a run directory (the file `checkpoint` names: last, best or a file) or a `.safetensors` file;
+    with its class names: the file's own (its metadata), else the run's dataset's, else an exported sidecar's."""
     from cdeit.common.atomic import read_json_object
-    from cdeit.train.core.models import load_safetensors
+    from cdeit.train.core.models import load_safetensors, read_classes
+    from cdeit.train.core.weights import weights_file
 
     path = Path(model)
-    file = path / "model.safetensors" if path.is_dir() else path
-    if path.is_dir() and not file.is_file():
-        raise CdeitError(f"{path} holds no model.safetensors; finish the run with `cdeit train --resume {path}`.")
+    file = weights_file(path, checkpoint, given="--model")
     student = load_safetensors(file, device)
-    classes = None
+    classes = read_classes(file)
     config = path / "config.json"
-    if path.is_dir() and config.is_file():
+    if classes is None and path.is_dir() and config.is_file():
         from cdeit.common.dataset import load_manifest
 
         try:
@@ -69,13 +69,15 @@ def load_image_32(path: Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_files(model: str | Path, paths: list[Path], device: str = "cpu") -> list[dict[str, Any]]:
+def predict_files(
+    model: str | Path, paths: list[Path], device: str = "cpu", checkpoint: str = "last"
+) -> list[dict[str, Any]]:
     """One result per path: class, confidence (and corruption type for CdeiT), or an error sentence."""
     from cdeit.common.device import resolve_device
     from cdeit.train.core.models import Normalise
 
     dev = resolve_device(device)
-    student, classes = load_student(model, dev)
+    student, classes = load_student(model, dev, checkpoint)
     results: list[dict[str, Any]] = []
     images, ok = [], []
     for p in paths:
@@ -100,7 +102,7 @@ def predict_files(model: str | Path, paths: list[Path], device: str = "cpu") -> 
     return results
 
 
-def export(run: str | Path, to: str | Path) -> tuple[Path, Path]:
+def export(run: str | Path, to: str | Path, checkpoint: str = "last") -> tuple[Path, Path]:
     """Write the student as safetensors (config in its metadata) plus `<to>.json` with the model config.
 
     `timm.create_model(cfg["model_name"], **cfg["kwargs"])` then `load_state_dict` rebuilds it after
@@ -108,12 +110,12 @@ def export(run: str | Path, to: str | Path) -> tuple[Path, Path]:
     """
     from cdeit.train.core.models import save_safetensors
 
-    student, classes = load_student(run, torch.device("cpu"))
+    student, classes = load_student(run, torch.device("cpu"), checkpoint)
     to = Path(to)
     if to.suffix != ".safetensors":
         raise CdeitError(f"--to {to} should end in .safetensors.")
     to.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(student, to)
+    save_safetensors(student, to, classes)
     sidecar = to.with_suffix(".json")
     write_json(sidecar, student.model_config() | {"classes": classes, "corruptions": list(CORRUPTIONS)})
     return to, sidecar

@@ -51,13 +51,15 @@ class Run:
     model_file: Path
 
     @classmethod
-    def open(cls, path: str | Path, weights: str = "model.safetensors") -> Run:
+    def open(cls, path: str | Path, checkpoint: str = "last") -> Run:
+        """The run at `path` with the weights `--checkpoint` names: last (model.safetensors), best or a file."""
+        from cdeit.train.core.weights import weights_file
+
         path = Path(path)
-        cfg_file, model_file = path / "config.json", path / weights
+        cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise CdeitError(f"{path} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
-        if not model_file.is_file():
-            raise CdeitError(f"{model_file} is missing; finish the run with `cdeit train --resume {path}`.")
+        model_file = weights_file(path, checkpoint)
         config = read_json_object(cfg_file, str(cfg_file), "restore it or retrain", CONFIG_KEYS)
         return cls(path, config, model_file)
 
@@ -254,29 +256,42 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto", batch_size: int = 1024,
-                     workers: int = 2) -> list[Path]:  # fmt: skip
+                     workers: int = 2, checkpoint: str = "last") -> list[Path]:  # fmt: skip
     """Evaluate every run of `runs` that has no RUN/eval/<split>.json yet, with the data, baseline and teacher
     cache of the runs already evaluated (so a comparison measures every run the same way); returns those."""
     runs = [Path(r) for r in runs if (Path(r) / "config.json").is_file()]  # run directories only
-    done = [p for r in runs if (p := r / "eval" / f"{split}.json").is_file()]
+    done = [p for r in runs if (p := eval_dir(r, checkpoint) / f"{split}.json").is_file()]
     like = read_result(done[0]) if done else {}
-    missing = [r for r in runs if not (r / "eval" / f"{split}.json").is_file()]
+    missing = [r for r in runs if not (eval_dir(r, checkpoint) / f"{split}.json").is_file()]
     for run in missing:
         evaluate(run, like.get("data"), split, like.get("baseline"), like.get("teacher_cache"), device, batch_size,
-                 workers)  # fmt: skip
+                 workers, checkpoint)  # fmt: skip
     return missing
+
+
+def eval_dir(run: str | Path, checkpoint: str = "last") -> Path:
+    """Where evaluations of a run's checkpoint go: RUN/eval for the last model, RUN/eval/best (or the file's stem)."""
+    from cdeit.train.core.weights import checkpoint_label
+
+    return Path(run) / "eval" if checkpoint == "last" else Path(run) / "eval" / checkpoint_label(checkpoint)
+
+
+def report_name(split: str) -> str:
+    """One report per split: report.md for test (its path since the start), report-<split>.md for the others."""
+    return "report.md" if split == "test" else f"report-{split}.md"
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", baseline: str | None = None,
              teacher_cache: str | None = None, device: str = "auto", batch_size: int = 1024,
-             workers: int = 2) -> dict[str, Any]:  # fmt: skip
-    """Evaluate a run on a split; writes RUN/eval/<split>.json, <split>-predictions.npz, report.md and plots."""
+             workers: int = 2, checkpoint: str = "last") -> dict[str, Any]:  # fmt: skip
+    """Evaluate a run's checkpoint (last, best or a file) on a split; writes <split>.json, <split>-predictions.npz,
+    its report (report_name) and plots to eval_dir(run, checkpoint)."""
     from cdeit.common.device import resolve_device
     from cdeit.train.core.kinds import resolve_head_strategy
 
     if batch_size < 1 or workers < 1:
         raise CdeitError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}.")
-    run = Run.open(run_dir)
+    run = Run.open(run_dir, checkpoint)
     summary = read_summary(run.path)  # read first: a damaged file is named before the work, not after
     data = data or run.config["data"]
     manifest = load_manifest(data)
@@ -284,13 +299,14 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     check_betons(data, manifest, [split, *(["train"] if split != "train" and "train" in manifest["splits"] else [])])
     dev = resolve_device(device)
     pred = predict(run.load_model(dev), data, split, dev, batch_size, workers)
-    out_dir = run.path / "eval"
-    out_dir.mkdir(exist_ok=True)
+    out_dir = eval_dir(run.path, checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / f"{split}-predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **pred)
     result: dict[str, Any] = {
         "run": str(run.path.resolve()),
         "split": split,
+        "checkpoint": {"name": checkpoint if checkpoint in ("best", "last") else "file", "file": str(run.model_file)},
         "data": str(Path(data).resolve()),
         "fingerprint": info["fingerprint"],
         "split_policy": manifest.get("split_policy"),
@@ -323,7 +339,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     from cdeit.train.use.report import write_report
 
     plots = write_plots(result, out_dir, split, manifest["classes"])
-    write_report(result, out_dir / "report.md", plots)
-    result["files"] = {"json": str(out_dir / f"{split}.json"), "report": str(out_dir / "report.md"),
+    write_report(result, out_dir / report_name(split), plots)
+    result["files"] = {"json": str(out_dir / f"{split}.json"), "report": str(out_dir / report_name(split)),
                        "plots": [str(p) for p in plots]}  # fmt: skip
     return result

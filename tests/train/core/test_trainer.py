@@ -158,9 +158,7 @@ def test_existing_run_needs_resume_and_same_settings(tiny_dataset: Path, tmp_pat
         train(_cfg(tiny_dataset, out, epochs=1))
     with pytest.raises(CdeitError, match=r"--resume with other settings .*\(seed\)"):
         train(_cfg(tiny_dataset, out, epochs=1, seed=3), resume=True)
-    # resuming a finished run with more epochs is not allowed either: epochs change the schedule
-    with pytest.raises(CdeitError, match=r"\(epochs\)"):
-        train(_cfg(tiny_dataset, out, epochs=2), resume=True)
+    # more epochs are allowed since issue 23 (the run is extended): tests/train/core/test_lifecycle.py
 
 
 def test_cli_config_repeats_a_run_and_errors_are_clean(tiny_dataset: Path, tmp_path: Path) -> None:
