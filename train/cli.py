@@ -108,12 +108,28 @@ def train(
     align_metric: Annotated[
         str, typer.Option(help="cosine | mse: distance of the projected embedding and patch features.")
     ] = D.align_metric,
+    # optimizer, EMA, accumulation, RandAugment: timm train.py's spellings (docs/training.md)
+    opt: Annotated[str, typer.Option(help="Optimizer of timm's create_optimizer_v2: adamw | sgd | ...")] = D.opt,
+    momentum: Annotated[float, typer.Option(help="Momentum of --opt sgd and the like.")] = D.momentum,
+    lr: Annotated[float | None, typer.Option(help="Absolute peak lr, instead of --lr-per-512.")] = D.lr,
+    model_ema: Annotated[
+        bool, typer.Option(help="Keep an EMA of the weights (timm ModelEmaV3) -> RUN/model_ema.safetensors.")
+    ] = D.model_ema,
+    model_ema_decay: Annotated[float, typer.Option(help="Decay of --model-ema per step.")] = D.model_ema_decay,
+    grad_accum_steps: Annotated[
+        int, typer.Option(help="Micro-batches of batch / N per optimizer step (same global batch).")
+    ] = D.grad_accum_steps,
+    aa: Annotated[
+        str | None, typer.Option(help="RandAugment, e.g. rand-m9-mstd0.5 (timm's rand_augment_transform).")
+    ] = D.aa,
 ) -> None:
     """Train a ViT / DeiT / CdeiT student from cached teacher logits joined by index (--online-teacher: run it)."""
     from cdeit.common.console import out as stdout
     from cdeit.train.core.rundir import resume_config
     from cdeit.train.core.trainer import train as run_training
 
+    if {"lr", "lr_per_512"} <= TRAIN_OPTIONS.typed(ctx).keys():
+        raise CdeitError("--lr and --lr-per-512 both set the learning rate; give only one.")
     if resume is not None:
         if config is not None:
             raise CdeitError(f"--resume {resume} reads the run's own config.json; drop --config.")

@@ -1,0 +1,104 @@
+"""The optimizer of a run through timm's `create_optimizer_v2` (`--opt`, `--momentum`, `--lr`), and the checks of
+the options that issue 23 added beside it (`--model-ema-decay`, `--grad-accum-steps`, `--aa`).
+
+AdamW, the default, is built exactly as before timm chose it: the same two parameter groups (weight decay on
+matrices only) in the same order, timm's defaults for betas and eps, fused on CUDA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from typing import Any, Protocol
+
+import torch
+
+from cdeit.common.errors import CdeitError
+
+
+class OptimSettings(Protocol):
+    """The TrainConfig fields read here (a Protocol: config.py imports this module, not the other way)."""
+
+    opt: str
+    momentum: float
+    lr: float | None
+    lr_per_512: float
+    batch_size: int
+    weight_decay: float
+    model_ema_decay: float
+    grad_accum_steps: int
+    aa: str | None
+
+    @property
+    def peak_lr(self) -> float: ...
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on norms, biases, tokens or position embeddings."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The class timm's registry builds for `--opt name`, or one sentence naming --opt."""
+    from timm.optim import list_optimizers
+    from timm.optim._optim_factory import default_registry
+
+    try:
+        return default_registry.get_optimizer_info(name.lower().split("_")[-1]).opt_class
+    except (ValueError, KeyError):
+        known = ", ".join(n for n in ("adamw", "sgd", "momentum", "adam", "lamb", "lion") if n in list_optimizers())
+        raise CdeitError(
+            f"--opt {name!r} is not an optimizer of timm's create_optimizer_v2; use e.g. {known} "
+            "(timm.optim.list_optimizers() names them all)."
+        ) from None
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: OptimSettings, device: torch.device) -> torch.optim.Optimizer:
+    """timm's `create_optimizer_v2` over the run's parameter groups (each keeps its weight decay), at the peak lr;
+    fused on CUDA where the optimizer class has a fused kernel."""
+    from timm.optim import create_optimizer_v2
+
+    kwargs: dict[str, Any] = {}
+    if device.type == "cuda" and "fused" in inspect.signature(optimizer_class(cfg.opt)).parameters:
+        kwargs["fused"] = True
+    return create_optimizer_v2(
+        groups, opt=cfg.opt, lr=cfg.peak_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **kwargs
+    )
+
+
+def check_training_options(cfg: OptimSettings) -> None:
+    """One sentence per bad --opt, --momentum, --lr, --model-ema-decay, --grad-accum-steps or --aa value."""
+    optimizer_class(cfg.opt)
+    if not (_finite(cfg.momentum) and 0 <= cfg.momentum < 1):
+        raise CdeitError(f"--momentum must be in [0, 1), not {cfg.momentum}.")
+    if cfg.lr is not None:
+        if not (_finite(cfg.lr) and cfg.lr > 0):
+            raise CdeitError(f"--lr must be a positive learning rate (or left off), not {cfg.lr}.")
+        default = {f.name: f.default for f in dataclasses.fields(cfg)}["lr_per_512"]  # type: ignore[arg-type]
+        if cfg.lr_per_512 != default:
+            raise CdeitError(
+                f"--lr {cfg.lr:g} and --lr-per-512 {cfg.lr_per_512:g} both set the learning rate; give only one."
+            )
+    if not (_finite(cfg.model_ema_decay) and 0 < cfg.model_ema_decay < 1):
+        raise CdeitError(f"--model-ema-decay must be in (0, 1), e.g. 0.9998, not {cfg.model_ema_decay}.")
+    n = cfg.grad_accum_steps
+    if not isinstance(n, int) or n < 1 or cfg.batch_size % n:
+        raise CdeitError(
+            f"--grad-accum-steps {n} must be a positive integer that divides --batch-size {cfg.batch_size} "
+            "(each micro-batch is batch / N images)."
+        )
+    if cfg.aa is not None:
+        from cdeit.train.core.randaugment import check_aa
+
+        check_aa(cfg.aa)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
