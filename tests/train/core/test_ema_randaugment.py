@@ -44,7 +44,7 @@ def test_ema_follows_timm_decay() -> None:
 def test_ema_is_validated_saved_and_resumed_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
     """ema_val_* beside val_* in metrics.jsonl; RUN/model_ema.safetensors loads like model.safetensors; a run
     stopped after its first epoch and resumed ends with the same EMA weights as one that ran through."""
-    cfg = _cfg(tiny_dataset, tmp_path / "ref", model_ema=True, model_ema_decay=0.9)
+    cfg = _cfg(tiny_dataset, tmp_path / "ref", model_ema=True, model_ema_decay=0.9, batch_size=64)
     summary = train(cfg)
     records = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert {"ema_val_acc", "ema_val_loss", "ema_val_ece", "val_acc"} <= records[-1].keys()
@@ -52,7 +52,7 @@ def test_ema_is_validated_saved_and_resumed_exactly(tiny_dataset: Path, tmp_path
     ref = load_safetensors(tmp_path / "ref" / "model_ema.safetensors")
     assert not torch.equal(ref.head.weight, load_safetensors(tmp_path / "ref" / "model.safetensors").head.weight)
 
-    stopped = Trainer(_cfg(tiny_dataset, tmp_path / "cut", model_ema=True, model_ema_decay=0.9))
+    stopped = Trainer(_cfg(tiny_dataset, tmp_path / "cut", model_ema=True, model_ema_decay=0.9, batch_size=64))
     save = stopped.save_checkpoint
 
     def save_then_stop() -> None:
@@ -62,7 +62,7 @@ def test_ema_is_validated_saved_and_resumed_exactly(tiny_dataset: Path, tmp_path
     stopped.save_checkpoint = save_then_stop
     with pytest.raises(KeyboardInterrupt):
         stopped.run()
-    train(_cfg(tiny_dataset, tmp_path / "cut", model_ema=True, model_ema_decay=0.9), resume=True)
+    train(_cfg(tiny_dataset, tmp_path / "cut", model_ema=True, model_ema_decay=0.9, batch_size=64), resume=True)
     resumed = load_safetensors(tmp_path / "cut" / "model_ema.safetensors")
     a, b = ref.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
