@@ -81,9 +81,7 @@ def test_randaugment_is_timms_drawn_from_its_own_generator() -> None:
     assert torch.equal(aug(images), first)
 
 
-def test_randaugment_run_and_its_refusal_for_fixed_views(
-    tiny_dataset: Path, views_cache: Path, tmp_path: Path
-) -> None:
+def test_randaugment_run_and_its_refusal_for_fixed_views(tiny_dataset: Path, views_cache: Path, tmp_path: Path) -> None:
     """--aa trains and resumes its generator from the checkpoint; a K-view cache refuses it, naming --aa."""
     trainer = Trainer(_cfg(tiny_dataset, tmp_path / "run", epochs=1, aa="rand-m9-mstd0.5", grad_accum_steps=2))
     summary = trainer.run()
