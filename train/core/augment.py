@@ -9,7 +9,7 @@ The generators (and --aa's, train/core/randaugment.py) are the run's own and tra
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,12 +36,7 @@ class Augment:
         self.erasing = RandomErasing(cfg.erasing_prob, device=device) if cfg.erasing_prob > 0 else None
         self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
         self.erase_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank)
-        self.randaugment = None  # --aa: timm's RandAugment on the uint8 batch, before normalisation
-        if cfg.aa is not None:
-            from cdeit.train.core.randaugment import BatchRandAugment
-
-            mean = tuple((normalise.mean.flatten() / 255).tolist())
-            self.randaugment = BatchRandAugment(cfg.aa, mean, 32, cfg.seed * 1000 + 700 + rank)
+        self.randaugment: Any = None  # --aa: the Trainer sets timm's RandAugment (train/core/randaugment.py)
 
     def targets(
         self,

@@ -95,9 +95,27 @@ def check_training_options(cfg: OptimSettings) -> None:
             "(each micro-batch is batch / N images)."
         )
     if cfg.aa is not None:
-        from cdeit.train.core.randaugment import check_aa
-
         check_aa(cfg.aa)
+
+
+def randaugment_hparams(mean: tuple[float, ...], size: int) -> dict[str, Any]:
+    """timm's own RandAugment hparams for an image size and mean (timm.data.transforms_factory's)."""
+    return {"translate_const": int(size * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in mean)}
+
+
+def check_aa(text: str) -> None:
+    """--aa must be a RandAugment string timm parses (rand-m9-mstd0.5, rand-m9-n2, ...); else one sentence."""
+    from timm.data import rand_augment_transform
+
+    try:
+        ok = isinstance(text, str) and text.split("-")[0] == "rand"
+        ok = ok and rand_augment_transform(text, randaugment_hparams((0.5, 0.5, 0.5), 32)) is not None
+    except (AssertionError, ValueError, KeyError, IndexError):
+        ok = False
+    if not ok:
+        raise CdeitError(
+            f"--aa {text!r} is not a RandAugment string of timm's rand_augment_transform; write e.g. rand-m9-mstd0.5."
+        )
 
 
 def _finite(value: Any) -> bool:

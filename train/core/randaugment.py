@@ -10,32 +10,12 @@ docs/benchmarks.md; docs/decisions.md says why it runs here.
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import numpy as np
 import torch
 
 from cdeit.common.errors import CdeitError
-
-
-def _hparams(mean: tuple[float, ...], size: int) -> dict[str, Any]:
-    """timm's own RandAugment hparams for an image size and mean (timm.data.transforms_factory's)."""
-    return {"translate_const": int(size * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in mean)}
-
-
-def check_aa(text: str) -> None:
-    """--aa must be a RandAugment string timm parses (rand-m9-mstd0.5, rand-m9-n2, ...); else one sentence."""
-    from timm.data import rand_augment_transform
-
-    try:
-        ok = isinstance(text, str) and text.split("-")[0] == "rand"
-        ok = ok and rand_augment_transform(text, _hparams((0.5, 0.5, 0.5), 32)) is not None
-    except (AssertionError, ValueError, KeyError, IndexError):
-        ok = False
-    if not ok:
-        raise CdeitError(
-            f"--aa {text!r} is not a RandAugment string of timm's rand_augment_transform; write e.g. rand-m9-mstd0.5."
-        )
+from cdeit.train.core.optim import randaugment_hparams
 
 
 class BatchRandAugment:
@@ -45,7 +25,7 @@ class BatchRandAugment:
         from timm.data import rand_augment_transform
 
         self.config = config
-        self.transform = rand_augment_transform(config, _hparams(mean, size))
+        self.transform = rand_augment_transform(config, randaugment_hparams(mean, size))
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
@@ -71,12 +51,16 @@ class BatchRandAugment:
         self.generator.set_state(state)
 
 
-def refuse_fixed_views(aa: str | None, teacher: object) -> None:
-    """A K-view replay cache trains on the very images the teacher saw: --aa cannot change them."""
+def randaugment_for(aa: str | None, teacher: object, mean: tuple[float, ...], seed: int) -> BatchRandAugment | None:
+    """The run's RandAugment for Augment.randaugment (None without --aa); refused for a K-view replay cache, whose
+    student images are the very views the teacher saw."""
     from cdeit.train.core.replay import ViewReplay
 
-    if aa is not None and isinstance(teacher, ViewReplay):
+    if aa is None:
+        return None
+    if isinstance(teacher, ViewReplay):
         raise CdeitError(
             f"--aa {aa} cannot apply to a K-view cache, whose student images are the teacher's fixed views; "
             "drop --aa or use a cache made without --views."
         )
+    return BatchRandAugment(aa, mean, 32, seed)  # the dataset contract's 32x32 images

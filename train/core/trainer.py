@@ -33,7 +33,7 @@ from cdeit.train.core.engine import Engine, NonFiniteLoss, State, train_one_epoc
 from cdeit.train.core.losses import build_loss
 from cdeit.train.core.models import Normalise, build_student, save_safetensors
 from cdeit.train.core.optim import build_optimizer, param_groups
-from cdeit.train.core.randaugment import refuse_fixed_views
+from cdeit.train.core.randaugment import randaugment_for
 from cdeit.train.core.rundir import CHECKPOINT, io_error, prepare_run_dir
 from cdeit.train.core.teachers import TeacherSource, load_teacher
 
@@ -106,7 +106,8 @@ class Trainer:
         self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
         self.augment = Augment(cfg, self.normalise, self.num_classes, dev, self.dist.rank)
         self.teacher = teacher if teacher is not None else load_teacher(cfg, dev, self.normalise)
-        refuse_fixed_views(cfg.aa, self.teacher)
+        mean, seed = tuple((self.normalise.mean.flatten() / 255).tolist()), cfg.seed * 1000 + 700 + self.dist.rank
+        self.augment.randaugment = randaugment_for(cfg.aa, self.teacher, mean, seed)  # --aa; refused for K views
         self.batch_fields = (*TRAIN_FIELDS, *(k for k in self.teacher.fields if k not in TRAIN_FIELDS))
         self.train_loader = make_loader(
             beton_path(cfg.data, "train"), cfg.batch_size // (self.dist.world * cfg.grad_accum_steps), "random",
