@@ -113,14 +113,14 @@ def train(
     momentum: Annotated[float, typer.Option(help="Momentum of --opt sgd and the like.")] = D.momentum,
     lr: Annotated[float | None, typer.Option(help="Absolute peak lr, instead of --lr-per-512.")] = D.lr,
     model_ema: Annotated[
-        bool, typer.Option(help="Keep an EMA of the weights (timm ModelEmaV3) -> RUN/model_ema.safetensors.")
+        bool, typer.Option(help="Keep an EMA of the weights (timm ModelEmaV3), saved as model_ema.")
     ] = D.model_ema,
     model_ema_decay: Annotated[float, typer.Option(help="Decay of --model-ema per step.")] = D.model_ema_decay,
     grad_accum_steps: Annotated[
         int, typer.Option(help="Micro-batches of batch / N per optimizer step (same global batch).")
     ] = D.grad_accum_steps,
     aa: Annotated[
-        str | None, typer.Option(help="RandAugment, e.g. rand-m9-mstd0.5 (timm's rand_augment_transform).")
+        str | None, typer.Option(help="RandAugment of timm, e.g. rand-m9-mstd0.5.")
     ] = D.aa,
 ) -> None:
     """Train a ViT / DeiT / CdeiT student from cached teacher logits joined by index (--online-teacher: run it)."""
