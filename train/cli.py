@@ -119,9 +119,7 @@ def train(
     grad_accum_steps: Annotated[
         int, typer.Option(help="Micro-batches of batch / N per optimizer step (same global batch).")
     ] = D.grad_accum_steps,
-    aa: Annotated[
-        str | None, typer.Option(help="RandAugment of timm, e.g. rand-m9-mstd0.5.")
-    ] = D.aa,
+    aa: Annotated[str | None, typer.Option(help="RandAugment of timm, e.g. rand-m9-mstd0.5.")] = D.aa,
 ) -> None:
     """Train a ViT / DeiT / CdeiT student from cached teacher logits joined by index (--online-teacher: run it)."""
     from cdeit.common.console import out as stdout
