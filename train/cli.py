@@ -116,12 +116,26 @@ def train(
     log_wandb: Annotated[
         bool, typer.Option("--log-wandb/--no-log-wandb", help="Also log to Weights & Biases (pip install wandb).")
     ] = D.log_wandb,
+    # optimizer, EMA, accumulation, RandAugment: timm train.py's spellings (docs/training.md)
+    opt: Annotated[str, typer.Option(help="Optimizer of timm's create_optimizer_v2: adamw | sgd | ...")] = D.opt,
+    momentum: Annotated[float, typer.Option(help="Momentum of --opt sgd and the like.")] = D.momentum,
+    lr: Annotated[float | None, typer.Option(help="Absolute peak lr, instead of --lr-per-512.")] = D.lr,
+    model_ema: Annotated[
+        bool, typer.Option(help="Keep an EMA of the weights (timm ModelEmaV3), saved as model_ema.")
+    ] = D.model_ema,
+    model_ema_decay: Annotated[float, typer.Option(help="Decay of --model-ema per step.")] = D.model_ema_decay,
+    grad_accum_steps: Annotated[
+        int, typer.Option(help="Micro-batches of batch / N per optimizer step (same global batch).")
+    ] = D.grad_accum_steps,
+    aa: Annotated[str | None, typer.Option(help="RandAugment of timm, e.g. rand-m9-mstd0.5.")] = D.aa,
 ) -> None:
     """Train a ViT / DeiT / CdeiT student from cached teacher logits joined by index (--online-teacher: run it)."""
     from cdeit.common.console import out as stdout
     from cdeit.train.core.rundir import resume_config
     from cdeit.train.core.trainer import train as run_training
 
+    if {"lr", "lr_per_512"} <= TRAIN_OPTIONS.typed(ctx).keys():
+        raise CdeitError("--lr and --lr-per-512 both set the learning rate; give only one.")
     if resume is not None:
         if config is not None:
             raise CdeitError(f"--resume {resume} reads the run's own config.json; drop --config.")

@@ -2,13 +2,14 @@
 
 Every teacher source (train/core/teachers.py) builds its batch through one `Augment`, so the order (erasing
 before mixing, DeiT's order), the target settings and the random streams are the same whatever the teacher.
-The two generators are the run's own and travel in its checkpoint (`rng_state`), so a killed run resumes exactly.
+The generators (and --aa's, train/core/randaugment.py) are the run's own and travel in its checkpoint
+(`rng_state`), so a killed run resumes exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,6 +36,7 @@ class Augment:
         self.erasing = RandomErasing(cfg.erasing_prob, device=device) if cfg.erasing_prob > 0 else None
         self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
         self.erase_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank)
+        self.randaugment: Any = None  # --aa: the Trainer sets timm's RandAugment (train/core/randaugment.py)
 
     def targets(
         self,
@@ -49,7 +51,9 @@ class Augment:
                             self.tau, self.smoothing, num_classes=self.num_classes, features=features)  # fmt: skip
 
     def __call__(self, images_u8: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, Targets]:
-        """Normalise the uint8 batch, erase (per image), then mix (per batch), in DeiT's order."""
+        """RandAugment (--aa) the uint8 batch, normalise it, erase (per image), then mix (per batch), DeiT's order."""
+        if self.randaugment is not None:
+            images_u8 = self.randaugment(images_u8)
         images = self.normalise(images_u8)
         if self.erasing is not None:
             images, targets = self.erasing(images, targets, self.erase_gen)
@@ -62,8 +66,11 @@ class Augment:
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         """The generators' states, as the checkpoint keeps them (`mix`, `erase`)."""
-        return {"mix": self.mix_gen.get_state(), "erase": self.erase_gen.get_state()}
+        state = {"mix": self.mix_gen.get_state(), "erase": self.erase_gen.get_state()}
+        return state | ({"aa": self.randaugment.get_state()} if self.randaugment is not None else {})
 
     def set_rng_state(self, state: Mapping[str, torch.Tensor]) -> None:
         self.mix_gen.set_state(state["mix"])
         self.erase_gen.set_state(state["erase"])
+        if self.randaugment is not None:
+            self.randaugment.set_state(state["aa"])

@@ -144,10 +144,19 @@ class TrainConfig:
     # where a run starts and what it logs (train/core/weights.py, train/core/tracking.py), timm's names
     initial_checkpoint: str | None = None  # start from a student file's (or a run directory's) weights
     log_wandb: bool = False  # also log to Weights & Biases (the wandb package is no dependency: pip install wandb)
+    # optimizer, EMA, accumulation, RandAugment (timm's spellings; train/core/optim.py, ema.py, randaugment.py)
+    opt: str = "adamw"  # any name of timm's create_optimizer_v2 (Table 1: AdamW; Table 4: SGD)
+    momentum: float = 0.9  # optimizers with momentum (sgd: Nesterov, as timm's)
+    lr: float | None = None  # absolute lr, instead of --lr-per-512's lr_per_512 x batch / 512
+    model_ema: bool = False  # keep timm's ModelEmaV3 of the weights, validated and saved beside the model
+    model_ema_decay: float = 0.9998
+    grad_accum_steps: int = 1  # micro-batches of batch_size / N per optimizer step; the global batch stays
+    aa: str | None = None  # RandAugment, e.g. rand-m9-mstd0.5 (timm's rand_augment_transform); None: off
 
     @property
-    def lr(self) -> float:
-        return self.lr_per_512 * self.batch_size / 512
+    def peak_lr(self) -> float:
+        """The lr the warmup reaches: --lr, or lr_per_512 x batch_size / 512."""
+        return self.lr if self.lr is not None else self.lr_per_512 * self.batch_size / 512
 
     def resolved_head_strategy(self) -> HeadStrategy | None:
         """The head strategy this config trains with (cdeit: 'linear' unless set), by kinds.resolve_head_strategy."""
@@ -184,6 +193,9 @@ class TrainConfig:
         self._validate_online()
         self._validate_model()
         self._validate_start_and_logging()
+        from cdeit.train.core.optim import check_training_options
+
+        check_training_options(self)
         return self
 
     def _validate_start_and_logging(self) -> None:

@@ -8,6 +8,7 @@ validation sums (one all-reduce at the end, exact under torchrun).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class Engine:
     align_fn: nn.Module | None = None
     autocast: bool = False
     lr: float = 0.0  # the lr of the latest optimizer step
+    # --grad-accum-steps and --model-ema (train/core/ema.py): micro-batches per optimizer step, the weights' EMA
+    accum_steps: int = 1
+    ema: Any = None
     first_bad_step: torch.Tensor = field(default_factory=lambda: torch.full((), -1, dtype=torch.int64))
     # per-step logging (train/core/tracking.py): called with (step, lr, loss parts on the device), no sync
     on_step: Callable[[int, float, dict[str, torch.Tensor]], None] | None = None
@@ -79,33 +83,48 @@ class Engine:
         return self
 
 
-def train_step(engine: Engine, batch: Sequence[torch.Tensor], state: State) -> dict[str, torch.Tensor]:
-    """One optimizer step on a loader batch; returns the loss parts (detached, on the device)."""
+def train_step(engine: Engine, batch: Sequence[torch.Tensor], state: State, micro: int = 0) -> dict[str, torch.Tensor]:
+    """Forward and backward of a loader batch, micro-batch `micro` of the `accum_steps` that make one optimizer
+    step (the loss divided by their number); the last one clips, steps, and updates the schedule and the EMA.
+    Returns the loss parts (detached, on the device, not divided)."""
     images, targets = engine.teacher.targets(dict(zip(engine.fields, batch, strict=True)), engine.augment)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=engine.autocast):
-        if engine.alignment is None:
-            outputs = engine.model(images)
-        else:  # the alignment features come out of the same forward
-            outputs = engine.model(images, features=engine.alignment.names)
-    outputs = {k: v.float() for k, v in outputs.items()}
-    parts = engine.loss_fn(outputs, targets)
-    if engine.align_fn is not None:
-        aligned = engine.align_fn(outputs, targets.features)
-        parts = {**parts, **aligned, "total": parts["total"] + aligned["total"]}
-    engine.optimizer.zero_grad(set_to_none=True)
-    parts["total"].backward()
+    last = micro == engine.accum_steps - 1
+    sync = contextlib.nullcontext() if last or not hasattr(engine.model, "no_sync") else engine.model.no_sync()
+    with sync:  # DDP: average the gradients once, on the last micro-batch
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=engine.autocast):
+            if engine.alignment is None:
+                outputs = engine.model(images)
+            else:  # the alignment features come out of the same forward
+                outputs = engine.model(images, features=engine.alignment.names)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        parts = engine.loss_fn(outputs, targets)
+        if engine.align_fn is not None:
+            aligned = engine.align_fn(outputs, targets.features)
+            parts = {**parts, **aligned, "total": parts["total"] + aligned["total"]}
+        if micro == 0:
+            engine.optimizer.zero_grad(set_to_none=True)
+        (parts["total"] / engine.accum_steps if engine.accum_steps > 1 else parts["total"]).backward()
+    if last:
+        _optimizer_step(engine, state)
+    bad = ~torch.isfinite(parts["total"].detach()) & (engine.first_bad_step < 0)
+    owner = state.step if last else state.step + 1  # the optimizer step this micro-batch belongs to
+    engine.first_bad_step = torch.where(bad, owner, engine.first_bad_step)  # read at the sync points
+    parts = {k: v.detach() for k, v in parts.items()}
+    if last and engine.on_step is not None:  # per optimizer step: the last micro-batch's loss parts
+        engine.on_step(state.step, engine.lr, parts)
+    return parts
+
+
+def _optimizer_step(engine: Engine, state: State) -> None:
+    """Clip, step, count, then the lr of the next step and the EMA (timm's order)."""
     if engine.clip_grad:
         torch.nn.utils.clip_grad_norm_(engine.params, engine.clip_grad)
     engine.lr = engine.optimizer.param_groups[0]["lr"]
     engine.optimizer.step()
     state.step += 1
-    bad = ~torch.isfinite(parts["total"].detach()) & (engine.first_bad_step < 0)
-    engine.first_bad_step = torch.where(bad, state.step, engine.first_bad_step)  # read at the sync points
     engine.scheduler.step_update(state.step)
-    parts = {k: v.detach() for k, v in parts.items()}
-    if engine.on_step is not None:
-        engine.on_step(state.step, engine.lr, parts)
-    return parts
+    if engine.ema is not None:
+        engine.ema.update(state.step)
 
 
 def check_finite(engine: Engine) -> None:
@@ -126,18 +145,22 @@ def train_one_epoch(
     engine.model.train()
     loader.next_epoch = epoch  # FFCV's order is a function of (seed, epoch): resumable
     engine.teacher.start_epoch(epoch)
-    steps = len(loader)
+    n = engine.accum_steps  # micro-batches per optimizer step; a last incomplete group is skipped
+    steps = len(loader) // n * n  # micro-batches used (the optimizer steps of the epoch when n == 1)
     sums: dict[str, torch.Tensor] = {}
     start, n_images = time.perf_counter(), 0
-    for i, batch in enumerate(loader):
-        for k, v in train_step(engine, batch, state).items():
+    for j, batch in enumerate(loader):
+        if j >= steps:
+            continue  # read, not trained on: the loader's epoch runs to its end
+        for k, v in train_step(engine, batch, state, j % n).items():
             sums[k] = sums.get(k, 0) + v
         n_images += batch[0].shape[0]
-        if i % SYNC_EVERY == SYNC_EVERY - 1 or i == steps - 1:  # sync with the device rarely
+        i = j // n  # the optimizer step within the epoch
+        if j % n == n - 1 and (i % SYNC_EVERY == SYNC_EVERY - 1 or j == steps - 1):  # sync with the device rarely
             check_finite(engine)
             if advance:
                 rate = n_images * dist.world / (time.perf_counter() - start)
-                means = (torch.stack([sums[k] for k in sorted(sums)]) / (i + 1)).tolist()  # one sync for all parts
+                means = (torch.stack([sums[k] for k in sorted(sums)]) / (j + 1)).tolist()  # one sync for all parts
                 loss = " ".join(f"{k} {v:.3f}" for k, v in zip(sorted(sums), means, strict=True))
                 advance(i % SYNC_EVERY + 1, info=f"{rate:,.0f} img/s  {loss}")
     seconds = time.perf_counter() - start

@@ -28,10 +28,13 @@ from cdeit.train.core.align import Alignment
 from cdeit.train.core.augment import Augment
 from cdeit.train.core.checkpoint import not_this_run, read_checkpoint, save_checkpoint
 from cdeit.train.core.config import TrainConfig
+from cdeit.train.core.ema import EMA_FILE, ema_metrics, make_ema
 from cdeit.train.core.engine import Engine, NonFiniteLoss, State, train_one_epoch, validate
 from cdeit.train.core.losses import build_loss
 from cdeit.train.core.models import Normalise, build_student, save_safetensors
-from cdeit.train.core.notes import quiet_library_messages, small_data_note
+from cdeit.train.core.notes import small_data_note
+from cdeit.train.core.optim import build_optimizer, lr_schedule, param_groups
+from cdeit.train.core.randaugment import randaugment_for
 from cdeit.train.core.rundir import CHECKPOINT, io_error, prepare_run_dir
 from cdeit.train.core.teachers import TeacherSource, load_teacher
 from cdeit.train.core.tracking import Tracker
@@ -39,34 +42,6 @@ from cdeit.train.core.weights import load_initial_checkpoint
 
 TRAIN_FIELDS = ("image", "label", "corruption", "index")
 PAPER_VIEWS = ("none", "same")  # the paper's teacher (or none): other views are beyond it, and say so
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on norms, biases, tokens or position embeddings."""
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
-    """DeiT's Table 1 schedule per optimizer step, as timm's `create_scheduler_v2` builds it (docs/training.md).
-
-    Linear warmup from `warmup_lr` over the first warmup_epochs x steps steps, inside the total; then
-    min_lr + (lr - min_lr) / 2 (1 + cos(pi t / T)) over all T = epochs x steps steps, so the last step is at
-    min_lr (to within (lr - min_lr) pi^2 / 4T^2). Step t uses the lr the scheduler set after step t - 1.
-    """
-    from timm.scheduler import CosineLRScheduler
-
-    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
-    quiet_library_messages()  # e.g. timm's warning for a one-step cosine says nothing a user can act on
-    return CosineLRScheduler(
-        optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
-        warmup_prefix=False, t_in_epochs=False,
-    )  # fmt: skip
 
 
 class Trainer:
@@ -84,10 +59,10 @@ class Trainer:
         self.device = resolve_device(cfg.device, env.local_rank)
         self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
         self.cfg = cfg = dataclasses.replace(cfg, precision="bf16" if self.autocast else "fp32")  # what runs
-        if cfg.batch_size % env.world:
+        if cfg.batch_size % (env.world * cfg.grad_accum_steps):
             raise CdeitError(
-                f"--batch-size {cfg.batch_size} does not divide over {env.world} processes; "
-                f"use a multiple of {env.world}."
+                f"--batch-size {cfg.batch_size} does not divide over {env.world} processes x --grad-accum-steps "
+                f"{cfg.grad_accum_steps}; use a multiple of {env.world * cfg.grad_accum_steps}."
             )
         self.dist = distributed.setup(env, self.device.type)
         self.out = prepare_run_dir(cfg, resume) if self.dist.main else Path(cfg.out)
@@ -122,13 +97,16 @@ class Trainer:
         self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
         self.augment = Augment(cfg, self.normalise, self.num_classes, dev, self.dist.rank)
         self.teacher = teacher if teacher is not None else load_teacher(cfg, dev, self.normalise)
+        mean, seed = tuple((self.normalise.mean.flatten() / 255).tolist()), cfg.seed * 1000 + 700 + self.dist.rank
+        self.augment.randaugment = randaugment_for(cfg.aa, self.teacher, mean, seed)  # --aa; refused for K views
         self.batch_fields = (*TRAIN_FIELDS, *(k for k in self.teacher.fields if k not in TRAIN_FIELDS))
         self.train_loader = make_loader(
-            beton_path(cfg.data, "train"), cfg.batch_size // self.dist.world, "random", str(dev),
+            beton_path(cfg.data, "train"), cfg.batch_size // (self.dist.world * cfg.grad_accum_steps), "random",
+            str(dev),
             fields=self.batch_fields, drop_last=True,
             distributed=self.dist.enabled, seed=cfg.seed, workers=cfg.workers,
         )  # fmt: skip
-        self.steps_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = len(self.train_loader) // cfg.grad_accum_steps  # optimizer steps
         if self.steps_per_epoch == 0:
             n = self.manifest["splits"]["train"]["count"]
             raise CdeitError(f"--batch-size {cfg.batch_size} is larger than the {n} training images; lower it.")
@@ -137,7 +115,8 @@ class Trainer:
         if self.alignment is not None:  # the projections train with the student (decay on their matrices)
             for group, extra in zip(groups, self.alignment.param_groups(cfg.weight_decay), strict=True):
                 group["params"] += extra["params"]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=dev.type == "cuda")
+        self.optimizer = build_optimizer(groups, cfg, dev)  # --opt through timm's create_optimizer_v2
+        self.ema = make_ema(cfg.model_ema, self.raw_model, cfg.model_ema_decay)  # before compile and DDP wrap it
         self.scheduler = lr_schedule(self.optimizer, cfg, self.steps_per_epoch)
         self.engine = self._engine()
 
@@ -156,7 +135,8 @@ class Trainer:
         params = [*self.raw_model.parameters(), *(self.alignment.parameters() if self.alignment is not None else ())]
         return Engine(model, self.loss_fn, self.teacher, self.augment, self.optimizer, self.scheduler,
                       self.batch_fields, params, cfg.clip_grad, self.alignment, align_fn, self.autocast,
-                      lr=self.optimizer.param_groups[0]["lr"]).to(dev)  # fmt: skip
+                      lr=self.optimizer.param_groups[0]["lr"], accum_steps=cfg.grad_accum_steps,
+                      ema=self.ema).to(dev)  # fmt: skip
 
     def _alignment(self) -> Alignment | None:
         """The alignment terms and their projections (student width -> teacher width), or None without --align."""
@@ -199,6 +179,7 @@ class Trainer:
         }
         if self.alignment is not None:  # the projections: training-only, never part of the student
             payload["alignment"] = self.alignment.state_dict()
+        payload |= {"model_ema": self.ema.state_dict()} if self.ema is not None else {}
         save_checkpoint(self.out, payload)
 
     def load_checkpoint(self) -> bool:
@@ -224,6 +205,8 @@ class Trainer:
                     "run's --align."
                 )
             self.alignment.load_state_dict(payload["alignment"])
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["model_ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         rng = payload["rng"]
@@ -240,7 +223,7 @@ class Trainer:
             )
 
     # ---------------------------------------------------------------- loop
-    def validate(self, split: str = "val") -> dict[str, float]:
+    def validate(self, split: str = "val", model: torch.nn.Module | None = None) -> dict[str, float]:
         """engine.validate over `split`, each rank reading its share of the samples (exact under torchrun)."""
         count = self.manifest["splits"][split]["count"]
         indices = list(range(self.dist.rank, count, self.dist.world))  # every sample once over the ranks
@@ -248,7 +231,8 @@ class Trainer:
                              str(self.device), fields=("image", "label", "index"), workers=self.cfg.workers,
                              indices=indices)  # fmt: skip
         teacher = self._val_teacher(split)
-        return validate(self.raw_model, loader, self.normalise, split, self.dist, self.device, teacher, self.autocast)
+        model = self.raw_model if model is None else model
+        return validate(model, loader, self.normalise, split, self.dist, self.device, teacher, self.autocast)
 
     def train_epoch(self, epoch: int, advance: Any) -> dict[str, float]:
         """engine.train_one_epoch, with a non-finite loss stopped in one sentence before any checkpoint."""
@@ -306,13 +290,13 @@ class Trainer:
             console.print(
                 f"training {cfg.student} (distill {cfg.distill}, {n_params / 1e6:.2f}M parameters) on {self.device}"
                 f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
-                f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:.2e}, {cfg.precision}"
+                f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.peak_lr:.2e}, {cfg.precision}"
             )
             small_data_note(self.manifest["splits"]["train"]["count"], cfg.batch_size)
-            if cfg.min_lr > cfg.lr:  # a small batch with Table 1's floor: the "decay" rises to min_lr
+            if cfg.min_lr > cfg.peak_lr:  # a small batch with Table 1's floor: the "decay" rises to min_lr
                 console.print(
-                    f"[yellow]warning: --min-lr {cfg.min_lr:g} is above the lr {cfg.lr:g} (batch {cfg.batch_size}): "
-                    "the cosine rises to it; lower --min-lr for a decay.[/]"
+                    f"[yellow]warning: --min-lr {cfg.min_lr:g} is above the lr {cfg.peak_lr:g} (batch "
+                    f"{cfg.batch_size}): the cosine rises to it; lower --min-lr for a decay.[/]"
                 )
             if cfg.warmup_epochs >= cfg.epochs:  # what was asked, as timm would run it, but rarely what is meant
                 console.print(
@@ -332,6 +316,8 @@ class Trainer:
                 last = epoch + 1 == cfg.epochs
                 if (epoch + 1) % cfg.eval_every == 0 or last:
                     record |= self.validate("val")
+                    if self.ema is not None:
+                        record |= ema_metrics(self.validate("val", self.ema.module))
                     if record["val_acc"] > self.state.best_val_acc:
                         self.state.best_val_acc, self.state.best_epoch = record["val_acc"], epoch + 1
                         self._save_model("best.safetensors")
@@ -344,12 +330,12 @@ class Trainer:
                 distributed.barrier(self.dist)
         return self._finish()
 
-    def _save_model(self, name: str) -> None:
+    def _save_model(self, name: str, model: torch.nn.Module | None = None) -> None:
         if not self.dist.main:
             return
         try:
             classes = self.manifest["classes"] if len(self.manifest["classes"]) == self.raw_model.num_classes else None
-            save_safetensors(self.raw_model, self.out / name, classes)  # the file names its classes
+            save_safetensors(self.raw_model if model is None else model, self.out / name, classes)  # names its classes
         except OSError as exc:
             raise io_error(self.out / name, exc) from None
 
@@ -358,6 +344,8 @@ class Trainer:
         if self.dist.main:
             self._save_model("model.safetensors")
             write_json(self.out / "model_config.json", self.raw_model.model_config())
+            if self.ema is not None:
+                self._save_model(EMA_FILE, self.ema.module)
             records = rundir.read_metrics(self.out)
             last = records[-1] if records else {}
             summary = {
@@ -371,7 +359,8 @@ class Trainer:
                 "train_images_per_s": self.state.train_images / max(self.state.train_seconds, 1e-9),
                 "best_val_acc": self.state.best_val_acc,
                 "best": {"file": "best.safetensors", "chosen_by": "val_acc", "epoch": self.state.best_epoch},
-                **{k: v for k, v in last.items() if k.startswith("val_")},
+                **{k: v for k, v in last.items() if k.startswith(("val_", "ema_val_"))},
+                "lr": self.cfg.peak_lr,
                 "device": str(self.device),
                 "world_size": self.dist.world,
             }

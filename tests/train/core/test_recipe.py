@@ -31,7 +31,7 @@ def _timm_schedule(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
     """The per-step lr DeiT/timm's create_scheduler_v2 gives for these settings (step_on_epochs=False)."""
     from timm.scheduler import create_scheduler_v2
 
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.peak_lr)
     sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                                    warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
                                    updates_per_epoch=steps_per_epoch)  # fmt: skip
@@ -44,9 +44,9 @@ def _timm_schedule(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
 
 def _scheduled_lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
     """The lr each optimizer step uses under the Trainer's `lr_schedule`, on a one-parameter optimizer."""
-    from cdeit.train.core.trainer import lr_schedule
+    from cdeit.train.core.optim import lr_schedule
 
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.peak_lr)
     sched = lr_schedule(opt, cfg, steps_per_epoch)
     used = []
     for step in range(cfg.epochs * steps_per_epoch):
@@ -62,8 +62,8 @@ def test_lr_of_every_step_is_timms_cosine_and_ends_at_min_lr(tmp_path: Path) -> 
     used = _scheduled_lrs(cfg, n)
     assert used == pytest.approx(_timm_schedule(cfg, n), rel=1e-12, abs=0)
     total, warmup = 3 * n, 0.5 * n  # the curve of docs/training.md, written out
-    ramp = [cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * t / warmup for t in range(total)]
-    cosine = [cfg.min_lr + (cfg.lr - cfg.min_lr) / 2 * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+    ramp = [cfg.warmup_lr + (cfg.peak_lr - cfg.warmup_lr) * t / warmup for t in range(total)]
+    cosine = [cfg.min_lr + (cfg.peak_lr - cfg.min_lr) / 2 * (1 + math.cos(math.pi * t / total)) for t in range(total)]
     curve = [ramp[t] if t < warmup else cosine[t] for t in range(total)]
     assert used == pytest.approx(curve, rel=1e-9)
     assert used[0] == pytest.approx(cfg.warmup_lr)  # warmup starts at --warmup-lr, inside the total
@@ -79,8 +79,8 @@ def test_table1_schedule_at_full_scale_ends_at_min_lr() -> None:
     assert used == pytest.approx(_timm_schedule(cfg, n), rel=1e-12, abs=0)
     assert used[-1] == pytest.approx(cfg.min_lr, rel=0.01)  # was 0.105 x lr with the warmup as a prefix
     w = 3 * n  # the warmup ramps to the lr, then the cosine (already at t = 3/15 of it) takes over, as in timm
-    assert used[w - 1] == pytest.approx(cfg.lr, rel=1e-3) and max(used) == used[w - 1]
-    assert used[w] == pytest.approx(cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * 3 / 15)) / 2)
+    assert used[w - 1] == pytest.approx(cfg.peak_lr, rel=1e-3) and max(used) == used[w - 1]
+    assert used[w] == pytest.approx(cfg.min_lr + (cfg.peak_lr - cfg.min_lr) * (1 + math.cos(math.pi * 3 / 15)) / 2)
 
 
 def _targets(batch: int = 6, classes: int = 10) -> tuple[dict[str, torch.Tensor], Targets]:

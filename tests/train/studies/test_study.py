@@ -197,7 +197,7 @@ def test_presets_plan_the_papers_grids(tiny_dataset: Path, tmp_path: Path) -> No
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "manifest.json").write_text("{}")
-    counts = {"table2": 4, "table3": 5, "table4": 7, "fig5": 4}
+    counts = {"table2": 4, "table3": 5, "table4": 9, "fig5": 4}  # table4: all the paper's rows, SGD and RandAug too
     for name, configurations in counts.items():
         spec = preset_spec(name, str(tiny_dataset), str(cache), str(tmp_path / name))
         study = plan_study(spec, tmp_path / name / "study.toml")
@@ -209,6 +209,8 @@ def test_presets_plan_the_papers_grids(tiny_dataset: Path, tmp_path: Path) -> No
         assert [r.name for r in again.runs] == [r.name for r in study.runs]
     t3 = plan_study(preset_spec("table3", str(tiny_dataset), str(cache), str(tmp_path / "t3")), tmp_path / "x.toml")
     assert t3.baseline == "vit" and t3.groups["cdeit_soft"] == {"student": "cdeit", "distill": "soft"}
+    t4 = plan_study(preset_spec("table4", str(tiny_dataset), str(cache), str(tmp_path / "t4")), tmp_path / "y.toml")
+    assert t4.groups["sgd"]["opt"] == "sgd" and t4.groups["randaugment"]["aa"] == "rand-m9-n2"
     result = CliRunner().invoke(app, ["sweep", "--preset", "table9", "--data", "d", "--teacher-cache", "c",
                                       "--out", str(tmp_path)])  # fmt: skip
     assert result.exit_code == 2 and "--preset" in result.output and "table9" in result.output
