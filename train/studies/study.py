@@ -132,8 +132,12 @@ def readable_name(overrides: dict[str, Any]) -> str:
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
-    """Eight hex digits of SHA-256 over the settings that change what a run learns."""
-    kept = {k: v for k, v in sorted(settings.items()) if k not in NOT_HASHED}
+    """Eight hex digits of SHA-256 over the settings that change what a run learns and differ from TrainConfig's
+    defaults: an option added to cdeit later (at its default) leaves the names of planned runs as they were."""
+    defaults = TrainConfig().to_json()
+    kept = {
+        k: v for k, v in sorted(settings.items()) if k not in NOT_HASHED and (k not in defaults or v != defaults[k])
+    }
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -84,6 +84,8 @@ def test_plan_crosses_axes_adds_configs_and_names_runs(tiny_dataset: Path, tmp_p
     # the hash follows what a run learns, not where it writes or how many loader threads it has
     assert settings_hash(run.settings | {"workers": 7, "out": "x"}) == settings_hash(run.settings)
     assert settings_hash(run.settings | {"epochs": 2}) != settings_hash(run.settings)
+    added = {k: v for k, v in run.settings.items() if k != "aa"}  # a field cdeit adds later, at its default
+    assert settings_hash(added) == settings_hash(run.settings)
 
 
 @pytest.mark.parametrize(
