@@ -279,24 +279,17 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(named)
 
 
-def read_manifest_json(directory: str | os.PathLike, what: str, command: str) -> tuple[Path, Any]:
-    """DIRECTORY/manifest.json parsed, and its path; a missing directory or file, or invalid JSON, is a `CdeitError`
-    naming it. `what` says what the directory should be ("a teacher cache"), `command` what builds one."""
+def read_manifest_json(directory: str | os.PathLike, what: str, command: str) -> tuple[Path, dict[str, Any]]:
+    """DIRECTORY/manifest.json parsed (by read_json_object, the one JSON reader), and its path; a missing directory
+    or file, or a file that is not a JSON object, is a `CdeitError` naming it. `what` says what the directory should
+    be ("a teacher cache"), `command` what builds one."""
     directory = Path(directory)
     path = directory / "manifest.json"
     if not directory.is_dir():
         raise CdeitError(f"{what} {directory} does not exist; build one with `{command}`.")
     if not path.is_file():
         raise CdeitError(f"{path} is missing, so {directory} is not {what}; build one with `{command}`.")
-    try:
-        manifest = json.loads(path.read_text())
-    except RecursionError:
-        raise CdeitError(f"{path} is nested too deeply to be a manifest; rerun `{command}` to rebuild it.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CdeitError(f"{path} is not valid JSON ({exc}); rerun `{command}` to rebuild it.") from None
-    if not isinstance(manifest, dict):
-        raise CdeitError(f"{path} is not the manifest of {what}; pass a directory made by `{command}`.")
-    return path, manifest
+    return path, read_json_object(path, str(path), f"rerun `{command}` to rebuild it, or pass {what} it made")
 
 
 def probe_writable(folder: str | os.PathLike) -> Path:
