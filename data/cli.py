@@ -85,9 +85,32 @@ def _non_negative(**values: int) -> None:
 @PREPARE_OPTIONS.command
 def prepare_command(
     ctx: typer.Context,
-    cifar10: Annotated[Path, typer.Option(help="CIFAR-10 python version: `cifar-10-batches-py/` or its parent.")],
     out: Annotated[Path, typer.Option(help="Output dataset directory (betons + manifest.json).")],
+    cifar10: Annotated[
+        Path | None, typer.Option(help="CIFAR-10 python version: `cifar-10-batches-py/` or its parent.")
+    ] = D.cifar10,
     cifar10c: Annotated[Path | None, typer.Option(help="Extracted CIFAR-10-C folder (or its parent).")] = D.cifar10c,
+    cifar100: Annotated[
+        Path | None, typer.Option(help="CIFAR-100 python version: `cifar-100-python/` or its parent (fine labels).")
+    ] = D.cifar100,
+    cifar100c: Annotated[Path | None, typer.Option(help="Extracted CIFAR-100-C folder (or its parent).")] = D.cifar100c,
+    tiny_imagenet: Annotated[
+        Path | None, typer.Option(help="Tiny-ImageNet: `tiny-imagenet-200/` or its parent (64px, 200 classes).")
+    ] = D.tiny_imagenet,
+    tiny_imagenet_c: Annotated[
+        Path | None, typer.Option(help="Extracted Tiny-ImageNet-C folder (or its parent).")
+    ] = D.tiny_imagenet_c,
+    image_folder: Annotated[
+        Path | None,
+        typer.Option(
+            help="One folder of images per class (torchvision's ImageFolder); train/ and val/ subfolders give the "
+            "split. Corruptions are generated."
+        ),
+    ] = D.image_folder,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Resize every image to 32, 64 or 224 px (shorter side, then centre crop; docs/data.md)."),
+    ] = D.image_size,
     generate: Annotated[
         str | None,
         typer.Option("--corruptions", help="`generate`: make the ten corruptions with cdeit's own implementation."),
@@ -116,6 +139,9 @@ def prepare_command(
 
     cfg = PREPARE_OPTIONS.build(ctx)
     _non_negative(seed=cfg.seed)
+    from cdeit.data.inputs import check_options
+
+    check_options(cfg)  # conflicting sources are one sentence before the output folder is locked
     from cdeit.common.lock import output_lock
 
     with output_lock(cfg.out, "cdeit data prepare"):
