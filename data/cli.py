@@ -232,13 +232,32 @@ def synth_command(
 class Only(str, enum.Enum):
     cifar10 = "cifar10"
     cifar10c = "cifar10c"
+    cifar100 = "cifar100"
+    cifar100c = "cifar100c"
+    tiny_imagenet = "tiny-imagenet"
+    tiny_imagenet_c = "tiny-imagenet-c"
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    """`--url KEY=VALUE` (repeatable) to a dict, or one sentence naming the bad value."""
+    out = {}
+    for text in values or []:
+        key, sep, value = text.partition("=")
+        if not sep or key not in {o.value for o in Only} or not value:
+            keys = ", ".join(o.value for o in Only)
+            raise CdeitError(f"{option} {text!r} must be KEY=VALUE with KEY one of {keys}.")
+        out[key] = value
+    return out
 
 
 @app.command("download")
 @friendly_errors
 def download(
-    to: Annotated[Path, typer.Option("--to", help="Directory that receives cifar-10-batches-py/ and CIFAR-10-C/.")],
-    only: Annotated[Only | None, typer.Option("--only", help="Fetch one dataset only (default: both).")] = None,
+    to: Annotated[Path, typer.Option("--to", help="Directory that receives cifar-10-batches-py/, CIFAR-10-C/, ...")],
+    only: Annotated[
+        list[Only] | None,
+        typer.Option("--only", help="Fetch this dataset (repeatable; default: cifar10 and cifar10c)."),
+    ] = None,
     keep_archives: Annotated[
         bool, typer.Option("--keep-archives", help="Keep the verified .tar.gz / .tar next to the folders.")
     ] = False,
@@ -264,10 +283,16 @@ def download(
             help="Expected MD5 instead of the official one (size from server).",
         ),
     ] = None,
+    url: Annotated[
+        list[str] | None, typer.Option("--url", help="KEY=URL: a mirror for one dataset (repeatable).")
+    ] = None,
+    md5: Annotated[
+        list[str] | None, typer.Option("--md5", help="KEY=MD5: expected MD5 instead of the published one.")
+    ] = None,
     retries: Annotated[int, typer.Option("--retries", min=0, help="Resume attempts per dropped connection.")] = 3,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds without data before a retry.")] = 30.0,
 ) -> None:
-    """Download CIFAR-10 and CIFAR-10-C, resuming partial downloads; verify size and MD5; extract."""
+    """Download CIFAR-10 and CIFAR-10-C (or the --only datasets), resuming partial downloads; verify; extract."""
     from cdeit.common.console import out
     from cdeit.common.lock import output_lock
     from cdeit.data.download import Settings, download_datasets
@@ -275,9 +300,9 @@ def download(
     with output_lock(to, "cdeit data download"):
         folders = download_datasets(
             to,
-            only=[only.value] if only else None,
-            urls={"cifar10": cifar10_url, "cifar10c": cifar10c_url},
-            md5s={"cifar10": cifar10_md5, "cifar10c": cifar10c_md5},
+            only=[o.value for o in only] if only else None,
+            urls={"cifar10": cifar10_url, "cifar10c": cifar10c_url} | _pairs(url, "--url"),
+            md5s={"cifar10": cifar10_md5, "cifar10c": cifar10c_md5} | _pairs(md5, "--md5"),
             keep_archives=keep_archives,
             settings=Settings(retries=retries, timeout_s=timeout),
         )
