@@ -11,6 +11,8 @@ import numpy as np
 from cdeit.common.dataset import CORRUPTIONS, SEVERITIES, beton_path, check_betons, load_manifest, read_split
 from cdeit.common.errors import CdeitError
 
+MAX_COLUMNS = 20  # `show` draws at most this many classes, evenly spaced over the manifest's classes
+
 
 def audit(data_dir: str | Path) -> dict[str, Any]:
     """For each pair of splits: shared source photographs and the share of each split's samples they make."""
@@ -51,24 +53,29 @@ def show(data_dir: str | Path, out_png: str | Path, split: str = "test", severit
     split_info(manifest, split, data_dir)
     check_betons(data_dir, manifest, [split])
     arrays = read_split(beton_path(data_dir, split), fields=("image", "label", "corruption", "severity"))
-    classes = manifest["classes"]
+    names = manifest["classes"]
+    shown = np.unique(np.linspace(0, len(names) - 1, min(len(names), MAX_COLUMNS)).round().astype(int))
+    classes = [names[c] for c in shown]
     types = manifest.get("types", list(CORRUPTIONS))
     fig, axes = plt.subplots(len(types), len(classes), figsize=(len(classes) * 0.9, len(types) * 0.95), squeeze=False)
     for r, name in enumerate(types):
         t = CORRUPTIONS.index(name)
         want = 0 if t == 0 else severity
-        for c in range(len(classes)):
+        for c, label in enumerate(shown):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
-            hits = np.flatnonzero((arrays["corruption"] == t) & (arrays["label"] == c) & (arrays["severity"] == want))
+            hits = np.flatnonzero(
+                (arrays["corruption"] == t) & (arrays["label"] == label) & (arrays["severity"] == want)
+            )
             if len(hits):
                 ax.imshow(arrays["image"][hits[0]], interpolation="nearest")
             if r == 0:
                 ax.set_title(classes[c], fontsize=7)
             if c == 0:
                 ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(f"{Path(data_dir).name}: {split} split, severity {severity}", fontsize=9)
+    some = f", {len(classes)} of {len(names)} classes" if len(classes) < len(names) else ""
+    fig.suptitle(f"{Path(data_dir).name}: {split} split, severity {severity}{some}", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

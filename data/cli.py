@@ -85,9 +85,32 @@ def _non_negative(**values: int) -> None:
 @PREPARE_OPTIONS.command
 def prepare_command(
     ctx: typer.Context,
-    cifar10: Annotated[Path, typer.Option(help="CIFAR-10 python version: `cifar-10-batches-py/` or its parent.")],
     out: Annotated[Path, typer.Option(help="Output dataset directory (betons + manifest.json).")],
+    cifar10: Annotated[
+        Path | None, typer.Option(help="CIFAR-10 python version: `cifar-10-batches-py/` or its parent.")
+    ] = D.cifar10,
     cifar10c: Annotated[Path | None, typer.Option(help="Extracted CIFAR-10-C folder (or its parent).")] = D.cifar10c,
+    cifar100: Annotated[
+        Path | None, typer.Option(help="CIFAR-100 python version: `cifar-100-python/` or its parent (fine labels).")
+    ] = D.cifar100,
+    cifar100c: Annotated[Path | None, typer.Option(help="Extracted CIFAR-100-C folder (or its parent).")] = D.cifar100c,
+    tiny_imagenet: Annotated[
+        Path | None, typer.Option(help="Tiny-ImageNet: `tiny-imagenet-200/` or its parent (64px, 200 classes).")
+    ] = D.tiny_imagenet,
+    tiny_imagenet_c: Annotated[
+        Path | None, typer.Option(help="Extracted Tiny-ImageNet-C folder (or its parent).")
+    ] = D.tiny_imagenet_c,
+    image_folder: Annotated[
+        Path | None,
+        typer.Option(
+            help="One folder of images per class (torchvision's ImageFolder); train/ and val/ subfolders give the "
+            "split. Corruptions are generated."
+        ),
+    ] = D.image_folder,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Resize every image to 32, 64 or 224 px (shorter side, then centre crop; docs/data.md)."),
+    ] = D.image_size,
     generate: Annotated[
         str | None,
         typer.Option("--corruptions", help="`generate`: make the ten corruptions with cdeit's own implementation."),
@@ -116,6 +139,9 @@ def prepare_command(
 
     cfg = PREPARE_OPTIONS.build(ctx)
     _non_negative(seed=cfg.seed)
+    from cdeit.data.inputs import check_options
+
+    check_options(cfg)  # conflicting sources are one sentence before the output folder is locked
     from cdeit.common.lock import output_lock
 
     with output_lock(cfg.out, "cdeit data prepare"):
@@ -206,13 +232,32 @@ def synth_command(
 class Only(str, enum.Enum):
     cifar10 = "cifar10"
     cifar10c = "cifar10c"
+    cifar100 = "cifar100"
+    cifar100c = "cifar100c"
+    tiny_imagenet = "tiny-imagenet"
+    tiny_imagenet_c = "tiny-imagenet-c"
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    """`--url KEY=VALUE` (repeatable) to a dict, or one sentence naming the bad value."""
+    out = {}
+    for text in values or []:
+        key, sep, value = text.partition("=")
+        if not sep or key not in {o.value for o in Only} or not value:
+            keys = ", ".join(o.value for o in Only)
+            raise CdeitError(f"{option} {text!r} must be KEY=VALUE with KEY one of {keys}.")
+        out[key] = value
+    return out
 
 
 @app.command("download")
 @friendly_errors
 def download(
-    to: Annotated[Path, typer.Option("--to", help="Directory that receives cifar-10-batches-py/ and CIFAR-10-C/.")],
-    only: Annotated[Only | None, typer.Option("--only", help="Fetch one dataset only (default: both).")] = None,
+    to: Annotated[Path, typer.Option("--to", help="Directory that receives cifar-10-batches-py/, CIFAR-10-C/, ...")],
+    only: Annotated[
+        list[Only] | None,
+        typer.Option("--only", help="Fetch this dataset (repeatable; default: cifar10 and cifar10c)."),
+    ] = None,
     keep_archives: Annotated[
         bool, typer.Option("--keep-archives", help="Keep the verified .tar.gz / .tar next to the folders.")
     ] = False,
@@ -238,10 +283,16 @@ def download(
             help="Expected MD5 instead of the official one (size from server).",
         ),
     ] = None,
+    url: Annotated[
+        list[str] | None, typer.Option("--url", help="KEY=URL: a mirror for one dataset (repeatable).")
+    ] = None,
+    md5: Annotated[
+        list[str] | None, typer.Option("--md5", help="KEY=MD5: expected MD5 instead of the published one.")
+    ] = None,
     retries: Annotated[int, typer.Option("--retries", min=0, help="Resume attempts per dropped connection.")] = 3,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds without data before a retry.")] = 30.0,
 ) -> None:
-    """Download CIFAR-10 and CIFAR-10-C, resuming partial downloads; verify size and MD5; extract."""
+    """Download CIFAR-10 and CIFAR-10-C (or the --only datasets), resuming partial downloads; verify; extract."""
     from cdeit.common.console import out
     from cdeit.common.lock import output_lock
     from cdeit.data.download import Settings, download_datasets
@@ -249,9 +300,9 @@ def download(
     with output_lock(to, "cdeit data download"):
         folders = download_datasets(
             to,
-            only=[only.value] if only else None,
-            urls={"cifar10": cifar10_url, "cifar10c": cifar10c_url},
-            md5s={"cifar10": cifar10_md5, "cifar10c": cifar10c_md5},
+            only=[o.value for o in only] if only else None,
+            urls={"cifar10": cifar10_url, "cifar10c": cifar10c_url} | _pairs(url, "--url"),
+            md5s={"cifar10": cifar10_md5, "cifar10c": cifar10c_md5} | _pairs(md5, "--md5"),
             keep_archives=keep_archives,
             settings=Settings(retries=retries, timeout_s=timeout),
         )

@@ -1,11 +1,11 @@
-"""`cdeit data download`: fetch the released CIFAR-10 and CIFAR-10-C archives, resumably, and extract them.
+"""`cdeit data download`: fetch released archives (CIFAR-10/100, Tiny-ImageNet and their -C sets), resumably.
 
 Layout under the target directory DIR:
     DIR/.downloads/<archive>.part   bytes received so far (kept on interruption; a rerun resumes with HTTP Range)
     DIR/<archive>                   the archive once its size and MD5 are verified (deleted after extraction
                                     unless keep_archives)
     DIR/.extract-<folder>/          a temporary extraction directory, renamed into place when complete
-    DIR/cifar-10-batches-py/, DIR/CIFAR-10-C/   the result
+    DIR/cifar-10-batches-py/, DIR/CIFAR-10-C/, ...   the result (each release's `folder`)
 Nothing appears under a final name before it is verified.
 """
 
@@ -22,6 +22,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,58 +30,12 @@ from pathlib import Path
 
 from cdeit.common.console import console, progress_bar
 from cdeit.common.errors import CdeitError
+from cdeit.data.releases import DEFAULT_KEYS, RELEASES, Release  # noqa: F401  (Release: re-exported)
 
 PARTS_DIR = ".downloads"
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "cdeit-data-download/0.1"
 EXTRACTED_OVER_ARCHIVE = 1.1  # room the extracted files need, as a multiple of the archive size
-
-CIFAR10_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
-
-
-@dataclass(frozen=True)
-class Release:
-    """One released archive: where it lives, its checksum and size, and the folder it extracts to."""
-
-    key: str  # "cifar10" | "cifar10c", as in --only
-    title: str
-    archive: str
-    url: str
-    md5: str
-    size_bytes: int
-    folder: str
-    required: tuple[str, ...]  # files that must be in `folder` after extraction
-
-    def missing(self, folder: Path) -> list[str]:
-        """Names of required files absent from `folder` (CIFAR-10-C also needs at least one corruption)."""
-        missing = [name for name in self.required if not (folder / name).is_file()]
-        if self.key == "cifar10c" and not any(p.name != "labels.npy" for p in folder.glob("*.npy")):
-            missing.append("<corruption>.npy")
-        return missing
-
-
-RELEASES: dict[str, Release] = {
-    "cifar10": Release(
-        key="cifar10",
-        title="CIFAR-10",
-        archive="cifar-10-python.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        md5="c58f30108f718f92721af3b95e74349a",
-        size_bytes=170_498_071,
-        folder="cifar-10-batches-py",
-        required=(*CIFAR10_BATCHES, "batches.meta"),
-    ),
-    "cifar10c": Release(
-        key="cifar10c",
-        title="CIFAR-10-C",
-        archive="CIFAR-10-C.tar",
-        url="https://zenodo.org/records/2535967/files/CIFAR-10-C.tar",
-        md5="56bf5dcef84df0e2308c6dcbcbbd8499",
-        size_bytes=2_918_471_680,
-        folder="CIFAR-10-C",
-        required=("labels.npy",),
-    ),
-}
 
 
 class _StartOver(Exception):
@@ -109,13 +64,13 @@ def download_datasets(
     keep_archives: bool = False,
     settings: Settings | None = None,
 ) -> dict[str, Path]:
-    """Download, verify and extract each release in `only` (default all) into `to`; return the folders.
+    """Download, verify and extract each release in `only` (default CIFAR-10 and CIFAR-10-C) into `to`.
 
     `urls` and `md5s` map a release key to an override. With an MD5 override the expected size is the
     server's Content-Length instead of the official one (for mirrors or test archives of another content).
     """
     to = Path(to)
-    keys = list(dict.fromkeys(only or RELEASES))
+    keys = list(dict.fromkeys(only or DEFAULT_KEYS))
     if unknown := [k for k in keys if k not in RELEASES]:
         raise CdeitError(f"unknown dataset {unknown[0]!r}; choose from {', '.join(RELEASES)}.")
     urls, md5s, settings = urls or {}, md5s or {}, settings or Settings()
@@ -287,15 +242,11 @@ def extract(archive: Path, to: Path, release: Release) -> Path:
     tmp.mkdir()
     try:
         try:
-            with tarfile.open(archive) as tar:
-                members = tar.getmembers()
-                for member in members:
-                    _check_member(member, archive)
-                with progress_bar(f"extracting {archive.name}", sum(m.size for m in members), unit="bytes") as advance:
-                    for member in members:
-                        tar.extract(member, tmp, filter="data")
-                        advance(member.size)
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            if archive.name.endswith(".zip"):
+                _extract_zip(archive, tmp)
+            else:
+                _extract_tar(archive, tmp)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise CdeitError(f"{archive} is damaged ({exc}); delete it and rerun to download it again.") from None
         except OSError as exc:
             raise CdeitError(
@@ -310,6 +261,35 @@ def extract(archive: Path, to: Path, release: Release) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return to / release.folder
+
+
+def _extract_tar(archive: Path, tmp: Path) -> None:
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            _check_member(member, archive)
+        with progress_bar(f"extracting {archive.name}", sum(m.size for m in members), unit="bytes") as advance:
+            for member in members:
+                tar.extract(member, tmp, filter="data")
+                advance(member.size)
+
+
+def _extract_zip(archive: Path, tmp: Path) -> None:
+    """A zip (Tiny-ImageNet's release), every member checked first as tar members are."""
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for member in members:
+            name = member.filename.replace("\\", "/")
+            is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+            if is_link or name.startswith("/") or ".." in name.split("/"):
+                raise CdeitError(
+                    f"{archive} contains {member.filename!r}, which is not a plain file inside the archive's folder; "
+                    "refusing to extract it (delete the archive and check the URL)."
+                )
+        with progress_bar(f"extracting {archive.name}", sum(m.file_size for m in members), unit="bytes") as advance:
+            for member in members:
+                zf.extract(member, tmp)
+                advance(member.file_size)
 
 
 def _check_member(member: tarfile.TarInfo, archive: Path) -> None:

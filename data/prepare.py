@@ -30,11 +30,12 @@ from cdeit.common.dataset import (
 from cdeit.common.errors import CdeitError
 from cdeit.common.lock import LOCK_NAME
 from cdeit.data.config import SOURCE_POOLS, PrepareConfig
-from cdeit.data.sources import Cifar10, read_cifar10, read_cifar10c
+from cdeit.data.inputs import class_count, read_inputs, recipe
+from cdeit.data.sources import Photographs
 from cdeit.data.writer import write_dataset
 
 CHUNK = 2048  # images per corruption job
-BYTES_PER_IMAGE = 3072 + 128  # a raw 32x32x3 image plus FFCV's per-sample metadata, generously
+SAMPLE_OVERHEAD = 128  # FFCV's per-sample metadata, generously, on top of the raw S x S x 3 image
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Plan:
     corruption: np.ndarray
     severity: np.ndarray
     source: np.ndarray
-    pooled: np.ndarray  # row in CIFAR-10 pooled (train then test) images: the clean photograph
+    pooled: np.ndarray  # row in the source's pooled (train then test) images: the clean photograph
     c10c_row: np.ndarray  # row in CIFAR-10-C `<name>.npy` (-1: not from CIFAR-10-C)
 
 
@@ -85,7 +86,7 @@ def _plan_rows(
     )
 
 
-def make_plan(cfg: PrepareConfig, c10: Cifar10, types: tuple[str, ...]) -> dict[str, Plan]:
+def make_plan(cfg: PrepareConfig, c10: Photographs, types: tuple[str, ...]) -> dict[str, Plan]:
     """Decide every sample of every split; raise before anything is written if the counts cannot be met."""
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
     sizes = cfg.per_class_per_type
@@ -93,11 +94,13 @@ def make_plan(cfg: PrepareConfig, c10: Cifar10, types: tuple[str, ...]) -> dict[
     n_train = len(c10.train_labels)
     rows: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in SPLITS}
     codes = [CORRUPTIONS.index(t) for t in types]
-    for y in range(10):
+    for y in range(class_count(c10)):
         pool_all = np.flatnonzero(labels == y)  # pooled rows of class y (train then test)
         pool_train = pool_all[pool_all < n_train]
         pool_test = pool_all[pool_all >= n_train]
-        if cfg.generate:
+        if c10.origin is not None:  # the folder gives the split: train/ -> train, val/ (and test/) -> val, test
+            _plan_given(rows, rng, y, [pool_all[c10.origin[pool_all] == k] for k in range(3)], sources, codes, sizes)
+        elif cfg.generate:
             pool = {"all": pool_all, "train": pool_train, "test": pool_test}[cfg.sources]
             _plan_generated(cfg, rows, rng, y, pool, sources, codes, sizes)
         else:
@@ -118,16 +121,31 @@ def _need(available: int, wanted: int, what: str) -> None:
         )
 
 
+def _plan_given(rows, rng, y, pools, sources, codes, sizes) -> None:  # noqa: ANN001
+    """Each split's photographs from its own folder; without test/, val/ is cut into val and test."""
+    if not len(pools[2]):
+        _need(len(pools[1]), sizes[1] + sizes[2], "val/ photographs (val + test; no test/ folder)")
+        perm = rng.permutation(pools[1])
+        pools = [pools[0], perm[: sizes[1]], perm[sizes[1] :]]
+    for s, folder in enumerate(("train/", "val/", "test/")):
+        _need(len(pools[s]), sizes[s], f"{folder} photographs")
+    _plan_splits(rows, rng, y, [rng.permutation(p)[:n] for p, n in zip(pools, sizes, strict=True)], sources, codes)
+
+
+def _plan_splits(rows, rng, y, chosen_per_split, sources, codes) -> None:  # noqa: ANN001
+    """Every chosen photograph once per image type inside its split, at balanced severities."""
+    for s, chosen in enumerate(chosen_per_split):
+        for t in codes:
+            sev = np.zeros(len(chosen), np.int64) if t == 0 else _balanced_severities(len(chosen), rng)
+            _plan_rows(rows, s, t, y, sources[chosen], chosen, sev)
+
+
 def _plan_generated(cfg, rows, rng, y, pool, sources, codes, sizes) -> None:  # noqa: ANN001
     if cfg.split == "grouped":  # each source once per type, inside its own split
         _need(len(pool), sum(sizes), "distinct photographs (train + val + test, grouped split)")
         perm = rng.permutation(pool)
         bounds = np.cumsum((0, *sizes))
-        for s in range(3):
-            chosen = perm[bounds[s] : bounds[s + 1]]
-            for t in codes:
-                sev = np.zeros(len(chosen), np.int64) if t == 0 else _balanced_severities(len(chosen), rng)
-                _plan_rows(rows, s, t, y, sources[chosen], chosen, sev)
+        _plan_splits(rows, rng, y, [perm[bounds[s] : bounds[s + 1]] for s in range(3)], sources, codes)
     else:  # paper: an independent random draw per type, so a photograph may recur across splits
         _need(len(pool), sum(sizes), "photographs per type (train + val + test)")
         for t in codes:
@@ -225,7 +243,7 @@ def _corrupt_job(images: np.ndarray, name: str, severity: int, seed: list[int]) 
 
 
 def materialise(
-    cfg: PrepareConfig, plans: dict[str, Plan], c10: Cifar10, c10c: dict[str, np.ndarray] | None, advance: Any = None
+    cfg: PrepareConfig, plans: dict[str, Plan], c10: Photographs, c10c: dict[str, Any] | None, advance: Any = None
 ) -> dict[str, dict[str, np.ndarray]]:
     """Fill every split's images: copies, CIFAR-10-C reads, and generated corruptions in parallel."""
     pooled_images, _, _ = c10.pooled()
@@ -233,7 +251,7 @@ def materialise(
     jobs = []
     for k, (split, plan) in enumerate(plans.items()):
         n = len(plan.label)
-        images = np.empty((n, 32, 32, 3), np.uint8)
+        images = np.empty((n, *pooled_images.shape[1:]), np.uint8)
         clean = np.flatnonzero(plan.corruption == 0)
         images[clean] = pooled_images[plan.pooled[clean]]
         if advance:
@@ -294,7 +312,7 @@ def _run_jobs(cfg, jobs, out, plans, pooled_images, advance) -> None:  # noqa: A
         ) from None
 
 
-def source_images(plans: dict[str, Plan], c10: Cifar10) -> dict[str, np.ndarray]:
+def source_images(plans: dict[str, Plan], c10: Photographs) -> dict[str, np.ndarray]:
     """One clean image per source photograph used in any split, sorted by source id."""
     pooled_images, labels, _ = c10.pooled()
     source = np.concatenate([p.source for p in plans.values()])
@@ -305,19 +323,6 @@ def source_images(plans: dict[str, Plan], c10: Cifar10) -> dict[str, np.ndarray]
     zeros = np.zeros(n, np.int64)
     return {"image": pooled_images[rows], "label": labels[rows].astype(np.int64), "corruption": zeros,
             "severity": zeros, "index": np.arange(n, dtype=np.int64), "source": ids.astype(np.int64)}  # fmt: skip
-
-
-def recipe(cfg: PrepareConfig, types: tuple[str, ...], inputs: dict[str, Any]) -> dict[str, Any]:
-    """What defines the dataset: equal recipes give identical datasets (the workers count does not matter)."""
-    wanted = {
-        "split_policy": cfg.split,
-        "seed": cfg.seed,
-        "corruption_source": "generate" if cfg.generate else "cifar10c",
-        "per_class_per_type": dict(zip(SPLITS, cfg.per_class_per_type, strict=True)),
-        "types": list(types),
-        "inputs": inputs,
-    }
-    return wanted | ({"source_pool": cfg.sources} if cfg.sources != "all" else {})  # absent: train + test pooled
 
 
 def _check_out(out: Path, wanted: dict[str, Any]) -> bool:
@@ -343,24 +348,23 @@ def _check_out(out: Path, wanted: dict[str, Any]) -> bool:
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Build the dataset of `cfg`; returns its manifest. Every check runs before anything is written."""
-    if cfg.generate == (cfg.cifar10c is not None):
-        raise CdeitError("give exactly one of --cifar10c DIR or --corruptions generate.")
+    from cdeit.data.inputs import check_options
+
+    check_options(cfg)  # one source, its own -C set or generate: refused before anything is read
     if cfg.sources not in SOURCE_POOLS:
         raise CdeitError(f"--sources {cfg.sources!r} is unknown; choose {', '.join(SOURCE_POOLS)}.")
     if cfg.sources == "train" and not cfg.generate:
-        raise CdeitError("--sources train needs --corruptions generate: CIFAR-10-C corrupts only test photographs.")
+        raise CdeitError("--sources train needs --corruptions generate: a -C set corrupts only test photographs.")
     if any(n < 0 for n in cfg.per_class_per_type) or cfg.per_class_per_type[0] == 0:
         raise CdeitError(f"--per-class-per-type {cfg.per_class_per_type} must be non-negative with train > 0.")
     types = check_types(cfg.types)
-    c10 = read_cifar10(cfg.cifar10)
-    c10c, c10c_sums = None, {}
-    if not cfg.generate:
-        c10c, c10c_sums = read_cifar10c(cfg.cifar10c, [t for t in types if t != "clean"], c10.test_labels)
-    elif any(t in ("frost",) for t in types):
+    inputs = read_inputs(cfg, types)
+    c10, c10c = inputs.photos, inputs.corrupted
+    if cfg.generate and any(t in ("frost",) for t in types):
         from cdeit.data.frost_photos import frost_photos
 
         frost_photos()  # fail now, not after minutes of work, if the photographs are missing
-    wanted = recipe(cfg, types, {"cifar10": c10.checksums, "cifar10c": c10c_sums})
+    wanted = recipe(cfg, types, inputs)
     if _check_out(cfg.out, wanted):
         manifest = load_manifest(cfg.out)
         files = [*manifest["splits"], *(["sources"] if "source_images" in manifest else [])]
@@ -370,7 +374,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     total = sum(len(p.label) for p in plans.values())
     remove_stale_tmp(cfg.out)  # half-written betons of a killed run (up to GBs)
     n_sources = len(np.unique(np.concatenate([p.source for p in plans.values()])))
-    check_free_space(cfg.out, (total + n_sources) * BYTES_PER_IMAGE + (1 << 20), f"the dataset in {cfg.out}")
+    per_image = c10.image_size**2 * 3 + SAMPLE_OVERHEAD
+    check_free_space(cfg.out, (total + n_sources) * per_image + (1 << 20), f"the dataset in {cfg.out}")
     with progress_bar("preparing images", total) as advance:
         splits = materialise(cfg, plans, c10, c10c, advance)
     meta = wanted | {"classes": c10.class_names, "config": _config_json(cfg)}

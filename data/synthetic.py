@@ -53,9 +53,10 @@ def _masks(label: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-def render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Images (N, 32, 32, 3) uint8 for the given class ids, all drawn in one batch."""
-    n, size = len(labels), 32 * _SUPERSAMPLE
+def render(labels: np.ndarray, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Images (N, size, size, 3) uint8 for the given class ids, all drawn in one batch (32px: CIFAR's size)."""
+    n, side = len(labels), size
+    size = side * _SUPERSAMPLE
     axis = (np.arange(size) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
     yy, xx = np.meshgrid(axis, axis, indexing="ij")
     cx, cy = rng.uniform(-0.35, 0.35, (2, n, 1, 1))
@@ -65,18 +66,18 @@ def render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     u = np.cos(theta) * dx + np.sin(theta) * dy
     v = -np.sin(theta) * dx + np.cos(theta) * dy
     mask = _masks(labels, u, v).astype(np.float32)
-    mask = mask.reshape(n, 32, _SUPERSAMPLE, 32, _SUPERSAMPLE).mean(axis=(2, 4))[..., None]  # (N, 32, 32, 1)
+    mask = mask.reshape(n, side, _SUPERSAMPLE, side, _SUPERSAMPLE).mean(axis=(2, 4))[..., None]  # (N, S, S, 1)
 
     # background: a gradient between two muted colours; foreground: a saturated colour whose hue is the
     # class's (k / 10 of the colour wheel, jittered), so both colour and shape tell the class
     bg_a, bg_b = (_hsv_to_rgb(rng.uniform(0, 1, (n, 3)) * [1, 0.35, 0.6] + [0, 0, 0.2]) for _ in range(2))
-    ramp = np.linspace(0, 1, 32)[None, :, None, None]
+    ramp = np.linspace(0, 1, side)[None, :, None, None]
     direction = rng.integers(0, 2, (n, 1, 1, 1))
     t = np.where(direction == 0, ramp, ramp.transpose(0, 2, 1, 3))
     background = bg_a[:, None, None] + (bg_b - bg_a)[:, None, None] * t
     hue = (labels / 10 + rng.uniform(-0.03, 0.03, n)) % 1.0
     foreground = _hsv_to_rgb(np.stack([hue, rng.uniform(0.6, 1, n), rng.uniform(0.65, 1, n)], 1))[:, None, None]
-    image = background * (1 - mask) + foreground * mask + rng.normal(0, 6, (n, 32, 32, 3))
+    image = background * (1 - mask) + foreground * mask + rng.normal(0, 6, (n, side, side, 3))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
@@ -113,6 +114,25 @@ def write_synthetic_cifar(
     meta = {b"label_names": [c.encode() for c in SYNTHETIC_CLASSES], b"num_vis": 3072, b"num_cases_per_batch": 0}
     _dump(root / "batches.meta", meta)
     return root
+
+
+def write_synthetic_folder(
+    out: str | Path, per_class: int, size: int = 64, seed: int = 0, given: tuple[int, int] | None = None
+) -> Path:
+    """Write procedural PNGs as an image folder: `OUT/<class>/NNNN.png`, or with `given=(TRAIN, VAL)` per class,
+    `OUT/train/<class>/` and `OUT/val/<class>/` (the layout `cdeit data prepare --image-folder` reads)."""
+    from PIL import Image
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    parts = {"train": given[0], "val": given[1]} if given else {"": per_class}
+    for part, n in parts.items():
+        labels = np.repeat(np.arange(len(SYNTHETIC_CLASSES)), n)
+        for i, (image, y) in enumerate(zip(render(labels, rng, size), labels, strict=True)):
+            folder = out / part / SYNTHETIC_CLASSES[y]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+    return out
 
 
 def _render_chunked(labels: np.ndarray, rng: np.random.Generator, chunk: int = 4096) -> np.ndarray:
