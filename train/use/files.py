@@ -45,7 +45,8 @@ def read_result(path: Path) -> dict[str, Any]:
     for key, inner in (("clean", {"accuracy": NUMBER}), ("corrupted", {"accuracy": NUMBER}), ("mce", {"mce": NUMBER})):
         if result.get(key) is not None:  # optional parts: present only where the split or a baseline has them
             check_keys(result, {key: dict}, str(path), fix)
-            check_keys(result[key], inner, f"{path} {key}", fix)
+            for name, kind in inner.items():
+                field(result[key], name, kind, str(path), fix, at=f"{key}.")
     if result.get("mce") is not None:
         check_keys(result, {"baseline": str}, str(path), fix)
     for key in ("baseline", "teacher_cache"):
