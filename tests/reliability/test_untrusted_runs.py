@@ -183,8 +183,16 @@ def test_silent_non_finite_weights_are_refused(world: World, tmp_path: Path, com
         "evaluate": ["evaluate", run, "--device", "cpu", "--batch-size", "32", "--workers", "1"],
         "predict": ["predict", world.image, "--model", run],
         "export": ["export", run, "--to", tmp_path / "out" / "m.safetensors"],
-        "initial-checkpoint": ["train", "--data", world.data, *TRAIN_ARGS, "--out", tmp_path / "new",
-                               "--initial-checkpoint", run],  # fmt: skip
+        "initial-checkpoint": [
+            "train",
+            "--data",
+            world.data,
+            *TRAIN_ARGS,
+            "--out",
+            tmp_path / "new",
+            "--initial-checkpoint",
+            run,
+        ],  # fmt: skip
     }[command]
     code, output = cli(*argv)
     refused(code, output, run / "model.safetensors", "NaN")
@@ -279,8 +287,14 @@ def test_hang_plan_with_an_absurd_number_of_runs(world: World, tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--min-lr", "1e308"), ("--warmup-lr", "1e308"), ("--lr-per-512", "1e308"), ("--epochs", str(10**9)),
-     ("--batch-size", str(10**12)), ("--eval-batch-size", str(10**12))],  # fmt: skip
+    [
+        ("--min-lr", "1e308"),
+        ("--warmup-lr", "1e308"),
+        ("--lr-per-512", "1e308"),
+        ("--epochs", str(10**9)),
+        ("--batch-size", str(10**12)),
+        ("--eval-batch-size", str(10**12)),
+    ],  # fmt: skip
 )
 def test_unhelpful_absurd_training_numbers(world: World, tmp_path: Path, option: str, value: str) -> None:
     code, output = cli("train", "--data", world.data, *TRAIN_ARGS, option, value, "--out", tmp_path / "run")
