@@ -412,3 +412,29 @@ def test_unhelpful_export_sidecar_classes_are_named(world: World, tmp_path: Path
 def _no_debug(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("CDEIT_DEBUG", raising=False)
     yield
+
+
+def test_unhelpful_model_class_names_metadata_is_named(world: World, tmp_path: Path) -> None:
+    """A model file whose cdeit.classes entry is not a list of names is refused, not numbered silently."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = tmp_path / "m.safetensors"
+    with safe_open(str(world.model), framework="pt") as fh:
+        meta = fh.metadata() | {"cdeit.classes": json.dumps({"not": "a list"})}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    save_file(tensors, str(model), meta)
+    code, output = cli("predict", world.image, "--model", model)
+    refused(code, output, model, "cdeit.classes")
+
+
+@pytest.mark.parametrize("key", ["student", "epochs", "model_kwargs", "data"])
+def test_unhelpful_resume_config_keys_are_named(world: World, tmp_path: Path, key: str) -> None:
+    """`train --resume RUN` with a mistyped key in RUN/config.json names the file and the key (a key left out takes
+    its default: settings added to cdeit later)."""
+    run = copy(world.run, tmp_path / "run")
+    edit(run / "config.json", _damage(key, "retype"))
+    before = snapshot(tmp_path)
+    code, output = cli("train", "--resume", run)
+    refused(code, output, run / "config.json", key)
+    assert snapshot(tmp_path) == before

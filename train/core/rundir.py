@@ -171,7 +171,7 @@ def check_run_out(out: str | Path, option: str = "--out") -> Path:
     kind = folder_kind(out) if out.is_dir() else None
     if kind not in (None, "a run"):
         raise CdeitError(f"{option} {out} is {kind}, not a run directory; choose a new folder for the run.")
-    for sub in ("checkpoints", "eval", "tb"):
+    for sub in ("checkpoints", "tb"):
         real_folder(out / sub, out, option)
     return out
 

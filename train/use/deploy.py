@@ -17,7 +17,7 @@ def load_student(model: str | Path, device: torch.device, checkpoint: str = "las
     """A student from a run directory (the file `checkpoint` names: last, best or a file) or a `.safetensors` file;
     with its class names: the file's own (its metadata), else the run's dataset's, else an exported sidecar's."""
     from cdeit.common.atomic import read_json_object, string_list
-    from cdeit.train.core.models import read_classes
+    from cdeit.train.core.models import CLASSES_KEY, read_classes
     from cdeit.train.core.rundir import read_run_config
     from cdeit.train.core.weights import load_checked, weights_file
 
@@ -25,6 +25,8 @@ def load_student(model: str | Path, device: torch.device, checkpoint: str = "las
     file = weights_file(path, checkpoint, given="--model")
     student = load_checked(file, device)
     classes = read_classes(file)
+    if classes is None and CLASSES_KEY in metadata_keys(file):
+        raise CdeitError(f"{file}: its {CLASSES_KEY} metadata is not a list of class names; export the model again.")
     config = path / "config.json"
     if classes is None and path.is_dir() and config.is_file():
         from cdeit.common.dataset import load_manifest
@@ -44,6 +46,14 @@ def load_student(model: str | Path, device: torch.device, checkpoint: str = "las
     ):
         raise CdeitError(f"the class names beside {file} do not match its {student.num_classes} outputs; export again.")
     return student, list(classes) if classes else [str(i) for i in range(student.num_classes)]
+
+
+def metadata_keys(file: Path) -> set[str]:
+    """The metadata entries of a safetensors file (already read once by load_checked, so readable)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as fh:
+        return set(fh.metadata() or {})
 
 
 def load_image_32(path: Path) -> np.ndarray:
