@@ -264,6 +264,29 @@ def inside(folder: Path, path: Path, name: str, label: str, fix: str) -> Path:
     return path
 
 
+def real_folder(folder: str | os.PathLike, top: str | os.PathLike, label: str) -> Path:
+    """`folder` when neither it nor a folder between it and `top` (an output's root) is a symlink or a file: what a
+    command writes stays in its own folders, never in another run's through a link; one sentence naming `label`."""
+    folder, top = Path(folder), Path(top)
+    where = folder
+    while where != top and where != where.parent:
+        if where.is_symlink() or (where.exists() and not where.is_dir()):
+            what = "a symlink" if where.is_symlink() else "not a folder"
+            raise CdeitError(f"{label}: {where} is {what}; outputs go into real folders of their own, remove it.")
+        where = where.parent
+    return folder
+
+
+def real_file(path: str | os.PathLike, label: str) -> Path:
+    """`path` when it is absent or a plain file (an output is replaced only when it is a file, never a symlink
+    leading elsewhere, a pipe or a device); one sentence naming `label` else."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        what = "a symlink" if path.is_symlink() else "not a plain file"
+        raise CdeitError(f"{label}: {path} is {what}; remove it, cdeit replaces only its own files.")
+    return path
+
+
 def _short(value: Any) -> str:
     try:
         text = json.dumps(value)

@@ -131,7 +131,7 @@ def train(
 ) -> None:
     """Train a ViT / DeiT / CdeiT student from cached teacher logits joined by index (--online-teacher: run it)."""
     from cdeit.common.console import out as stdout
-    from cdeit.train.core.rundir import resume_config
+    from cdeit.train.core.rundir import check_run_out, module_asked, resume_config
     from cdeit.train.core.trainer import train as run_training
 
     if {"lr", "lr_per_512"} <= TRAIN_OPTIONS.typed(ctx).keys():
@@ -142,8 +142,14 @@ def train(
         cfg = resume_config(resume, TRAIN_OPTIONS.typed(ctx))  # the run's settings, the options typed here on top
     else:
         base = TrainConfig.read_json(config) if config is not None else None
+        if base is not None:  # a file never chooses code to import: its teacher_module must be typed here too
+            module_asked(
+                base.get("teacher_module"), TRAIN_OPTIONS.typed(ctx).get("teacher_module"), f"--config {config}"
+            )
         cfg = TRAIN_OPTIONS.build(ctx, base).validate()  # with --config, only the options typed here override it
     from cdeit.common.lock import output_lock
+
+    check_run_out(cfg.out)  # before the lock, which creates the folder: never a dataset, cache or study
 
     with output_lock(cfg.out, "cdeit train"):  # cfg is validated: it names --out
         summary = run_training(cfg, resume=resume is not None)

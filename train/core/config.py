@@ -43,6 +43,10 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+MAX_COUNT = {"epochs": 100_000, "eval_every": 100_000, "batch_size": 2**20, "eval_batch_size": 2**20}  # typos above
+MAX_RATE = 1e4  # learning rates, weight decay, warmup epochs and tau: larger is a typo (1e308 overflows lr x batch)
+
+
 def accepts(value: Any, hint: Any) -> bool:
     """Whether a JSON or TOML value fits a TrainConfig field's type (an int is a valid float, a bool is not a
     number; Literal sets, `X | None`, dicts)."""
@@ -178,8 +182,13 @@ class TrainConfig:
         if not self.out:
             raise CdeitError("--out is required: the run directory to write checkpoints and metrics to.")
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise CdeitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
+            if not 1 <= getattr(self, name) <= MAX_COUNT[name]:
+                raise CdeitError(
+                    f"--{name.replace('_', '-')} must be in [1, {MAX_COUNT[name]:,}], not {getattr(self, name)}."
+                )
+        for name in ("lr_per_512", "min_lr", "warmup_lr", "lr", "weight_decay", "warmup_epochs", "tau"):
+            if isinstance(getattr(self, name), int | float) and abs(getattr(self, name)) > MAX_RATE:
+                raise CdeitError(f"--{name.replace('_', '-')} must be at most {MAX_RATE:g}, not {getattr(self, name)}.")
         for name in ("mixup_prob", "cutmix_prob", "erasing_prob", "label_smoothing", "lam", "dropout", "drop_path"):
             if not (_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
                 raise CdeitError(f"--{name.replace('_', '-')} must be in [0, 1], not {getattr(self, name)}.")

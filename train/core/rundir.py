@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cdeit.common.atomic import atomic_path, json_safe, read_json_object, remove_stale_tmp, write_json
+from cdeit.common.atomic import (
+    atomic_path,
+    json_safe,
+    read_json_object,
+    real_folder,
+    remove_stale_tmp,
+    write_json,
+)
 from cdeit.common.errors import CdeitError
 from cdeit.train.core.config import TrainConfig
 
@@ -142,9 +149,36 @@ def environment(cfg: TrainConfig, device: Any, world: int, from_cache: bool = Tr
 
 
 # ------------------------------------------------------------------------------------------ set-up and resume
+def folder_kind(folder: Path) -> str | None:
+    """What cdeit wrote `folder` as, by its files: "a dataset", "a teacher cache", "a study", "a run", or None."""
+    if (folder / "manifest.json").is_file():
+        if any(folder.glob("*.beton")):
+            return "a dataset"
+        return "a teacher cache" if any(folder.glob("*.h5")) else "a dataset or teacher cache"
+    if (folder / "plan.json").is_file():
+        return "a study"
+    if (folder / CONFIG).is_file() and ((folder / "checkpoints").is_dir() or (folder / "model.safetensors").exists()):
+        return "a run"
+    return None
+
+
+def check_run_out(out: str | Path, option: str = "--out") -> Path:
+    """Refuse a run directory that is a dataset, a cache or a study, or whose own folders are symlinks (a run writes
+    into its own folders only), before anything is written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CdeitError(f"{option} {out} is a file, not a folder; choose a new folder for the run.")
+    kind = folder_kind(out) if out.is_dir() else None
+    if kind not in (None, "a run"):
+        raise CdeitError(f"{option} {out} is {kind}, not a run directory; choose a new folder for the run.")
+    for sub in ("checkpoints", "tb"):
+        real_folder(out / sub, out, option)
+    return out
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     """Create RUN/, refuse to overwrite another run, and prove it is writable before any work."""
-    out = Path(cfg.out)
+    out = check_run_out(cfg.out)
     try:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -219,7 +253,18 @@ def resume_config(run: str | Path, given: dict[str, Any]) -> TrainConfig:
         listed = ", ".join(f"--{k.replace('_', '-')} {given[k]} (run: {saved.get(k)})" for k in clash)
         raise CdeitError(f"--resume {run} was trained with other settings: {listed}; drop them to continue the run.")
     free = {k: v for k, v in given.items() if k in free_keys and k != "out"}
+    module_asked(saved.get("teacher_module"), given.get("teacher_module"), f"--resume {run}: {path}")
     return TrainConfig.from_mapping(saved | free | {"out": str(run)}, f"--resume {run}")
+
+
+def module_asked(recorded: Any, given: Any, where: str) -> None:
+    """A `teacher_module` a file records is imported only when this command line gives it too (`--teacher-module`):
+    a file never chooses code to run (docs/reliability.md); one sentence asking for it otherwise."""
+    if recorded and not given:
+        raise CdeitError(
+            f"{where} records teacher_module {str(recorded)[:200]!r}, which cdeit imports only when given on the "
+            f"command line; check that file and pass --teacher-module {str(recorded)[:200]} to use it."
+        )
 
 
 def extend_schedule(scheduler: Any, state: Any, old_epochs: int, cfg: TrainConfig) -> dict[str, Any]:
@@ -232,6 +277,19 @@ def extend_schedule(scheduler: Any, state: Any, old_epochs: int, cfg: TrainConfi
         )
     scheduler.step_update(state.step)  # the lr of the next step, on the new total's curve
     return {"epochs": {"from": old_epochs, "to": cfg.epochs}, "at_epoch": state.epoch, "at_step": state.step}
+
+
+RUN_CONFIG_KEYS = {"data": str, "student": str, "distill": str}  # what every reader of a run needs
+
+
+def read_run_config(run: str | Path, keys: dict[str, Any] | None = None) -> dict[str, Any]:
+    """RUN/config.json as the run recorded it, every key of `keys` (by default RUN_CONFIG_KEYS) present and every
+    key of TrainConfig's name and type (TrainConfig.check_mapping): one sentence naming the file and the key."""
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise CdeitError(f"{run} is not a cdeit run (no {CONFIG}); give a directory written by `cdeit train`.")
+    raw = read_json_object(path, str(path), "restore it or retrain the run", keys or RUN_CONFIG_KEYS)
+    return TrainConfig.check_mapping(raw, str(path))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -54,6 +54,28 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_finite(tensors: Any, file: str | Path, option: str = "") -> None:
+    """Refuse weights holding NaN or infinity (a damaged or diverged file): they would give chance accuracy and
+    NaN confidences that look like results; one sentence naming the file and the first such tensor."""
+    import torch
+
+    for key, tensor in tensors.items():
+        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+            raise CdeitError(
+                f"{option + ' ' if option else ''}{file}: tensor {key} holds NaN or infinite values, so the model is "
+                "damaged or diverged; use another weights file (--checkpoint best, or retrain)."
+            )
+
+
+def load_checked(file: str | Path, device: Any) -> Any:
+    """A student from a safetensors file (models.load_safetensors, metadata checked), its weights finite."""
+    from cdeit.train.core.models import load_safetensors
+
+    model = load_safetensors(file, device)
+    check_finite(model.state_dict(), file)
+    return model
+
+
 def initial_state(source: str | Path, model: Any) -> tuple[dict[str, Any], list[str]]:
     """The tensors of `--initial-checkpoint` (a student file, or a run directory's model) checked against `model`:
     every key and shape must fit, except the class-space heads when the class count differs (left fresh).
@@ -66,6 +88,7 @@ def initial_state(source: str | Path, model: Any) -> tuple[dict[str, Any], list[
         state = load_file(str(file), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CdeitError(f"--initial-checkpoint {file} is not a readable safetensors file ({exc}).") from None
+    check_finite(state, file, "--initial-checkpoint")
     own = model.state_dict()
     for key in sorted(set(own) | set(state)):
         if key not in state or key not in own:

@@ -58,6 +58,9 @@ def sweep(
     jobs: Annotated[int, typer.Option(help="Trainings at once; the CPU threads are split between them.")] = 1,
     launcher: Annotated[str, typer.Option(help="local | submitit (SLURM; the file's slurm table).")] = "local",
     dry_run: Annotated[bool, typer.Option(help="Print the plan and what each run still needs; run nothing.")] = False,
+    teacher_module: Annotated[
+        str | None, typer.Option(help="The teacher_module file the study names: imported only when given here.")
+    ] = None,
 ) -> None:
     """Run a study: every configuration x seed as an ordinary run; reruns skip finished runs, resume killed ones."""
     from cdeit.common.console import out as stdout
@@ -85,7 +88,7 @@ def sweep(
     if seeds is not None:
         raw.setdefault("study", {})["seeds"] = parse_seeds(seeds)
         text = None
-    study = plan_study(raw, file, out)
+    study = plan_study(raw, file, out, teacher_module)
     if dry_run:
         stdout.print("\n".join(describe(study)), highlight=False, markup=False)
         return

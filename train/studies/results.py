@@ -15,8 +15,9 @@ from cdeit.common.atomic import read_json_object
 from cdeit.common.errors import CdeitError
 from cdeit.train.core.config import TrainConfig
 from cdeit.train.core.kinds import resolve_head_strategy
+from cdeit.train.core.rundir import read_run_config
 from cdeit.train.studies.study import PLAN, planned_runs, read_plan
-from cdeit.train.use.evaluate import eval_dir, read_result, read_summary
+from cdeit.train.use.files import eval_dir, read_predictions, read_result, read_summary
 
 NOT_GROUPED = (
     "seed",
@@ -81,8 +82,7 @@ RUN_CONFIG_KEYS = {"seed": int, "student": str, "distill": str}  # what a compar
 
 
 def _load_run(run: Path, split: str, name: str | None = None, checkpoint: str = "last") -> RunResult:
-    config = read_json_object(run / "config.json", str(run / "config.json"),
-                              "is it a run directory from `cdeit train`?", RUN_CONFIG_KEYS)  # fmt: skip
+    config = read_run_config(run, RUN_CONFIG_KEYS)
     evals = eval_dir(run, checkpoint)
     path = evals / f"{split}.json"
     if not path.is_file():
@@ -202,8 +202,7 @@ def _predictions(run: RunResult, split: str) -> dict[str, np.ndarray]:
     path = (run.evals or run.path / "eval") / f"{split}-predictions.npz"
     if not path.is_file():
         raise CdeitError(f"{path} is missing, so mCE cannot be measured; rerun `cdeit evaluate {run.path}`.")
-    with np.load(path) as z:
-        return {k: z[k] for k in ("probs", "label", "corruption", "severity")}
+    return read_predictions(path)
 
 
 def _baseline_key(path: str) -> str:

@@ -12,12 +12,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cdeit.common.atomic import atomic_path, check_keys, read_json_object, write_json
+from cdeit.common.atomic import atomic_path, check_keys, field, plain_name, read_json_object, write_json
 from cdeit.common.dataset import load_manifest
 from cdeit.common.errors import CdeitError
 from cdeit.train.core.config import ALIASES, TrainConfig, accepts
@@ -38,6 +39,7 @@ SLURM_KEYS = {"cluster": str, "partition": str, "gpus_per_job": int, "cpus_per_t
               "mem_gb": int, "array_parallelism": int}  # fmt: skip
 PLANNED_BY_STUDY = ("out", "seed")  # set per run by the study, never by the file
 
+MAX_RUNS = 10_000  # planned runs per study (configurations x seeds): more is a typo, and planning it would hang
 NOT_HASHED = ("out", "workers", "eval_batch_size")  # machinery that does not change what a run learns
 Status = Literal["done", "trained", "partial", "new"]
 Step = Literal["train", "resume", "evaluate"]
@@ -156,6 +158,7 @@ def _groups(spec: dict[str, Any], file: Path) -> dict[str, dict[str, Any]]:
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise CdeitError(f"{file}: [axes] {key} should be a non-empty list of values, e.g. {key} = [a, b].")
+    _check_size(len(groups) + math.prod(len(vs) for vs in axes.values()), 1, file)
     checked_axes = {k: [check_options({k: v}, "[axes]", file) for v in vs] for k, vs in axes.items()}
     if checked_axes:
         for combo in itertools.product(*checked_axes.values()):
@@ -172,9 +175,19 @@ def _add_group(groups: dict[str, dict[str, Any]], name: str, overrides: dict[str
     groups[name] = overrides
 
 
+def _check_size(groups: int, seeds: int, file: Path) -> None:
+    """Refuse a plan of more than MAX_RUNS runs before it is expanded (`--dry-run` included)."""
+    if groups * seeds > MAX_RUNS:
+        raise CdeitError(
+            f"{file}: the study plans {groups:,} configurations x {seeds:,} seeds = {groups * seeds:,} runs, more than "
+            f"the limit of {MAX_RUNS:,}; split it into smaller studies (fewer [axes] values or seeds)."
+        )
+
+
 def _seeds(study: dict[str, Any], file: Path) -> list[int]:
     seeds = study.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
+        _check_size(1, seeds, file)
         seeds = list(range(seeds))  # `seeds = 3` means seeds 0, 1, 2
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise CdeitError(
@@ -197,8 +210,12 @@ def _check_slurm(slurm: dict[str, Any], file: Path) -> dict[str, Any]:
     return slurm
 
 
-def plan_study(spec: dict[str, Any], file: str | Path, out: str | Path | None = None) -> Study:
-    """Validate a study file's contents and expand its runs; refuses any bad key or value before anything runs."""
+def plan_study(
+    spec: dict[str, Any], file: str | Path, out: str | Path | None = None, teacher_module: str | None = None
+) -> Study:
+    """Validate a study file's contents and expand its runs; refuses any bad key or value before anything runs.
+    A `teacher_module` the file names is imported by its runs only when `teacher_module` (this command line's
+    --teacher-module) names the same file: a study file never chooses code to run."""
     file = Path(file)
     unknown = sorted(set(spec) - set(SECTIONS))
     if unknown:
@@ -211,6 +228,7 @@ def plan_study(spec: dict[str, Any], file: str | Path, out: str | Path | None = 
     shared = check_options(_table(spec, "shared", file), "[shared]", file)
     groups = _groups(spec, file)
     seeds = _seeds(head, file)
+    _check_size(len(groups), len(seeds), file)
     name = str(head.get("name") or file.stem)
     # absolute: a resumed run must name the same --out as its first start, from whatever directory it runs
     study_dir = Path(out or head.get("out") or file.with_suffix("")).resolve()
@@ -219,8 +237,22 @@ def plan_study(spec: dict[str, Any], file: str | Path, out: str | Path | None = 
         raise CdeitError(
             f"{file}: [study] baseline {baseline!r} is not a configuration; choose one of {', '.join(groups)}."
         )
+    for where, table in (("[shared]", shared), *((f"configuration {g!r}", o) for g, o in groups.items())):
+        _module_given(table.get("teacher_module"), teacher_module, f"{file}: {where}")
     runs = [_plan_run(study_dir, g, o, shared, seed, file) for g, o in groups.items() for seed in seeds]
     return Study(name, study_dir, seeds, shared, groups, runs, baseline, head.get("preset"), slurm)
+
+
+def _module_given(recorded: Any, given: str | None, where: str) -> None:
+    """A study's teacher_module only when --teacher-module gives the same file on this command line."""
+    from cdeit.train.core.rundir import module_asked
+
+    module_asked(recorded, given, where)
+    if recorded and Path(str(recorded)).expanduser().resolve() != Path(str(given)).expanduser().resolve():
+        raise CdeitError(
+            f"{where} names teacher_module {str(recorded)[:200]!r}, not the --teacher-module {given} given here; pass "
+            "that file, or change the study."
+        )
 
 
 def _plan_run(study_dir: Path, group: str, overrides: dict, shared: dict, seed: int, file: Path) -> PlannedRun:
@@ -270,10 +302,19 @@ def read_plan(study_dir: str | Path) -> dict[str, Any]:
     """STUDY/plan.json, each planned run checked; a missing or mistyped key is one sentence naming it."""
     path = Path(study_dir) / PLAN
     plan = read_json_object(path, str(path), RERUN, PLAN_KEYS)
+    from cdeit.train.studies.presets import PRESETS
+
+    if len(plan["runs"]) > MAX_RUNS:
+        raise CdeitError(f"{path} plans {len(plan['runs']):,} runs, more than the limit of {MAX_RUNS:,}; {RERUN}.")
+    for key in ("baseline", "preset"):
+        field(plan, key, (str, type(None)), str(path), RERUN, optional=True)
+    if plan.get("preset") is not None and plan["preset"] not in PRESETS:
+        raise CdeitError(f"{path} has 'preset' = {plan['preset']!r:.40}, not one of {', '.join(PRESETS)}; {RERUN}.")
     for i, run in enumerate(plan["runs"]):
         if not isinstance(run, dict):
             raise CdeitError(f"{path} runs[{i}] is not a JSON object; {RERUN}.")
         check_keys(run, RUN_KEYS, f"{path} runs[{i}]", RERUN)
+        plain_name(run["name"], str(path), f"runs[{i}].name", RERUN)  # a folder of STUDY/runs, never elsewhere
     return plan
 
 

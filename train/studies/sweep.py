@@ -67,8 +67,9 @@ def run_step(step: Step, run: PlannedRun, study_dir: str | Path) -> None:
     """Call the trainer (`cdeit train`, or `--resume RUN`) or the evaluator (`cdeit evaluate RUN`) for one run."""
     cfg = run_config(run, study_dir)
     if step == "evaluate":  # mCE is left to `compare`, against the study's baseline group
-        from cdeit.train.use.evaluate import evaluate
+        from cdeit.train.use.evaluate import check_outputs, evaluate
 
+        check_outputs(Path(cfg.out), "last", EVAL_SPLIT)  # before the lock, which creates RUN/eval
         with output_lock(Path(cfg.out) / "eval", "cdeit evaluate"):
             evaluate(cfg.out, None, EVAL_SPLIT, None, None, cfg.device, cfg.eval_batch_size, cfg.workers)
         return

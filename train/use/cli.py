@@ -30,13 +30,13 @@ def evaluate(
 
     from cdeit.common.console import out
     from cdeit.common.lock import output_lock
+    from cdeit.train.core.rundir import read_run_config
+    from cdeit.train.use.evaluate import check_outputs
     from cdeit.train.use.evaluate import evaluate as run_eval
     from cdeit.train.use.report import key_table
 
-    if not (run / "config.json").is_file():  # the lock would create RUN/eval: first check RUN is a run
-        from cdeit.common.errors import CdeitError
-
-        raise CdeitError(f"{run} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
+    read_run_config(run)  # the lock would create RUN/eval: first check RUN is a run, and its eval folders its own
+    check_outputs(run, checkpoint, split)
     with output_lock(run / "eval", "cdeit evaluate"):
         result = run_eval(run, data, split, baseline, teacher_cache, device, batch_size, workers, checkpoint)
     table = Table(title=f"{run} ({checkpoint}) on {split}")
@@ -82,8 +82,10 @@ def export(
     """Write the student as safetensors plus a JSON model config that timm.create_model rebuilds."""
     from cdeit.common.console import out
     from cdeit.common.lock import output_lock
+    from cdeit.train.use.deploy import check_export_target
     from cdeit.train.use.deploy import export as run_export
 
+    check_export_target(run, to)  # before the lock, which creates the folder of --to
     with output_lock(to.parent, "cdeit export"):
         weights, config = run_export(run, to, checkpoint)
     out.print(f"wrote {weights} and {config}")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdeit.common.atomic import NUMBER, atomic_path, check_keys, read_json_object, write_json
+from cdeit.common.atomic import atomic_path, write_json
 from cdeit.common.console import progress_bar
 from cdeit.common.dataset import (
     CORRUPTIONS,
@@ -29,17 +29,19 @@ from cdeit.common.dataset import (
 )
 from cdeit.common.errors import CdeitError
 from cdeit.common.metrics import ece_per_group, reliability
+from cdeit.train.use.files import (  # noqa: F401  (the readers' old home: results.py and the tests import them here)
+    SUMMARY_KEYS,
+    check_outputs,
+    eval_dir,
+    model_hash,
+    read_predictions,
+    read_result,
+    read_summary,
+    report_name,
+)
 
 PRED_FIELDS = FIELDS  # batches come in the file's field order: image, label, corruption, severity, index, source
 CONFIG_KEYS = {"data": str, "student": str, "distill": str}  # what evaluation reads of RUN/config.json
-SUMMARY_KEYS = {"parameters": int, "train_images_per_s": NUMBER, "train_seconds": NUMBER, "steps": int}
-RESULT_KEYS = {
-    "data": str,
-    "fingerprint": str,
-    "accuracy": NUMBER,
-    "ece": (*NUMBER, type(None)),
-    "per_corruption": dict,
-}
 
 
 @dataclass
@@ -53,20 +55,17 @@ class Run:
     @classmethod
     def open(cls, path: str | Path, checkpoint: str = "last") -> Run:
         """The run at `path` with the weights `--checkpoint` names: last (model.safetensors), best or a file."""
+        from cdeit.train.core.rundir import read_run_config
         from cdeit.train.core.weights import weights_file
 
         path = Path(path)
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise CdeitError(f"{path} is not a cdeit run (no config.json); give a directory written by `cdeit train`.")
-        model_file = weights_file(path, checkpoint)
-        config = read_json_object(cfg_file, str(cfg_file), "restore it or retrain", CONFIG_KEYS)
-        return cls(path, config, model_file)
+        config = read_run_config(path, CONFIG_KEYS)
+        return cls(path, config, weights_file(path, checkpoint))
 
     def load_model(self, device: torch.device) -> Any:
-        from cdeit.train.core.models import load_safetensors
+        from cdeit.train.core.weights import load_checked
 
-        return load_safetensors(self.model_file, device)
+        return load_checked(self.model_file, device)
 
 
 # ------------------------------------------------------------------------------------------ predictions
@@ -226,33 +225,19 @@ def baseline_predictions(baseline: str | Path, data: str | Path, split: str, tea
                          device: str, batch_size: int, workers: int) -> dict[str, np.ndarray]:  # fmt: skip
     """The baseline run's saved predictions on `split` of `data`; evaluates the baseline first (against itself,
     mCE 100%) when it has none for this data, so `cdeit compare` finds its report too."""
+    from cdeit.train.core.weights import sha256_file
+
     base = Run.open(baseline)
     saved, npz = base.path / "eval" / f"{split}.json", base.path / "eval" / f"{split}-predictions.npz"
     fingerprint = split_info(load_manifest(data), split, data)["fingerprint"]
-    if not (saved.is_file() and npz.is_file() and read_result(saved).get("fingerprint") == fingerprint):
+    fresh = saved.is_file() and npz.is_file()
+    if fresh:  # the same data, and the same model file (by content: a retrained baseline makes them stale)
+        result = read_result(saved)
+        fresh = result["fingerprint"] == fingerprint and model_hash(result) == sha256_file(base.model_file)
+    if not fresh:
+        check_outputs(base.path, "last", split)
         evaluate(base.path, str(data), split, str(base.path), teacher_cache, device, batch_size, workers)
-    with np.load(npz) as arrays:
-        return {k: arrays[k] for k in arrays.files}
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """A saved RUN/eval/<split>.json; a damaged one, or one that lacks a key, is one sentence naming it."""
-    fix = "delete it and evaluate the run again"
-    result = read_json_object(path, str(path), fix, RESULT_KEYS)
-    for key, inner in (("clean", {"accuracy": NUMBER}), ("corrupted", {"accuracy": NUMBER}), ("mce", {"mce": NUMBER})):
-        if result.get(key) is not None:  # optional parts: present only where the split or a baseline has them
-            check_keys(result, {key: dict}, str(path), fix)
-            check_keys(result[key], inner, f"{path} {key}", fix)
-    return check_keys(result, {"baseline": str}, str(path), fix) if result.get("mce") is not None else result
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """RUN/summary.json (what training measured), or {} for a run that has not finished training."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        return {}
-    return read_json_object(path, str(path), f"restore it or finish the run with `cdeit train --resume {run_dir}`",
-                            SUMMARY_KEYS)  # fmt: skip
+    return read_predictions(npz)
 
 
 def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto", batch_size: int = 1024,
@@ -269,18 +254,6 @@ def evaluate_missing(runs: list[Path], split: str = "test", device: str = "auto"
     return missing
 
 
-def eval_dir(run: str | Path, checkpoint: str = "last") -> Path:
-    """Where evaluations of a run's checkpoint go: RUN/eval for the last model, RUN/eval/best (or the file's stem)."""
-    from cdeit.train.core.weights import checkpoint_label
-
-    return Path(run) / "eval" if checkpoint == "last" else Path(run) / "eval" / checkpoint_label(checkpoint)
-
-
-def report_name(split: str) -> str:
-    """One report per split: report.md for test (its path since the start), report-<split>.md for the others."""
-    return "report.md" if split == "test" else f"report-{split}.md"
-
-
 def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", baseline: str | None = None,
              teacher_cache: str | None = None, device: str = "auto", batch_size: int = 1024,
              workers: int = 2, checkpoint: str = "last") -> dict[str, Any]:  # fmt: skip
@@ -291,7 +264,10 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
 
     if batch_size < 1 or workers < 1:
         raise CdeitError(f"--batch-size and --workers must be at least 1, got {batch_size} and {workers}.")
+    from cdeit.train.core.weights import sha256_file
+
     run = Run.open(run_dir, checkpoint)
+    out_dir = check_outputs(run.path, checkpoint, split)
     summary = read_summary(run.path)  # read first: a damaged file is named before the work, not after
     data = data or run.config["data"]
     manifest = load_manifest(data)
@@ -299,14 +275,17 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     check_betons(data, manifest, [split, *(["train"] if split != "train" and "train" in manifest["splits"] else [])])
     dev = resolve_device(device)
     pred = predict(run.load_model(dev), data, split, dev, batch_size, workers)
-    out_dir = eval_dir(run.path, checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / f"{split}-predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **pred)
     result: dict[str, Any] = {
         "run": str(run.path.resolve()),
         "split": split,
-        "checkpoint": {"name": checkpoint if checkpoint in ("best", "last") else "file", "file": str(run.model_file)},
+        "checkpoint": {
+            "name": checkpoint if checkpoint in ("best", "last") else "file",
+            "file": str(run.model_file),
+            "sha256": sha256_file(run.model_file),
+        },  # fmt: skip
         "data": str(Path(data).resolve()),
         "fingerprint": info["fingerprint"],
         "split_policy": manifest.get("split_policy"),

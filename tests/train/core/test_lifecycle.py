@@ -121,7 +121,10 @@ def test_predict_export_evaluate_take_a_checkpoint(finished: Path, tiny_dataset:
                              "--workers", "1", "--batch-size", "110"])  # fmt: skip
     assert ev.exit_code == 0, ev.output
     result = json.loads((run / "eval" / "best" / "val.json").read_text())
-    assert result["checkpoint"] == {"name": "best", "file": str(run / "best.safetensors")}
+    from cdeit.train.core.weights import sha256_file
+
+    sha = sha256_file(run / "best.safetensors")  # the model's hash: what makes saved predictions stale (issue 25)
+    assert result["checkpoint"] == {"name": "best", "file": str(run / "best.safetensors"), "sha256": sha}
     assert (run / "eval" / "best" / "report-val.md").is_file() and not (run / "eval" / "val.json").exists()
 
 
