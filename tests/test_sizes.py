@@ -102,3 +102,11 @@ def test_a_manifest_without_image_size_reads_as_32px(data_64: Path, tiny_dataset
     assert student.patch_embed.patch_size == (4, 4) and student.grid_size == (8, 8) and student.num_classes == 10
     with pytest.raises(CdeitError, match=str(data_64)):
         evaluate(run, data=str(data_64), batch_size=20, workers=1)
+
+
+def test_model_kwargs_are_checked_against_the_datasets_size(data_64: Path, tmp_path: Path) -> None:
+    base = dict(student="vit", distill="none", data=str(data_64), out=str(tmp_path / "run"))
+    TrainConfig(**base, model_kwargs=TINY | {"img_size": 64}).validate()
+    with pytest.raises(CdeitError, match="img_size"):
+        TrainConfig(**base, model_kwargs=TINY | {"img_size": 32}).validate()
+    assert not (tmp_path / "run").exists()

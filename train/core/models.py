@@ -217,10 +217,14 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     return model.to(device).eval()
 
 
-def check_student_builds(student: StudentKind, head_strategy: HeadStrategy | None, kwargs: dict[str, Any]) -> None:
+def check_student_builds(
+    student: StudentKind, head_strategy: HeadStrategy | None, kwargs: dict[str, Any], data: str | None = None
+) -> None:
     """Refuse `--model-kwargs` with which the student cannot be built (heads that do not divide the width) or
-    cannot read images of its img_size (32 unless given) with 3 channels: it is built and run on the meta device,
-    which costs no memory and no initialisation, before anything is written."""
+    cannot read the dataset's images (another img_size, in_chans): the dataset's size is read from DATA's manifest
+    when there is one (32 otherwise); the student is built and run on the meta device, which costs no memory and
+    no initialisation, before anything is written."""
+    kwargs = sized_kwargs(kwargs, _data_image_size(data))
     size = kwargs.get("img_size", DEFAULT_IMAGE_SIZE)
     height, width, channels = (*size, 3) if isinstance(size, list) else (size, size, 3)
     try:
@@ -238,6 +242,18 @@ def check_student_builds(student: StudentKind, head_strategy: HeadStrategy | Non
             f"--model-kwargs {json.dumps(kwargs)} builds a {student} student that cannot read the dataset's "
             f"{height}x{width}x{channels} images ({_first_line(exc)}); change them."
         ) from None
+
+
+def _data_image_size(data: str | None) -> int:
+    """The image size of dataset `data` when its manifest reads, else 32 (the trainer names a bad dataset later)."""
+    from cdeit.common.dataset import MANIFEST, image_size, load_manifest
+
+    if not data or not (Path(data) / MANIFEST).is_file():
+        return DEFAULT_IMAGE_SIZE
+    try:
+        return image_size(load_manifest(data))
+    except CdeitError:
+        return DEFAULT_IMAGE_SIZE
 
 
 def checked_model_config(raw: str, path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
