@@ -1,9 +1,11 @@
 """The dataset contract between `cdeit data prepare` and every later stage.
 
 A dataset directory holds `train.beton`, `val.beton`, `test.beton` and `manifest.json`. Each sample has
-the fields `image` (32x32x3 uint8, raw RGB), `label`, `corruption` (0 = clean, 1..10 in CORRUPTIONS
-order), `severity` (0 for clean, 1..5: SEVERITIES), `index` (its position in the split) and `source` (the id of the
-original photograph it was made from: CIFAR-10 train image i is i, test image i is 50000 + i).
+the fields `image` (SxSx3 uint8, raw RGB; S is the dataset's `image_size`, 32 for CIFAR), `label`, `corruption`
+(0 = clean, 1..10 in CORRUPTIONS order), `severity` (0 for clean, 1..5: SEVERITIES), `index` (its position in the
+split) and `source` (the id of the original photograph it was made from: CIFAR-10 train image i is i, test image
+i is 50000 + i). Image size and class names are properties of a dataset, recorded in its manifest (`image_size`,
+`classes`) and read by `image_size` and `class_names`; a manifest written before `image_size` reads as 32px.
 """
 
 from __future__ import annotations
@@ -23,7 +25,18 @@ if TYPE_CHECKING:  # numpy, ffcv and torch are imported lazily: every command's 
     from ffcv.loader import Loader
 
 FORMAT_VERSION = 1
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CLASSES = (  # CIFAR-10's names: the classes a dataset written without its own names has
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 CORRUPTIONS = (
     "clean",
     "brightness",
@@ -40,7 +53,9 @@ CORRUPTIONS = (
 SEVERITIES = (1, 2, 3, 4, 5)  # of a corrupted image, mildest first (CIFAR-10-C's five levels)
 SEVERITY_CODES = (0, *SEVERITIES)  # every value of the `severity` field: 0 for a clean image
 SPLITS = ("train", "val", "test")
-IMAGE_SHAPE = (32, 32, 3)
+DEFAULT_IMAGE_SIZE = 32  # the size of a dataset whose manifest predates `image_size` (every one was CIFAR's 32px)
+IMAGE_SHAPE = (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE, 3)  # such a dataset's image shape
+MAX_IMAGE_SIZE = 4096  # a manifest's `image_size` above this is damage, not a dataset
 INT_FIELDS = ("label", "corruption", "severity", "index", "source")
 FIELDS = ("image", *INT_FIELDS)
 TEST_SOURCE_OFFSET = 50_000  # source id of CIFAR-10 test image i is TEST_SOURCE_OFFSET + i
@@ -79,6 +94,9 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
             "rebuild the dataset with this version of `cdeit data prepare`."
         )
     string_list(manifest, "classes", name, fix)
+    field(manifest, "image_size", int, name, fix, minimum=1, optional=True)
+    if manifest.get("image_size", 1) > MAX_IMAGE_SIZE:
+        raise CdeitError(f"{path} has 'image_size' {manifest['image_size']}, above {MAX_IMAGE_SIZE}; {fix}.")
     string_list(manifest, "corruptions", name, fix, optional=True)
     types = string_list(manifest, "types", name, fix, optional=True) or []
     if unknown := [t for t in types if t not in CORRUPTIONS]:
@@ -204,13 +222,24 @@ def split_info(manifest: dict[str, Any], split: str, data_dir: str | os.PathLike
     return splits[split]
 
 
+def image_size(manifest: dict[str, Any]) -> int:
+    """The side S of the dataset's S x S images: `image_size`, or 32 for a manifest written before it was recorded."""
+    return int(manifest.get("image_size", DEFAULT_IMAGE_SIZE))
+
+
+def class_names(manifest: dict[str, Any]) -> list[str]:
+    """The dataset's class names in label order (label i is class_names[i])."""
+    return list(manifest["classes"])
+
+
 def check_arrays(arrays: dict[str, np.ndarray]) -> None:
-    """Shapes and dtypes every split must have before it is packed."""
+    """Shapes and dtypes every split must have before it is packed: square uint8 RGB images of any size."""
     import numpy as np
 
     n = len(arrays["image"])
-    if arrays["image"].dtype != np.uint8 or arrays["image"].shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"images must be uint8 (N, 32, 32, 3), got {arrays['image'].dtype} {arrays['image'].shape}")
+    shape = arrays["image"].shape
+    if arrays["image"].dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or not shape[1]:
+        raise ValueError(f"images must be uint8 (N, S, S, 3), got {arrays['image'].dtype} {shape}")
     for f in INT_FIELDS:
         if arrays[f].shape != (n,):
             raise ValueError(f"field {f} must have shape ({n},), got {arrays[f].shape}")
@@ -286,9 +315,10 @@ def _check_readable(path: Path) -> None:
 
 
 def read_split(
-    path: str | os.PathLike, fields: Sequence[str] = FIELDS, batch_size: int = 4096
+    path: str | os.PathLike, fields: Sequence[str] = FIELDS, batch_size: int = 4096, size: int = DEFAULT_IMAGE_SIZE
 ) -> dict[str, np.ndarray]:
-    """Read a whole split back into numpy arrays in index order (images as (N, 32, 32, 3) uint8)."""
+    """Read a whole split back into numpy arrays in index order (images as (N, S, S, 3) uint8; an empty split's
+    images are (0, size, size, 3))."""
     import numpy as np
 
     loader = make_loader(path, batch_size, "sequential", "cpu", fields=fields)
@@ -297,15 +327,15 @@ def read_split(
         for name, value in zip([f for f in FIELDS if f in fields], batch, strict=True):
             arr = value.numpy()
             chunks[name].append(arr.transpose(0, 2, 3, 1).copy() if name == "image" else arr.copy())
-    empty = {"image": np.zeros((0, *IMAGE_SHAPE), np.uint8)}
+    empty = {"image": np.zeros((0, size, size, 3), np.uint8)}
     return {f: np.concatenate(c) if c else empty.get(f, np.zeros(0, np.int64)) for f, c in chunks.items()}
 
 
-def split_counts(arrays: dict[str, np.ndarray]) -> list[list[int]]:
-    """Samples per class x image type (10 x 11), as stored in the manifest."""
+def split_counts(arrays: dict[str, np.ndarray], num_classes: int = len(CLASSES)) -> list[list[int]]:
+    """Samples per class x image type (num_classes x 11), as stored in the manifest."""
     import numpy as np
 
-    counts = np.zeros((len(CLASSES), len(CORRUPTIONS)), np.int64)
+    counts = np.zeros((num_classes, len(CORRUPTIONS)), np.int64)
     np.add.at(counts, (arrays["label"], arrays["corruption"]), 1)
     return counts.tolist()
 
@@ -313,7 +343,9 @@ def split_counts(arrays: dict[str, np.ndarray]) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------- the manifest written
 
 
-def beton_entry(path: Path, arrays: dict[str, np.ndarray], split: bool = True) -> dict[str, Any]:
+def beton_entry(
+    path: Path, arrays: dict[str, np.ndarray], split: bool = True, num_classes: int = len(CLASSES)
+) -> dict[str, Any]:
     """The manifest entry of a written `.beton`: counts and fingerprint from the arrays, size and sha256 of the file.
 
     A split's entry also counts its distinct photographs and its class x image-type table; `sources.beton`'s
@@ -329,7 +361,7 @@ def beton_entry(path: Path, arrays: dict[str, np.ndarray], split: bool = True) -
     if split:
         entry |= {
             "distinct_sources": int(len(np.unique(arrays["source"]))),
-            "counts_class_by_type": split_counts(arrays),
+            "counts_class_by_type": split_counts(arrays, num_classes),
         }
     return entry | {"beton_bytes": path.stat().st_size, "beton_sha256": file_sha256(path)}
 
@@ -337,15 +369,18 @@ def beton_entry(path: Path, arrays: dict[str, np.ndarray], split: bool = True) -
 def dataset_manifest(
     meta: dict[str, Any], splits: dict[str, dict[str, Any]], sources: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """DATA/manifest.json as `load_manifest` reads it: the names, what the producer knows (`meta`), the entries."""
+    """DATA/manifest.json as `load_manifest` reads it: the names, what the producer knows (`meta`: its `classes` and
+    `image_size` among them, CIFAR-10's and 32 when it does not say), the entries."""
     from cdeit.common import __version__
 
+    size = int(meta.get("image_size", DEFAULT_IMAGE_SIZE))
     manifest = {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
         "classes": list(CLASSES),
         "corruptions": list(CORRUPTIONS),
-        "image_shape": list(IMAGE_SHAPE),
+        "image_size": size,
+        "image_shape": [size, size, 3],
         **meta,
         "splits": splits,
     }

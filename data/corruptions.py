@@ -1,8 +1,10 @@
-"""The ten CIFAR-10-C corruptions at CIFAR parameters, computed for a whole batch and seeded.
+"""The ten corruptions of CIFAR-10-C, Tiny-ImageNet-C and ImageNet-C, at the parameters of the images' size.
 
 cdeit's own implementation of Hendrycks & Dietterich's generator (ICLR 2019), from its published
 description: images go to float in [0, 1], are corrupted, clipped, and rounded to the nearest uint8
 level. Every random draw comes from the caller's `np.random.Generator`, so a seed reproduces the output.
+The constants come from the table of the images' size (data/corruption_params.py: 32, 64 and 224px; the
+nearest one for other sizes, said once).
 Each corruption is vectorised over the batch; only JPEG loops over images (in C, through Pillow).
 Algorithms, parameters and deviations from the original: docs/corruptions.md.
 """
@@ -13,7 +15,6 @@ import io
 import math
 from collections.abc import Callable
 from functools import cache
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -21,61 +22,51 @@ from scipy import ndimage, sparse
 
 from cdeit.common.dataset import CORRUPTIONS, SEVERITIES
 from cdeit.common.errors import CdeitError
+from cdeit.data.corruption_params import CIFAR10_C, CorruptionParams, SnowParams, fractal_side, params_for
 from cdeit.data.frost_photos import frost_crops
 
-NAMES: tuple[str, ...] = CORRUPTIONS[1:]  # the fixed order of image types 1..10
-SIZE = 32  # CIFAR images are SIZE x SIZE; fog's fractal and frost's crops are drawn at this size
+__all__ = ["NAMES", "SnowParams", "corrupt", "corruption_table"]
 
-# Parameters per severity 1..5: the CIFAR-10-C ones of the original generator (ImageNet-C's are harsher).
-GAUSSIAN_SIGMA = (0.04, 0.06, 0.08, 0.09, 0.10)  # std of the added noise, in [0, 1] units
-SHOT_PHOTONS = (500, 250, 100, 75, 50)  # Poisson(x * c) / c: fewer photons, more noise
-DEFOCUS = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1))  # (disk radius, alias-blur sigma), px
-MOTION = ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5))  # (radius, sigma) of ImageMagick's MotionBlurImage
-MOTION_ANGLE = (-45.0, 45.0)  # degrees, uniform per image
-# Zoom factors are np.arange(1, stop, 0.01), as in the original. Floating point makes the first two ranges
+NAMES: tuple[str, ...] = CORRUPTIONS[1:]  # the fixed order of image types 1..10
+SIZE = CIFAR10_C.image_size  # CIFAR images are SIZE x SIZE: the default size of the helpers below
+
+# CIFAR-10-C's constants under their historical names (data/corruption_params.py holds every size's table).
+# Zoom factors are np.arange(1, stop, step), as in the original. Floating point makes CIFAR's first two ranges
 # include their stop (1.00..1.06 and 1.00..1.11: 7 and 12 factors, then 16, 21, 26), and makes the last factor
 # 1.2500000000000002, which zooms a 26-pixel crop to 33 pixels, not 32. All three are kept: CIFAR-10-C has them.
-ZOOM_STOPS = (1.06, 1.11, 1.16, 1.21, 1.26)
-FOG = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))  # (strength, wibble decay)
-FROST = ((1.0, 0.2), (1.0, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))  # (image weight, frost weight)
-BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to V in HSV
-JPEG_QUALITY = (80, 65, 58, 50, 40)
+GAUSSIAN_SIGMA, SHOT_PHOTONS = CIFAR10_C.gaussian_sigma, CIFAR10_C.shot_photons
+DEFOCUS, MOTION, FOG, FROST, SNOW = CIFAR10_C.defocus, CIFAR10_C.motion, CIFAR10_C.fog, CIFAR10_C.frost, CIFAR10_C.snow
+BRIGHTNESS, JPEG_QUALITY = CIFAR10_C.brightness, CIFAR10_C.jpeg_quality
+MOTION_ANGLE = (-45.0, 45.0)  # degrees, uniform per image
 PLASMA_WIBBLE = 100.0  # initial displacement scale of the diamond-square fractal
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma, as OpenCV's RGB2GRAY used by snow
-
-
-class SnowParams(NamedTuple):
-    """Snow at one severity (the original's seven numbers, named)."""
-
-    mean: float  # snow layer ~ N(mean, std) per pixel
-    std: float
-    zoom: float  # centre zoom of the layer (bigger flakes)
-    threshold: float  # layer values below it become 0
-    blur_radius: float  # motion blur of the layer (falling streaks)
-    blur_sigma: float
-    blend: float  # weight of the image against its brightened version
-
-
-SNOW = (
-    SnowParams(0.1, 0.2, 1.0, 0.6, 8, 3, 0.95),
-    SnowParams(0.1, 0.2, 1.0, 0.5, 10, 4, 0.9),
-    SnowParams(0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-    SnowParams(0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-    SnowParams(0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
-)
 SNOW_ANGLE = (-135.0, -45.0)  # degrees: streaks fall downwards
+_SAID: set[int] = set()  # image sizes whose borrowed table has been said once in this process
 
 
 def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Corrupt a batch of uint8 (N, 32, 32, 3) RGB images with `name` at `severity` 1..5; uint8, same shape.
+    """Corrupt a batch of uint8 (N, S, S, 3) RGB images with `name` at `severity` 1..5; uint8, same shape.
 
-    Pixels are rounded to the nearest level (CIFAR-10-C truncated; see docs/corruptions.md).
+    The constants are those of the S-pixel table (`corruption_table`). Pixels are rounded to the nearest level
+    (CIFAR-10-C truncated; see docs/corruptions.md).
     """
     _check(images, name, severity)
     x = images.astype(np.float32) / 255
     if len(x):
-        x = _FUNCTIONS[name](x, int(severity), rng)
+        x = _FUNCTIONS[name](x, int(severity), rng, corruption_table(images.shape[1]))
     return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def corruption_table(size: int) -> CorruptionParams:
+    """The constants images of `size` px are corrupted with; a size without its own table is said once."""
+    table = params_for(size)
+    if size != table.image_size and size not in _SAID:
+        from cdeit.common.console import console
+
+        _SAID.add(size)
+        console.print(f"corruptions: no published table for {size}px images; using {table.name}'s "
+                      f"({table.image_size}px), the nearest (docs/corruptions.md).")  # fmt: skip
+    return table
 
 
 def _check(images: np.ndarray, name: str, severity: int) -> None:
@@ -83,22 +74,25 @@ def _check(images: np.ndarray, name: str, severity: int) -> None:
         raise CdeitError(f"unknown corruption {name!r}; valid names are {', '.join(NAMES)}.")
     if isinstance(severity, bool) or not isinstance(severity, int | np.integer) or severity not in SEVERITIES:
         raise CdeitError(f"severity {severity!r} is not valid; valid severities are 1, 2, 3, 4 and 5.")
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != (SIZE, SIZE, 3):
+    shape = images.shape if isinstance(images, np.ndarray) else ()
+    if images.dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[1] < 2:
         got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise ValueError(f"images must be a uint8 array (N, {SIZE}, {SIZE}, 3), got {got}")
+        raise ValueError(f"images must be a uint8 array (N, S, S, 3), got {got}")
 
 
 # --- noise -------------------------------------------------------------------------------------------------
 
 
-def gaussian_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def gaussian_noise(
+    x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C
+) -> np.ndarray:
     """Add N(0, sigma) independently to every pixel and channel (one draw of x's shape)."""
-    return x + rng.normal(0.0, GAUSSIAN_SIGMA[severity - 1], x.shape)
+    return x + rng.normal(0.0, t.gaussian_sigma[severity - 1], x.shape)
 
 
-def shot_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def shot_noise(x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
     """Photon noise: Poisson(x * c) / c, c photons at full intensity."""
-    c = SHOT_PHOTONS[severity - 1]
+    c = t.shot_photons[severity - 1]
     return rng.poisson(x * c) / c
 
 
@@ -133,10 +127,10 @@ def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.take_along_axis(candidates, _SEXTANT[sextant], axis=-1)
 
 
-def brightness(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def brightness(x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
     """Add c to V in HSV, V clipped to [0, 1] before converting back (as the original does)."""
     h, s, v = rgb_to_hsv(x)
-    return hsv_to_rgb(h, s, np.clip(v + BRIGHTNESS[severity - 1], 0, 1))
+    return hsv_to_rgb(h, s, np.clip(v + t.brightness[severity - 1], 0, 1))
 
 
 # --- blurs -------------------------------------------------------------------------------------------------
@@ -160,10 +154,10 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     return sum(w * rows[:, i : i + len(disk)] for i, w in enumerate(g))
 
 
-def defocus_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def defocus_blur(x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
     """Correlate every channel with the disk kernel, reflect-101 borders (OpenCV filter2D's default)."""
-    kernel = disk_kernel(*DEFOCUS[severity - 1])
-    # Trim the kernel's all-zero border (exact: zero taps add nothing); 17x17 shrinks to 5x5 at most here.
+    kernel = disk_kernel(*t.defocus[severity - 1])
+    # Trim the kernel's all-zero border (exact: zero taps add nothing); 17x17 shrinks to 5x5 at most at 32px.
     nonzero = np.flatnonzero(kernel.any(axis=0))
     half = len(kernel) // 2
     reach = int(max(half - nonzero[0], nonzero[-1] - half))
@@ -193,28 +187,32 @@ def zoom_matrix(zoom: float, size: int = SIZE) -> np.ndarray:
     return m
 
 
-def zoom_factors(severity: int) -> np.ndarray:
-    """The zoom factors 1, 1.01, ... averaged at `severity` (see ZOOM_STOPS)."""
-    return np.arange(1, ZOOM_STOPS[severity - 1], 0.01)
+def zoom_factors(severity: int, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
+    """The zoom factors np.arange(1, stop, step) averaged at `severity` (the table's `zoom`)."""
+    stop, step = t.zoom[severity - 1]
+    return np.arange(1, stop, step)
 
 
 @cache
-def _zoom_blur_operator(severity: int) -> sparse.csr_matrix:
-    """(SIZE^2, SIZE^2) sparse linear map of flattened pixels: (image + every zoomed copy) / (count + 1)."""
-    total = np.eye(SIZE * SIZE)
-    factors = zoom_factors(severity)
+def _zoom_blur_operator(severity: int, t: CorruptionParams, size: int) -> sparse.csr_matrix:
+    """(size^2, size^2) sparse linear map of flattened pixels: (image + every zoomed copy) / (count + 1).
+
+    Summed as sparse matrices in the order the dense sum ran (identity, then each zoom), so 32px is unchanged.
+    """
+    total = sparse.identity(size * size, format="csr", dtype=np.float64)
+    factors = zoom_factors(severity, t)
     for z in factors:
-        a = zoom_matrix(float(z))
-        total += np.kron(a, a)  # zooming rows and columns of a row-major flattened image
-    return sparse.csr_matrix((total / (len(factors) + 1)).astype(np.float32))  # about 1% non-zero
+        a = sparse.csr_matrix(zoom_matrix(float(z), size))
+        total = total + sparse.kron(a, a, format="csr")  # zooming rows and columns of a row-major flattened image
+    return (total / (len(factors) + 1)).astype(np.float32).tocsr()  # 2 x 2 taps per zoom: about 1% non-zero
 
 
-def zoom_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def zoom_blur(x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
     """Average the image with centre-zoomed copies of itself: one matrix product for the whole batch."""
-    n = len(x)
-    pixels = x.reshape(n, SIZE * SIZE, 3).transpose(1, 0, 2).reshape(SIZE * SIZE, n * 3)
-    out = _zoom_blur_operator(severity) @ pixels
-    return out.reshape(SIZE * SIZE, n, 3).transpose(1, 0, 2).reshape(x.shape)
+    n, size = len(x), x.shape[1]
+    pixels = x.reshape(n, size * size, 3).transpose(1, 0, 2).reshape(size * size, n * 3)
+    out = _zoom_blur_operator(severity, t, size) @ pixels
+    return out.reshape(size * size, n, 3).transpose(1, 0, 2).reshape(x.shape)
 
 
 def motion_kernel(radius: float, sigma: float) -> np.ndarray:
@@ -252,9 +250,9 @@ def motion_blur_batch(x: np.ndarray, radius: float, sigma: float, angles: np.nda
     return out
 
 
-def motion_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def motion_blur(x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
     """Motion blur along a line at an angle uniform in [-45, 45] degrees, drawn per image."""
-    radius, sigma = MOTION[severity - 1]
+    radius, sigma = t.motion[severity - 1]
     angles = rng.uniform(*MOTION_ANGLE, len(x))
     return motion_blur_batch(x, radius, sigma, angles)
 
@@ -288,25 +286,28 @@ def plasma_fractal(n: int, wibble_decay: float, rng: np.random.Generator, size: 
     return maps / np.maximum(maps.max(axis=(1, 2), keepdims=True), np.finfo(np.float64).tiny)
 
 
-def fog(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def fog(x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
     """Add strength * plasma to every channel, then scale by peak / (peak + strength), peak = the image's max."""
-    strength, decay = FOG[severity - 1]
+    strength, decay = t.fog[severity - 1]
     peak = x.max(axis=(1, 2, 3), keepdims=True)
-    plasma = plasma_fractal(len(x), decay, rng)[..., None]
+    size = x.shape[1]
+    plasma = plasma_fractal(len(x), decay, rng, fractal_side(t, size))[:, :size, :size, None]
     return (x + strength * plasma) * (peak / (peak + strength))
 
 
-def frost(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def frost(x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
     """Blend the image with a random crop of a frost photograph: a * image + b * frost."""
-    image_weight, frost_weight = FROST[severity - 1]
-    return image_weight * x + frost_weight * (frost_crops(len(x), rng).astype(np.float32) / 255)
+    image_weight, frost_weight = t.frost[severity - 1]
+    size = x.shape[1]
+    scale = t.frost_scale * size / t.image_size  # the photographs keep their scale relative to the image
+    return image_weight * x + frost_weight * (frost_crops(len(x), rng, size, scale).astype(np.float32) / 255)
 
 
-def snow(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def snow(x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C) -> np.ndarray:
     """Add a thresholded, zoomed, motion-blurred Gaussian layer and its 180-degree rotation to a brightened image."""
-    p = SNOW[severity - 1]
-    layer = rng.normal(p.mean, p.std, (len(x), SIZE, SIZE))
-    a = zoom_matrix(p.zoom)
+    p, size = t.snow[severity - 1], x.shape[1]
+    layer = rng.normal(p.mean, p.std, (len(x), size, size))
+    a = zoom_matrix(p.zoom, size)
     layer = a @ layer @ a.T
     layer[layer < p.threshold] = 0
     # The original hands the layer to ImageMagick as an 8-bit PNG (truncated) and reads 8 bits back.
@@ -322,9 +323,11 @@ def snow(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
 # --- digital -----------------------------------------------------------------------------------------------
 
 
-def jpeg_compression(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def jpeg_compression(
+    x: np.ndarray, severity: int, rng: np.random.Generator, t: CorruptionParams = CIFAR10_C
+) -> np.ndarray:
     """Encode with Pillow's JPEG at the severity's quality and decode, image by image."""
-    quality = JPEG_QUALITY[severity - 1]
+    quality = t.jpeg_quality[severity - 1]
     images = np.rint(x * 255).astype(np.uint8)  # exact: x came from uint8
     out = np.empty_like(images)
     for i, image in enumerate(images):
@@ -334,7 +337,7 @@ def jpeg_compression(x: np.ndarray, severity: int, rng: np.random.Generator) -> 
     return out.astype(np.float32) / 255
 
 
-_FUNCTIONS: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]] = {
+_FUNCTIONS: dict[str, Callable[[np.ndarray, int, np.random.Generator, CorruptionParams], np.ndarray]] = {
     "brightness": brightness,
     "defocus_blur": defocus_blur,
     "zoom_blur": zoom_blur,

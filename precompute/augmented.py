@@ -76,7 +76,7 @@ def augmented_arrays(
 
     cfg, n, k = job.cfg, spec.count, job.cfg.views
     index = np.arange(spec.start, spec.stop)
-    params = draw_views(cfg.seed, index, k, len(images), cfg.augmentation)
+    params = draw_views(cfg.seed, index, k, len(images), cfg.augmentation, size=images.shape[-1])
     logits, hashes = [], []
     for rows, views, p in view_batches(params, index, job.batch_size):
         on_device = ViewParams(**{name: torch.from_numpy(np.asarray(v)).to(job.device) for name, v in vars(p).items()})

@@ -132,10 +132,10 @@ def test_numpy_integer_severity_is_accepted(images: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [np.zeros((2, 32, 32, 3), np.float32), np.zeros((2, 28, 28, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)]
+    "bad", [np.zeros((2, 32, 32, 3), np.float32), np.zeros((2, 28, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)]
 )
 def test_wrong_image_arrays_are_rejected(bad: np.ndarray) -> None:
-    with pytest.raises(ValueError, match=r"uint8 array \(N, 32, 32, 3\)"):
+    with pytest.raises(ValueError, match=r"uint8 array \(N, S, S, 3\)"):
         corrupt(bad, "fog", 1, np.random.default_rng(0))
 
 
@@ -393,12 +393,12 @@ def test_frost_photos_from_the_installed_package() -> None:
 
 
 def test_frost_missing_files_or_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(F, "_FROST_PHOTOS", None)
+    monkeypatch.setattr(F, "_FROST_PHOTOS", {})
     monkeypatch.setattr(F, "_frost_dir", lambda: tmp_path)
     with pytest.raises(CdeitError, match=r"frost1\.png"):
         F.frost_photos()
     monkeypatch.undo()
-    monkeypatch.setattr(F, "_FROST_PHOTOS", None)
+    monkeypatch.setattr(F, "_FROST_PHOTOS", {})
     monkeypatch.setattr(F.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CdeitError, match="imagecorruptions"):
         corrupt(flat(0), "frost", 1, np.random.default_rng(0))
@@ -415,7 +415,7 @@ def _ramp_photos() -> list[np.ndarray]:
 
 def test_frost_crops_are_whole_windows_of_the_first_five_photos(monkeypatch: pytest.MonkeyPatch) -> None:
     photos = _ramp_photos()
-    monkeypatch.setattr(F, "_FROST_PHOTOS", photos)
+    monkeypatch.setattr(F, "_FROST_PHOTOS", {F.FROST_SCALE: photos})
     crops = F.frost_crops(400, np.random.default_rng(0))
     seen = set()
     for crop in crops:
@@ -427,7 +427,7 @@ def test_frost_crops_are_whole_windows_of_the_first_five_photos(monkeypatch: pyt
 
 
 def test_frost_blend_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(F, "_FROST_PHOTOS", [np.full((40, 40, 3), 200, np.uint8)] * 5)
+    monkeypatch.setattr(F, "_FROST_PHOTOS", {F.FROST_SCALE: [np.full((40, 40, 3), 200, np.uint8)] * 5})
     # severity 4: 0.85 * 100 + 0.4 * 200 = 165; severity 1: 1.0 * 240 + 0.2 * 200 = 280 -> clipped to 255
     assert np.all(corrupt(flat(100, n=2), "frost", 4, np.random.default_rng(0)) == 165)
     assert np.all(corrupt(flat(240, n=2), "frost", 1, np.random.default_rng(0)) == 255)

@@ -217,14 +217,14 @@ class TrainConfig:
 
     def _validate_model(self) -> None:
         """--model-kwargs: only the arguments a model file records (kinds.check_model_kwargs), and sizes with which
-        the student builds and reads the dataset's 32x32 images (built and run on the meta device)."""
+        the student builds and reads the dataset's images (built and run on the meta device)."""
         if not isinstance(self.model_kwargs, dict):
             raise CdeitError(f'--model-kwargs must be a JSON object such as {{"depth": 6}}, not {self.model_kwargs!r}.')
         check_model_kwargs(self.model_kwargs, "--model-kwargs key")
         if self.model_kwargs:
             from cdeit.train.core.models import check_student_builds
 
-            check_student_builds(self.student, self.resolved_head_strategy(), self.model_kwargs)
+            check_student_builds(self.student, self.resolved_head_strategy(), self.model_kwargs, self.data)
 
     def _validate_numbers(self) -> None:
         """Every number of the recipe: finite, in range, one sentence each."""

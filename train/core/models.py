@@ -1,4 +1,4 @@
-"""Students: ViT, DeiT and CdeiT at 32px, built on timm's VisionTransformer and registered with timm.
+"""Students: ViT, DeiT and CdeiT (32px, or a dataset's size through `sized_kwargs`), built on timm's VisionTransformer.
 
 `import cdeit.train.core.models` registers `vit_tiny_patch4_32`, `deit_tiny_distilled_patch4_32` and
 `cdeit_tiny_patch4_32`, so `timm.create_model("cdeit_tiny_patch4_32", head_strategy="linear")` works.
@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from cdeit.common.atomic import write_safetensors
-from cdeit.common.dataset import CLASSES, IMAGE_SHAPE
+from cdeit.common.dataset import CLASSES, DEFAULT_IMAGE_SIZE
 from cdeit.common.errors import CdeitError
 from cdeit.train.core.kinds import MODEL_NAMES, HeadStrategy, StudentKind, check_model_kwargs, resolve_head_strategy
 from cdeit.train.core.token_vit import TokenViT
@@ -42,6 +42,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CONFIG_KEY = "cdeit.model_config"  # safetensors metadata entry holding model_config() as JSON
 CLASSES_KEY = "cdeit.classes"  # safetensors metadata entry holding the class names (JSON list), when known
+PATCH_GRID = 8  # the students' patch grid side up to 128px: patch 4 at 32px, 8 at 64px (docs/students.md)
+MAX_PATCH = 16  # timm's ViT patch above 128px: 16 at 224px (a 14x14 grid; token targets pool it to 8x8)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -65,11 +67,42 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_NAMES.value
 
 
 def _create(kind: StudentKind, pretrained: bool, **kwargs: Any) -> TokenViT:
-    """The student `kind` through timm's builder (its pretrained_cfg gives img_size 32 and num_classes 10)."""
+    """The student `kind` through timm's builder (its pretrained_cfg gives img_size 32 and num_classes 10; another
+    img_size given is also its pretrained_cfg's input_size, so what reads the config sees the size it takes)."""
     variant = MODEL_NAMES[kind]
     if pretrained:
         raise CdeitError(f"{variant} has no pretrained weights; train one with `cdeit train` and load its file.")
-    return build_model_with_cfg(TokenViT, variant, pretrained=False, kind=kind, **kwargs)
+    size = kwargs.get("img_size", DEFAULT_IMAGE_SIZE)
+    h, w = size if isinstance(size, list | tuple) else (size, size)
+    overlay = (kwargs.pop("pretrained_cfg_overlay", None) or {}) | {"input_size": (3, int(h), int(w))}
+    return build_model_with_cfg(TokenViT, variant, pretrained=False, kind=kind, pretrained_cfg_overlay=overlay,
+                                **kwargs)  # fmt: skip
+
+
+def patch_size_for(image_size: int) -> int:
+    """The students' patch size for S-pixel images: S / 8 up to 128px (an 8x8 grid, as CIFAR's patch 4), 16 above
+    (timm's ViT patch: 16 at 224px). 32 -> 4, 64 -> 8, 224 -> 16."""
+    patch = min(image_size // PATCH_GRID, MAX_PATCH)
+    if patch < 1 or image_size % patch:
+        raise CdeitError(
+            f"the dataset's {image_size}px images have no default patch size (S / 8 up to 128px, 16 above, dividing "
+            f"S); give one with --model-kwargs '{{\"patch_size\": P}}', P dividing {image_size}."
+        )
+    return patch
+
+
+def sized_kwargs(kwargs: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """The student's kwargs for a dataset of `image_size` px images: img_size and the rule's patch size unless given
+    (nothing added at 32px, which the registered students are); a given img_size must be the dataset's."""
+    given = kwargs.get("img_size", image_size)
+    if (given if isinstance(given, int) else tuple(given)) not in (image_size, (image_size, image_size)):
+        raise CdeitError(
+            f"--model-kwargs img_size {json.dumps(given)} is not the dataset's image size {image_size}; drop it "
+            "(the student takes the dataset's size)."
+        )
+    if image_size == DEFAULT_IMAGE_SIZE:
+        return dict(kwargs)
+    return {"img_size": image_size, "patch_size": patch_size_for(image_size)} | dict(kwargs)
 
 
 @register_model
@@ -118,7 +151,7 @@ class Normalise(nn.Module):
         return cls(cfg["mean"], cfg["std"], device)
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        return (images_u8.float() - self.mean) * self.inv_std  # (B, 3, 32, 32)
+        return (images_u8.float() - self.mean) * self.inv_std  # (B, 3, S, S)
 
 
 def unwrap(model: nn.Module) -> TokenViT:
@@ -184,11 +217,16 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     return model.to(device).eval()
 
 
-def check_student_builds(student: StudentKind, head_strategy: HeadStrategy | None, kwargs: dict[str, Any]) -> None:
+def check_student_builds(
+    student: StudentKind, head_strategy: HeadStrategy | None, kwargs: dict[str, Any], data: str | None = None
+) -> None:
     """Refuse `--model-kwargs` with which the student cannot be built (heads that do not divide the width) or
-    cannot read the dataset's 32x32x3 images (another img_size or in_chans): it is built and run on the meta
-    device, which costs no memory and no initialisation, before anything is written."""
-    height, width, channels = IMAGE_SHAPE
+    cannot read the dataset's images (another img_size, in_chans): the dataset's size is read from DATA's manifest
+    when there is one (32 otherwise); the student is built and run on the meta device, which costs no memory and
+    no initialisation, before anything is written."""
+    kwargs = sized_kwargs(kwargs, _data_image_size(data))
+    size = kwargs.get("img_size", DEFAULT_IMAGE_SIZE)
+    height, width, channels = (*size, 3) if isinstance(size, list) else (size, size, 3)
     try:
         with torch.device("meta"):
             model = build_student(student, head_strategy, **kwargs)
@@ -204,6 +242,18 @@ def check_student_builds(student: StudentKind, head_strategy: HeadStrategy | Non
             f"--model-kwargs {json.dumps(kwargs)} builds a {student} student that cannot read the dataset's "
             f"{height}x{width}x{channels} images ({_first_line(exc)}); change them."
         ) from None
+
+
+def _data_image_size(data: str | None) -> int:
+    """The image size of dataset `data` when its manifest reads, else 32 (the trainer names a bad dataset later)."""
+    from cdeit.common.dataset import MANIFEST, image_size, load_manifest
+
+    if not data or not (Path(data) / MANIFEST).is_file():
+        return DEFAULT_IMAGE_SIZE
+    try:
+        return image_size(load_manifest(data))
+    except CdeitError:
+        return DEFAULT_IMAGE_SIZE
 
 
 def checked_model_config(raw: str, path: str | os.PathLike) -> tuple[str, dict[str, Any]]:

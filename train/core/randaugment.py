@@ -51,7 +51,9 @@ class BatchRandAugment:
         self.generator.set_state(state)
 
 
-def randaugment_for(aa: str | None, teacher: object, mean: tuple[float, ...], seed: int) -> BatchRandAugment | None:
+def randaugment_for(
+    aa: str | None, teacher: object, mean: tuple[float, ...], seed: int, size: int = 32
+) -> BatchRandAugment | None:
     """The run's RandAugment for Augment.randaugment (None without --aa); refused for a K-view replay cache, whose
     student images are the very views the teacher saw."""
     from cdeit.train.core.replay import ViewReplay
@@ -63,4 +65,4 @@ def randaugment_for(aa: str | None, teacher: object, mean: tuple[float, ...], se
             f"--aa {aa} cannot apply to a K-view cache, whose student images are the teacher's fixed views; "
             "drop --aa or use a cache made without --views."
         )
-    return BatchRandAugment(aa, mean, 32, seed)  # the dataset contract's 32x32 images
+    return BatchRandAugment(aa, mean, size, seed)  # the dataset's size x size images

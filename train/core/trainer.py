@@ -19,7 +19,7 @@ import torch
 from cdeit.common import distributed
 from cdeit.common.atomic import write_json
 from cdeit.common.console import console, progress_bar
-from cdeit.common.dataset import beton_path, check_betons, load_manifest, make_loader
+from cdeit.common.dataset import beton_path, check_betons, image_size, load_manifest, make_loader
 from cdeit.common.device import resolve_device
 from cdeit.common.errors import CdeitError
 from cdeit.common.tokens import TOKEN_TARGETS
@@ -31,7 +31,7 @@ from cdeit.train.core.config import TrainConfig
 from cdeit.train.core.ema import EMA_FILE, ema_metrics, make_ema
 from cdeit.train.core.engine import Engine, NonFiniteLoss, State, train_one_epoch, validate
 from cdeit.train.core.losses import build_loss
-from cdeit.train.core.models import Normalise, build_student, save_safetensors
+from cdeit.train.core.models import Normalise, build_student, save_safetensors, sized_kwargs
 from cdeit.train.core.notes import small_data_note
 from cdeit.train.core.optim import build_optimizer, lr_schedule, param_groups
 from cdeit.train.core.randaugment import randaugment_for
@@ -86,6 +86,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         kwargs = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path, drop_rate=cfg.dropout)
         kwargs.setdefault("num_classes", self.num_classes)
+        kwargs = sized_kwargs(kwargs, image_size(self.manifest))  # input size and patch size from the dataset
         self.model = build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs).to(dev)
         self.model.set_return_heads(True)  # forward gives the losses every head; validation reads heads()
         if cfg.initial_checkpoint and not self.resume:  # (a resume's checkpoint holds the weights)
@@ -98,7 +99,9 @@ class Trainer:
         self.augment = Augment(cfg, self.normalise, self.num_classes, dev, self.dist.rank)
         self.teacher = teacher if teacher is not None else load_teacher(cfg, dev, self.normalise)
         mean, seed = tuple((self.normalise.mean.flatten() / 255).tolist()), cfg.seed * 1000 + 700 + self.dist.rank
-        self.augment.randaugment = randaugment_for(cfg.aa, self.teacher, mean, seed)  # --aa; refused for K views
+        self.augment.randaugment = randaugment_for(
+            cfg.aa, self.teacher, mean, seed, image_size(self.manifest)
+        )  # --aa; refused for K views
         self.batch_fields = (*TRAIN_FIELDS, *(k for k in self.teacher.fields if k not in TRAIN_FIELDS))
         self.train_loader = make_loader(
             beton_path(cfg.data, "train"), cfg.batch_size // (self.dist.world * cfg.grad_accum_steps), "random",

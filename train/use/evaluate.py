@@ -22,6 +22,7 @@ from cdeit.common.dataset import (
     SEVERITY_CODES,
     beton_path,
     check_betons,
+    image_size,
     load_manifest,
     make_loader,
     read_split,
@@ -79,6 +80,7 @@ def predict(model: Any, data_dir: str | Path, split: str, device: torch.device, 
 
     manifest = load_manifest(data_dir)
     n = split_info(manifest, split, data_dir)["count"]
+    check_model_fits(model, manifest, data_dir)
     loader = make_loader(beton_path(data_dir, split), batch_size, "sequential", str(device), fields=PRED_FIELDS,
                          workers=workers)  # fmt: skip
     normalise = Normalise.for_model(model, device)
@@ -97,6 +99,17 @@ def predict(model: Any, data_dir: str | Path, split: str, device: torch.device, 
                 chunks.setdefault(k, []).append(v.cpu())
             advance(len(images))
     return {k: torch.cat(v).numpy() for k, v in chunks.items()}
+
+
+def check_model_fits(model: Any, manifest: dict[str, Any], data_dir: str | Path) -> None:
+    """Refuse, in one sentence, a student whose input size or class count is not the dataset's (from its manifest)."""
+    _, height, _ = model.pretrained_cfg["input_size"]
+    classes = len(manifest["classes"])
+    if height != image_size(manifest) or model.num_classes != classes:
+        raise CdeitError(
+            f"the model takes {height}px images and predicts {model.num_classes} classes, but dataset {data_dir} has "
+            f"{image_size(manifest)}px images of {classes} classes; evaluate it on the dataset it was trained on."
+        )
 
 
 # ------------------------------------------------------------------------------------------ metrics
