@@ -73,6 +73,14 @@ def test_64px_dataset_caches_trains_and_evaluates_from_its_manifest(data_64: Pat
     assert result["n"] == 20 and sorted(result["per_class"]) == sorted(NAMES)
     assert np.array(result["class_confusion"]).shape == (5, 5)
 
+    from PIL import Image
+
+    from cdeit.train.use.deploy import predict_files
+
+    Image.fromarray(np.full((100, 80, 3), 120, np.uint8)).save(tmp_path / "photo.png")
+    (answer,) = predict_files(run, [tmp_path / "photo.png"])
+    assert answer["class"] in NAMES  # read at the model's 64px, named from the file's classes
+
 
 def test_patch_size_rule_and_a_conflicting_img_size() -> None:
     assert [patch_size_for(s) for s in (32, 64, 224, 96, 128, 256)] == [4, 8, 16, 12, 16, 16]

@@ -32,22 +32,6 @@ from tests.data.fakes import (
 TYPES = ("clean", "brightness")
 
 
-def _writer_takes_100_classes() -> bool:
-    """Main's writer counts 10 classes (common/dataset.split_counts); the sizes branch makes it N."""
-    from cdeit.common.dataset import split_counts
-
-    try:
-        split_counts({"label": np.array([99]), "corruption": np.array([0])})
-    except IndexError:
-        return False
-    return True
-
-
-needs_n_classes = pytest.mark.skipif(
-    not _writer_takes_100_classes(), reason="the 100-class write is the sizes branch's (N-class writer)"
-)
-
-
 @pytest.fixture(scope="module")
 def c100(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_cifar100(tmp_path_factory.mktemp("c100"), train_per_class=4, test_per_class=3)
@@ -79,7 +63,6 @@ def test_cifar100_plans_every_class_from_its_own_pools(c100: Path, tmp_path: Pat
     assert splits["test"]["image"].shape[1:] == (32, 32, 3)
 
 
-@needs_n_classes
 def test_cifar100_prepares_end_to_end_with_generated_and_released_corruptions(c100: Path, tmp_path: Path) -> None:
     out = tmp_path / "gen"
     prepare(PrepareConfig(out=out, cifar100=c100, generate=True, per_class_per_type=(2, 1, 1), types=TYPES, workers=1))

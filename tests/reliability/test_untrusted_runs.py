@@ -219,12 +219,12 @@ def test_silent_stale_baseline_predictions_are_recomputed(world: World, evaluate
 def test_silent_16_bit_png_is_scaled_not_clipped(world: World, tmp_path: Path) -> None:
     from PIL import Image
 
-    from cdeit.train.use.deploy import load_image_32
+    from cdeit.train.use.deploy import load_image
 
     path = tmp_path / "grey16.png"
     Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(path)
     assert Image.open(path).mode.startswith("I")
-    pixels = load_image_32(path)
+    pixels = load_image(path)
     assert pixels.shape == (32, 32, 3) and abs(int(pixels.mean()) - 128) <= 1
     code, output = cli("predict", path, "--model", world.run)
     assert code == 0, output

@@ -56,8 +56,9 @@ def metadata_keys(file: Path) -> set[str]:
         return set(fh.metadata() or {})
 
 
-def load_image_32(path: Path) -> np.ndarray:
-    """Any PNG/JPEG to 32x32x3 uint8: centre-crop to a square, then Pillow bicubic (antialiased) resize."""
+def load_image(path: Path, size: int = 32) -> np.ndarray:
+    """Any PNG/JPEG to size x size x 3 uint8 (the model's input size): centre-crop to a square, then Pillow bicubic
+    (antialiased) resize."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -72,7 +73,7 @@ def load_image_32(path: Path) -> np.ndarray:
                 w, h = img.size
                 side = min(w, h)
                 box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-                return np.asarray(img.resize((32, 32), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+                return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
     except FileNotFoundError:
         raise CdeitError(f"{path}: no such file.") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -105,17 +106,18 @@ def predict_files(
     dev = resolve_device(device)
     student, classes = load_student(model, dev, checkpoint)
     results: list[dict[str, Any]] = []
+    size = int(student.patch_embed.img_size[0])  # the input size the student was trained at (32, 64, 224)
     images, ok = [], []
     for p in paths:
         try:
-            images.append(load_image_32(p))
+            images.append(load_image(p, size))
             ok.append(len(results))
             results.append({"file": str(p)})
         except CdeitError as exc:
             results.append({"file": str(p), "error": str(exc)})
     if not images:
         return results
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(dev)  # (B, 3, 32, 32) uint8
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(dev)  # (B, 3, S, S) uint8
     heads = student.forward_heads(Normalise.for_model(student, dev)(batch))
     probs = student.combine(heads).float().softmax(1).cpu()
     corr = heads["corr"].float().softmax(1).cpu() if "corr" in heads else None
