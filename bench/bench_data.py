@@ -4,6 +4,8 @@ Read throughput compares one epoch in random order through cdeit's FFCV loader a
 torch DataLoader over the same uint8 arrays (TensorDataset, shuffle), both producing uint8 NCHW batches.
 
     python bench/bench_data.py prepare --cifar10 DIR --out DATA [--per-class-per-type 4500,200,200] [--workers 2]
+    python bench/bench_data.py folder --size 64 --per-class 300 --out FOLDER   # procedural image folder at a size
+    python bench/bench_data.py prepare --image-folder FOLDER --out DATA --per-class-per-type 200,20,20
     python bench/bench_data.py read --data DATA [--split train] [--batch-size 512] [--repeats 3]
 """
 
@@ -45,8 +47,18 @@ def _tree_rss_bytes(root_pid: int) -> int:
     return total
 
 
+def bench_folder(args: argparse.Namespace) -> None:
+    """A procedural image folder (data.synthetic) at --size px, --per-class images of each of the 10 classes."""
+    from cdeit.data.synthetic import write_synthetic_folder
+
+    start = time.perf_counter()
+    write_synthetic_folder(args.out, args.per_class, size=args.size)
+    print(f"folder {args.out}: {10 * args.per_class} images at {args.size}px in {time.perf_counter() - start:.1f} s")
+
+
 def bench_prepare(args: argparse.Namespace) -> None:
-    cmd = [sys.executable, "-m", "cdeit.common.cli", "data", "prepare", "--cifar10", args.cifar10, "--corruptions",
+    source = ["--cifar10", args.cifar10] if args.cifar10 else ["--image-folder", args.image_folder]
+    cmd = [sys.executable, "-m", "cdeit.common.cli", "data", "prepare", *source, "--corruptions",
            "generate", "--out", args.out, "--per-class-per-type", args.per_class_per_type, "--workers",
            str(args.workers)]  # fmt: skip
     start = time.perf_counter()
@@ -65,7 +77,13 @@ def bench_prepare(args: argparse.Namespace) -> None:
     thread.join()
     seconds = time.perf_counter() - start
     sizes = {p.name: p.stat().st_size for p in sorted(Path(args.out).glob("*.beton"))}
-    print(f"prepare rc={rc} seconds={seconds:.1f} peak_tree_rss_GiB={peak / 2**30:.2f} workers={args.workers}")
+    import json
+
+    manifest = json.loads((Path(args.out) / "manifest.json").read_text()) if rc == 0 else {}
+    images = sum(info["count"] for info in manifest.get("splits", {}).values())
+    size = manifest.get("image_size", 32)
+    print(f"prepare rc={rc} seconds={seconds:.1f} peak_tree_rss_GiB={peak / 2**30:.2f} workers={args.workers} "
+          f"images={images} size={size}px images_per_s={images / seconds:,.0f}")  # fmt: skip
     for name, size in sizes.items():
         print(f"  {name}: {size / 2**20:.1f} MiB")
 
@@ -111,8 +129,14 @@ def bench_read(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("folder")
+    f.add_argument("--size", type=int, default=64)
+    f.add_argument("--per-class", type=int, default=300)
+    f.add_argument("--out", required=True)
     p = sub.add_parser("prepare")
-    p.add_argument("--cifar10", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cifar10")
+    source.add_argument("--image-folder")
     p.add_argument("--out", required=True)
     p.add_argument("--per-class-per-type", default="4500,200,200")
     p.add_argument("--workers", type=int, default=2)
@@ -123,7 +147,7 @@ def main() -> None:
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    bench_prepare(args) if args.what == "prepare" else bench_read(args)
+    {"prepare": bench_prepare, "folder": bench_folder, "read": bench_read}[args.what](args)
 
 
 if __name__ == "__main__":
