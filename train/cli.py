@@ -29,7 +29,19 @@ def parse_model_kwargs(text: str) -> dict:
     return value
 
 
-TRAIN_OPTIONS = ConfigOptions(TrainConfig, model_kwargs=parse_model_kwargs, align=parse_align)
+def parse_temperature(text: str) -> str | float:
+    """`--teacher-temperature` text: auto, none, or a number (checked by TrainConfig.validate)."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise CdeitError(f"--teacher-temperature {text!r} is not auto, none or a number.") from None
+
+
+TRAIN_OPTIONS = ConfigOptions(
+    TrainConfig, model_kwargs=parse_model_kwargs, align=parse_align, teacher_temperature=parse_temperature
+)
 
 
 @friendly_errors
@@ -82,6 +94,13 @@ def train(
     cutmix_alpha: Annotated[float, typer.Option(help="Beta(alpha, alpha) of the CutMix weight.")] = D.cutmix_alpha,
     erasing_prob: Annotated[float, typer.Option(help=f"{_T1}: random erasing probability.")] = D.erasing_prob,
     tau: Annotated[float, typer.Option(help="Distillation temperature (paper: 3).")] = D.tau,
+    teacher_temperature: Annotated[
+        str,
+        typer.Option(
+            help="Divide the cached logits by this before soft targets (tau on top): auto (the cache's temperature "
+            "fitted on val, 1 if it has none), none (1) or a number."
+        ),
+    ] = str(D.teacher_temperature),
     lam: Annotated[
         float, typer.Option("--lambda", help="Teacher weight lambda of Eq. 4, 5 (DeiT) and 7 (paper: 0.5).")
     ] = D.lam,

@@ -127,6 +127,9 @@ class TrainConfig:
     cutmix_alpha: float = 1.0
     erasing_prob: float = 0.25
     tau: float = 3.0
+    # the cached logits are divided by this before soft targets (tau on top): auto, the temperature the cache
+    # fitted on val (1 for a cache without one); none, 1; or a number
+    teacher_temperature: str | float = "auto"
     lam: float = 0.5  # lambda of Eq. 4, 5 and 7 (DeiT's --distillation-alpha); refused where it does not enter
     clip_grad: float | None = None  # max gradient norm; None: no clipping
     # machinery
@@ -191,6 +194,7 @@ class TrainConfig:
         self._validate_lambda()
         self._validate_align()
         self._validate_online()
+        self._validate_temperature()
         self._validate_model()
         self._validate_start_and_logging()
         from cdeit.train.core.optim import check_training_options
@@ -268,6 +272,13 @@ class TrainConfig:
             raise CdeitError("--online-teacher runs a teacher to distil from, but --distill is none; drop it.")
         if self.align:
             raise CdeitError("--online-teacher gives the teacher's logits only; drop --align or train from the cache.")
+
+    def _validate_temperature(self) -> None:
+        t = self.teacher_temperature
+        if isinstance(t, str) and t not in ("auto", "none"):
+            raise CdeitError(f"--teacher-temperature {t!r} is unknown; choose auto, none or a positive number.")
+        if not isinstance(t, str) and not (_finite(t) and t > 0):
+            raise CdeitError(f"--teacher-temperature must be a positive number, auto or none, not {t}.")
 
     def _validate_align(self) -> None:
         for name, weight in self.align.items():

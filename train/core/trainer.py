@@ -36,7 +36,7 @@ from cdeit.train.core.notes import small_data_note
 from cdeit.train.core.optim import build_optimizer, lr_schedule, param_groups
 from cdeit.train.core.randaugment import randaugment_for
 from cdeit.train.core.rundir import CHECKPOINT, io_error, prepare_run_dir
-from cdeit.train.core.teachers import TeacherSource, load_teacher
+from cdeit.train.core.teachers import TeacherSource, load_teacher, teacher_temperature
 from cdeit.train.core.tracking import Tracker
 from cdeit.train.core.weights import load_initial_checkpoint
 
@@ -97,6 +97,9 @@ class Trainer:
         self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
         self.augment = Augment(cfg, self.normalise, self.num_classes, dev, self.dist.rank)
         self.teacher = teacher if teacher is not None else load_teacher(cfg, dev, self.normalise)
+        self.augment.temperature = teacher_temperature(
+            cfg, teacher is None
+        )  # --teacher-temperature: the cache's T unless set
         mean, seed = tuple((self.normalise.mean.flatten() / 255).tolist()), cfg.seed * 1000 + 700 + self.dist.rank
         self.augment.randaugment = randaugment_for(cfg.aa, self.teacher, mean, seed)  # --aa; refused for K views
         self.batch_fields = (*TRAIN_FIELDS, *(k for k in self.teacher.fields if k not in TRAIN_FIELDS))
@@ -356,6 +359,7 @@ class Trainer:
                 "epochs": self.state.epoch,
                 "steps": self.state.step,
                 "train_seconds": self.state.train_seconds,
+                "train_images": self.state.train_images,  # images the student saw: what an online teacher would run
                 "train_images_per_s": self.state.train_images / max(self.state.train_seconds, 1e-9),
                 "best_val_acc": self.state.best_val_acc,
                 "best": {"file": "best.safetensors", "chosen_by": "val_acc", "epoch": self.state.best_epoch},
@@ -364,6 +368,8 @@ class Trainer:
                 "device": str(self.device),
                 "world_size": self.dist.world,
             }
+            if self.cfg.distill != "none":
+                summary["teacher_temperature"] = self.augment.temperature
             if self.beyond_paper_teacher:  # beyond the paper's recipe: say which view and alignment
                 summary |= {"teacher_view": self.teacher.view, "align": self.cfg.align}
             write_json(self.out / "summary.json", summary)
