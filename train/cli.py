@@ -49,6 +49,13 @@ TRAIN_OPTIONS = ConfigOptions(
 def train(
     ctx: typer.Context,
     student: Annotated[str, typer.Option(help="vit | deit | cdeit.")] = D.student,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Any timm model name instead of a student (CNNs too), trained on labels alone: a "
+            "baseline, or a teacher for `precompute-teacher --teacher run:RUN_DIR`."
+        ),
+    ] = D.model,
     distill: Annotated[str, typer.Option(help="none | soft (Eq. 4/7) | hard (Eq. 5/6).")] = D.distill,
     head_strategy: Annotated[
         str | None, typer.Option(help="CdeiT only: none | linear | mlp (paper strategies 1-3; default linear).")
@@ -161,6 +168,7 @@ def train(
         cfg = resume_config(resume, TRAIN_OPTIONS.typed(ctx))  # the run's settings, the options typed here on top
     else:
         base = TrainConfig.read_json(config) if config is not None else None
+        base = _model_run(TRAIN_OPTIONS.typed(ctx), base)
         cfg = TRAIN_OPTIONS.build(ctx, base).validate()  # with --config, only the options typed here override it
     from cdeit.common.lock import output_lock
 
@@ -172,6 +180,17 @@ def train(
             f"val acc {summary.get('val_acc', float('nan')):.2%}, "
             f"{summary['train_images_per_s']:,.0f} train images/s -> {Path(cfg.out) / 'model.safetensors'}"
         )
+
+
+def _model_run(typed: dict, base: dict | None) -> dict | None:
+    """`--model NAME`: no student (--student is refused) and, unless typed, no distillation."""
+    if "model" not in typed:
+        return base
+    if "student" in typed:
+        raise CdeitError(
+            f"--student and --model are exclusive: --model {typed['model']} trains that timm model; drop one."
+        )
+    return {**(base or {}), "student": "vit", "distill": typed.get("distill", "none")}
 
 
 def register(root: typer.Typer) -> None:

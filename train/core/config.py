@@ -102,6 +102,9 @@ def format_align(weights: dict[str, float]) -> str:
 class TrainConfig:
     # what to train
     student: StudentKind = "deit"
+    model: str | None = (
+        None  # any timm model name, trained on labels alone instead of a student (train/core/timm_run.py)
+    )
     distill: DistillKind = "hard"
     head_strategy: HeadStrategy | None = None  # CdeiT only; None -> "linear" (strategy 2, the paper's best)
     data: str = ""  # dataset directory from `cdeit data prepare`
@@ -171,8 +174,12 @@ class TrainConfig:
             raise CdeitError(f"--student {self.student!r} is unknown; choose {', '.join(STUDENTS)}.")
         if self.distill not in DISTILLS:
             raise CdeitError(f"--distill {self.distill!r} is unknown; choose {', '.join(DISTILLS)}.")
+        if self.model is not None:
+            from cdeit.train.core.timm_run import check_model_run
+
+            check_model_run(self)
         self.resolved_head_strategy()
-        if self.student == "vit" and self.distill != "none":
+        if self.student == "vit" and self.distill != "none" and self.model is None:
             raise CdeitError("the ViT baseline has no distillation token; use --distill none or --student deit/cdeit.")
         if self.distill != "none" and not self.teacher_cache:
             raise CdeitError(f"--distill {self.distill} needs --teacher-cache CACHE from `cdeit precompute-teacher`.")
@@ -215,6 +222,8 @@ class TrainConfig:
         the student builds and reads the dataset's 32x32 images (built and run on the meta device)."""
         if not isinstance(self.model_kwargs, dict):
             raise CdeitError(f'--model-kwargs must be a JSON object such as {{"depth": 6}}, not {self.model_kwargs!r}.')
+        if self.model is not None:  # checked by timm_run.check_model_run
+            return
         check_model_kwargs(self.model_kwargs, "--model-kwargs key")
         if self.model_kwargs:
             from cdeit.train.core.models import check_student_builds

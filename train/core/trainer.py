@@ -37,6 +37,7 @@ from cdeit.train.core.optim import build_optimizer, lr_schedule, param_groups
 from cdeit.train.core.randaugment import randaugment_for
 from cdeit.train.core.rundir import CHECKPOINT, io_error, prepare_run_dir
 from cdeit.train.core.teachers import TeacherSource, load_teacher, teacher_temperature
+from cdeit.train.core.timm_run import build_run_model
 from cdeit.train.core.tracking import Tracker
 from cdeit.train.core.weights import load_initial_checkpoint
 
@@ -86,7 +87,8 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         kwargs = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path, drop_rate=cfg.dropout)
         kwargs.setdefault("num_classes", self.num_classes)
-        self.model = build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs).to(dev)
+        self.model = (build_run_model(cfg, self.num_classes) if cfg.model else
+                      build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs)).to(dev)  # fmt: skip
         self.model.set_return_heads(True)  # forward gives the losses every head; validation reads heads()
         if cfg.initial_checkpoint and not self.resume:  # (a resume's checkpoint holds the weights)
             note = load_initial_checkpoint(cfg.initial_checkpoint, self.model)  # every rank: the same start
@@ -94,7 +96,8 @@ class Trainer:
                 console.print(note)
         self.raw_model = self.model
         self.normalise = Normalise.for_model(self.model, dev)
-        self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
+        student = "vit" if cfg.model else cfg.student  # a --model run: the label loss of one head
+        self.loss_fn = build_loss(student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
         self.augment = Augment(cfg, self.normalise, self.num_classes, dev, self.dist.rank)
         self.teacher = teacher if teacher is not None else load_teacher(cfg, dev, self.normalise)
         self.augment.temperature = teacher_temperature(
@@ -291,7 +294,8 @@ class Trainer:
         if self.dist.main:
             n_params = sum(p.numel() for p in self.raw_model.parameters())
             console.print(
-                f"training {cfg.student} (distill {cfg.distill}, {n_params / 1e6:.2f}M parameters) on {self.device}"
+                f"training {cfg.model or cfg.student} (distill {cfg.distill}, {n_params / 1e6:.2f}M parameters) "
+                f"on {self.device}"
                 f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
                 f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.peak_lr:.2e}, {cfg.precision}"
             )
@@ -353,6 +357,7 @@ class Trainer:
             last = records[-1] if records else {}
             summary = {
                 "student": self.cfg.student,
+                **({"model": self.cfg.model} if self.cfg.model else {}),
                 "distill": self.cfg.distill,
                 "head_strategy": self.cfg.resolved_head_strategy(),
                 "parameters": sum(p.numel() for p in self.raw_model.parameters()),
