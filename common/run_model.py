@@ -181,3 +181,38 @@ def load_timm_classifier(path: str | os.PathLike, device: str | torch.device = "
         first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:200]
         raise CdeitError(f"{path}: its weights do not fit the model its metadata describes ({first}).") from None
     return model.to(device).eval()
+
+
+RUN_MODEL, RUN_CONFIG = "model.safetensors", "config.json"
+
+
+def run_dir_of(spec: str) -> Path | None:
+    """The run directory `--teacher` names (`run:RUN_DIR`, or a directory holding a run), else None."""
+    explicit = spec.startswith(RUN_PREFIX)
+    path = Path(spec.removeprefix(RUN_PREFIX))
+    if not explicit and not (":" not in spec and path.is_dir()):
+        return None
+    missing = [f for f in (RUN_CONFIG, RUN_MODEL) if not (path / f).is_file()]
+    if missing:
+        raise CdeitError(
+            f"--teacher {spec}: {path} holds no {missing[0]}, so it is not a finished `cdeit train --model` run; "
+            "finish the run or pass its directory."
+        )
+    return path
+
+
+def load_run_teacher(run_dir: Path) -> tuple[nn.Module, dict[str, str]]:
+    """(the run's timm model with its weights and input config, its provenance: dir, model sha256, config JSON)."""
+    from cdeit.common.atomic import read_json_object
+    from cdeit.common.dataset import file_sha256
+
+    config = read_json_object(run_dir / RUN_CONFIG, f"--teacher run:{run_dir}", "give a `cdeit train --model` run")
+    if not config.get("model"):
+        raise CdeitError(
+            f"--teacher run:{run_dir} is a run of cdeit's {config.get('student')!r} student; a teacher run is one "
+            "trained with `cdeit train --model NAME`."
+        )
+    classifier = load_timm_classifier(run_dir / RUN_MODEL)
+    provenance = {"teacher_run": str(run_dir.resolve()), "teacher_run_sha256": file_sha256(run_dir / RUN_MODEL),
+                  "teacher_run_config": json.dumps(config, sort_keys=True)}  # fmt: skip
+    return classifier.model, provenance

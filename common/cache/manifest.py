@@ -129,7 +129,8 @@ def _check_entry(cache_dir: Path, entry: Any, sub: str, name: str, fix: str, at:
 def _check_provenance(p: Mapping[str, Any], name: str, fix: str) -> None:
     """The provenance keys commands read; absent keys are those a cache of that kind does not write."""
     at = "provenance."
-    for key in ("teacher", "weights_hash", "head_hash", "view", "teacher_spec", "teacher_module", "interpolation"):
+    for key in ("teacher", "weights_hash", "head_hash", "view", "teacher_spec", "teacher_module", "interpolation",
+                "teacher_run", "teacher_run_sha256", "teacher_run_config"):  # fmt: skip
         field(p, key, (str, type(None)), name, fix, at=at, optional=True)
     for key in ("targets", "token_targets", "classes", "corruptions"):
         if p.get(key) is not None:
