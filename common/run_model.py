@@ -112,6 +112,9 @@ class TimmClassifier(nn.Module):
     def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"cls": self.model.forward_head(features)}  # (B, C)
 
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.forward_features(x))
+
     def combine(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return outputs["cls"]
 
@@ -176,7 +179,7 @@ def load_timm_classifier(path: str | os.PathLike, device: str | torch.device = "
     kwargs = check_timm_kwargs(config["kwargs"], f"{path}: model argument")
     model = build_timm_classifier(name, kwargs, _checked_input(meta.get(INPUT_KEY), path))
     try:
-        model.load_state_dict(state, strict=True)
+        model.model.load_state_dict(state, strict=True)  # the file holds timm's own keys (no adapter prefix)
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or ["RuntimeError"])[0][:200]
         raise CdeitError(f"{path}: its weights do not fit the model its metadata describes ({first}).") from None

@@ -138,7 +138,8 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, classes: list[st
     """Write the weights, model_config() and the class names (if given) to a safetensors file, atomically, so the
     file alone names what it predicts; returns the path."""
     student = unwrap(model)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
+    weights = getattr(student, "model", student) if hasattr(student, "input_config") else student  # timm's own keys
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.state_dict().items()}
     metadata = {"format": "pt", CONFIG_KEY: json.dumps(student.model_config())}
     if hasattr(student, "input_config"):  # a --model run's classifier: the input it was trained on
         from cdeit.common.run_model import INPUT_KEY
