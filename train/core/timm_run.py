@@ -15,7 +15,8 @@ from cdeit.common.errors import CdeitError
 
 if TYPE_CHECKING:
     from cdeit.common.run_model import TimmClassifier
-    from cdeit.train.core.config import TrainConfig
+
+TrainConfig = Any  # train/core/config.py's TrainConfig, which imports this module (so it is not imported back)
 
 SET_BY_TRAINING = {
     "num_classes": "the dataset's class count",
