@@ -14,7 +14,8 @@ from cdeit.precompute.config import PrecomputeConfig
 TEACHER_HELP = (
     "What timm.create_model accepts: NAME (deit3_small_patch16_224), NAME.TAG "
     "(deit3_small_patch16_224.fb_in22k_ft_in1k), hf-hub:ORG/REPO, local-dir:/PATH (timm's config.json + weights), "
-    "or a model that --teacher-module registers. Pretrained weights come from --checkpoint, else the local "
+    "a model that --teacher-module registers, or run:RUN_DIR (a `cdeit train --model` run). "
+    "Pretrained weights come from --checkpoint, else the local "
     "Hugging Face cache (HF_HOME; no network, also with HF_HUB_OFFLINE=1), else the hub."
 )
 
