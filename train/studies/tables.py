@@ -70,7 +70,7 @@ def group_rows(groups: list[Group]) -> list[list[str]]:
         head = setting(c, "head_strategy")
         summary = {k: mean_std(np.array([r.summary[k] for r in g.runs if r.summary.get(k)], dtype=float))[0]
                    for k in ("parameters", "train_images_per_s", "train_seconds")}  # fmt: skip
-        model = f"{DISPLAY_NAMES.get(c['student'], c['student'])} ({g.name})"
+        model = f"{c.get('model') or DISPLAY_NAMES.get(c['student'], c['student'])} ({g.name})"  # --model: timm's name
         timing = [f"{summary[k]:,.0f}" if summary[k] else "-" for k in ("train_images_per_s", "train_seconds")]
         rows.append([model, c["distill"], head, str(len(g.runs)), *[_fmt(m, *mean_std(g.values(m))) for m in METRICS],
                      f"{summary['parameters'] / 1e6:.2f}" if summary["parameters"] else "-", *timing])  # fmt: skip
