@@ -61,6 +61,7 @@ class Teacher:
     preprocessing: Preprocessing
     head_loaded: bool  # the classifier holds trained (or deliberately random) weights, not timm's fresh init
     module: TeacherModule | None = None
+    run: dict[str, str] | None = None  # a `cdeit train --model` run: dir, model sha256, config (common.run_model)
 
 
 def build_teacher(
@@ -78,6 +79,11 @@ def build_teacher(
 
     if checkpoint is not None and random_weights:
         raise CdeitError("--checkpoint and --random-weights exclude each other; pass one of them.")
+    from cdeit.common.run_model import run_dir_of
+
+    run_dir = run_dir_of(name)
+    if run_dir is not None:
+        return _from_run(run_dir, checkpoint, random_weights, module)
     imported = import_teacher_module(module) if module else None
     source = parse_teacher(name)
     if checkpoint is not None and source is not None:
@@ -106,6 +112,31 @@ def build_teacher(
         preprocessing=preprocessing_for(model),
         head_loaded=head_loaded,
         module=imported,
+    )
+
+
+def _from_run(run_dir: Path, checkpoint: str | Path | None, random_weights: bool, module: str | None) -> Teacher:
+    """The classifier of a `cdeit train --model` run, with the run's weights, input size and normalisation."""
+    from cdeit.common.cache import tensor_hash
+    from cdeit.common.run_model import load_run_teacher
+
+    given = [o for o, v in (("--checkpoint", checkpoint), ("--random-weights", random_weights),
+                            ("--teacher-module", module)) if v]  # fmt: skip
+    if given:
+        raise CdeitError(f"--teacher run:{run_dir} brings the run's own model and weights; drop {given[0]}.")
+    model, run = load_run_teacher(run_dir)
+    model.eval().requires_grad_(False)
+    backbone = {k: v for k, v in model.state_dict().items() if not is_classifier_key(model, k)}
+    return Teacher(
+        model=model,
+        name=architecture(model, run["teacher_run"]),
+        weights_hash=tensor_hash(backbone),
+        weights_source=f"run {run['teacher_run']} (model.safetensors {run['teacher_run_sha256']})",
+        random_weights=False,
+        num_features=int(model.num_features),
+        preprocessing=preprocessing_for(model),
+        head_loaded=True,
+        run=run,
     )
 
 

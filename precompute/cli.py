@@ -14,7 +14,8 @@ from cdeit.precompute.config import PrecomputeConfig
 TEACHER_HELP = (
     "What timm.create_model accepts: NAME (deit3_small_patch16_224), NAME.TAG "
     "(deit3_small_patch16_224.fb_in22k_ft_in1k), hf-hub:ORG/REPO, local-dir:/PATH (timm's config.json + weights), "
-    "or a model that --teacher-module registers. Pretrained weights come from --checkpoint, else the local "
+    "a model that --teacher-module registers, or run:RUN_DIR (a `cdeit train --model` run). "
+    "Pretrained weights come from --checkpoint, else the local "
     "Hugging Face cache (HF_HOME; no network, also with HF_HUB_OFFLINE=1), else the hub."
 )
 
@@ -148,6 +149,7 @@ def info_lines(m: dict[str, Any]) -> list[str]:
         ("view", VIEW_TEXT.get(p.get("view") or "same", p.get("view"))),
         ("targets", _targets_text(p)),
         *_views_rows(m),
+        *_record_rows(m),
         ("shards", f"{len(shards)} with logits, {len(m['feature_shards'])} with features only"),
         ("size on disk", f"{m['bytes_on_disk'] / 2**20:,.1f} MiB"),
         ("complete", "yes" if m["complete"] else "no"),
@@ -160,6 +162,19 @@ def info_lines(m: dict[str, Any]) -> list[str]:
             f"teacher accuracy {acc}, fingerprint {s['fingerprint']}"
         )
     return lines
+
+
+def _record_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """`cache info`: the temperature fitted on val with the ECE before and after, and each pass's throughput."""
+    c = m.get("calibration")
+    rows = [("temperature", "not fitted (train --teacher-temperature auto uses 1)")]
+    if c:
+        text = f"{c['temperature']:.4g}, fitted on {c['split']} ({c['count']:,} images): "
+        rows = [("temperature", text + f"ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}")]
+    for name, t in (m.get("throughput") or {}).items():
+        text = f"{t['images']:,} images in {t['seconds']:.1f} s, {t['images_per_s']:,.1f} images/s"
+        rows.append((f"{name} pass", f"{text} on {t['device_name']} ({t['device']}, batch {t['batch_size']})"))
+    return rows
 
 
 def _views_rows(m: dict[str, Any]) -> list[tuple[str, str]]:

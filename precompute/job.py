@@ -86,6 +86,7 @@ class PrecomputeJob:
             teacher_module_sha256=t.module.sha256 if t.module else None,
             augmentation=self.view_settings(),
             teacher_spec=None if self.cfg.checkpoint or t.random_weights else self.cfg.teacher,
+            teacher_run=t.run,
         )
 
     def view_settings(self) -> dict[str, Any] | None:

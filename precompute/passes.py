@@ -58,8 +58,9 @@ def pass_features(job: PrecomputeJob, plan: list[ShardSpec], head: LinearHead | 
     return images, time.perf_counter() - start
 
 
-def pass_logits(job: PrecomputeJob, plan: list[ShardSpec], head: LinearHead) -> None:
-    """Pass 2: save the head, then turn every feature shard into its logit shard and drop the feature shard."""
+def pass_logits(job: PrecomputeJob, plan: list[ShardSpec], head: LinearHead) -> tuple[int, float]:
+    """Pass 2: save the head, then turn every feature shard into its logit shard and drop the feature shard;
+    returns (images, seconds)."""
     path = job.cfg.out / HEAD_FILE
     meta = read_head_meta(job.cfg.out)
     if meta is None or meta["hash"] != head.hash:
@@ -69,6 +70,7 @@ def pass_logits(job: PrecomputeJob, plan: list[ShardSpec], head: LinearHead) -> 
         if spec not in todo:
             spec.path(job.cfg.out, FEATURES).unlink(missing_ok=True)
     todo = [s for s in todo if s.path(job.cfg.out, FEATURES).is_file()]
+    start = time.perf_counter()
     with progress_bar("teacher logits", sum(s.count for s in todo)) as advance:
         for spec in todo:
             write_logit_shard(job, spec, head)
@@ -77,6 +79,7 @@ def pass_logits(job: PrecomputeJob, plan: list[ShardSpec], head: LinearHead) -> 
     features_dir = job.cfg.out / FEATURES_DIR
     if features_dir.is_dir() and not any(features_dir.iterdir()):
         features_dir.rmdir()
+    return sum(s.count for s in todo), time.perf_counter() - start
 
 
 def write_logit_shard(job: PrecomputeJob, spec: ShardSpec, head: LinearHead) -> None:

@@ -30,6 +30,7 @@ from cdeit.precompute.config import PrecomputeConfig
 from cdeit.precompute.head_stage import fit_if_ready, given_head, reusable_head
 from cdeit.precompute.job import PrecomputeJob
 from cdeit.precompute.passes import pass_features, pass_logits
+from cdeit.precompute.records import calibration, throughput
 from cdeit.precompute.report import joined_accuracy, report
 from cdeit.precompute.resume import check_out_dir, manifest_sums
 from cdeit.precompute.storage import check_storage
@@ -64,11 +65,14 @@ def precompute_teacher(cfg: PrecomputeConfig) -> dict[str, Any]:
     if job.env.rank != 0:
         return summary
     fitted, head = head is None, head or fit_if_ready(job, plan)
-    if head is not None:
-        pass_logits(job, plan, head)
+    logits = pass_logits(job, plan, head) if head is not None else (0, 0.0)
     if fitted and head is not None and cfg.views:  # a head fitted just now: this rank renders the slice's views
         summary["views"], summary["views_seconds"] = pass_augmented(job, plan, head)
-    manifest = write_manifest(cfg.out, fallback=job.identity())
+    measured = throughput(job, {"features": (images, seconds), "logits": logits})  # rank 0: one device's rate
+    manifest = write_manifest(cfg.out, fallback=job.identity(), records={"throughput": measured})
+    fitted_t = calibration(job, manifest) if head is not None else None
+    if fitted_t is not None:
+        manifest = write_manifest(cfg.out, fallback=job.identity(), records={"calibration": fitted_t})
     summary |= {"seconds": time.perf_counter() - started, "complete": manifest["complete"], "manifest": manifest}
     summary["accuracy"] = {s: v["accuracy"] for s, v in manifest["splits"].items()}
     if job.clean and manifest["complete"]:

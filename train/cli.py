@@ -29,7 +29,19 @@ def parse_model_kwargs(text: str) -> dict:
     return value
 
 
-TRAIN_OPTIONS = ConfigOptions(TrainConfig, model_kwargs=parse_model_kwargs, align=parse_align)
+def parse_temperature(text: str) -> str | float:
+    """`--teacher-temperature` text: auto, none, or a number (checked by TrainConfig.validate)."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise CdeitError(f"--teacher-temperature {text!r} is not auto, none or a number.") from None
+
+
+TRAIN_OPTIONS = ConfigOptions(
+    TrainConfig, model_kwargs=parse_model_kwargs, align=parse_align, teacher_temperature=parse_temperature
+)
 
 
 @friendly_errors
@@ -37,6 +49,13 @@ TRAIN_OPTIONS = ConfigOptions(TrainConfig, model_kwargs=parse_model_kwargs, alig
 def train(
     ctx: typer.Context,
     student: Annotated[str, typer.Option(help="vit | deit | cdeit.")] = D.student,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Any timm model name instead of a student (CNNs too), trained on labels alone: a "
+            "baseline, or a teacher for `precompute-teacher --teacher run:RUN_DIR`."
+        ),
+    ] = D.model,
     distill: Annotated[str, typer.Option(help="none | soft (Eq. 4/7) | hard (Eq. 5/6).")] = D.distill,
     head_strategy: Annotated[
         str | None, typer.Option(help="CdeiT only: none | linear | mlp (paper strategies 1-3; default linear).")
@@ -82,6 +101,13 @@ def train(
     cutmix_alpha: Annotated[float, typer.Option(help="Beta(alpha, alpha) of the CutMix weight.")] = D.cutmix_alpha,
     erasing_prob: Annotated[float, typer.Option(help=f"{_T1}: random erasing probability.")] = D.erasing_prob,
     tau: Annotated[float, typer.Option(help="Distillation temperature (paper: 3).")] = D.tau,
+    teacher_temperature: Annotated[
+        str,
+        typer.Option(
+            help="Divide the cached logits by this before soft targets (tau on top): auto (the cache's temperature "
+            "fitted on val, 1 if it has none), none (1) or a number."
+        ),
+    ] = str(D.teacher_temperature),
     lam: Annotated[
         float, typer.Option("--lambda", help="Teacher weight lambda of Eq. 4, 5 (DeiT) and 7 (paper: 0.5).")
     ] = D.lam,
@@ -146,6 +172,7 @@ def train(
             module_asked(
                 base.get("teacher_module"), TRAIN_OPTIONS.typed(ctx).get("teacher_module"), f"--config {config}"
             )
+        base = _model_run(TRAIN_OPTIONS.typed(ctx), base)
         cfg = TRAIN_OPTIONS.build(ctx, base).validate()  # with --config, only the options typed here override it
     from cdeit.common.lock import output_lock
 
@@ -159,6 +186,17 @@ def train(
             f"val acc {summary.get('val_acc', float('nan')):.2%}, "
             f"{summary['train_images_per_s']:,.0f} train images/s -> {Path(cfg.out) / 'model.safetensors'}"
         )
+
+
+def _model_run(typed: dict, base: dict | None) -> dict | None:
+    """`--model NAME`: no student (--student is refused) and, unless typed, no distillation."""
+    if "model" not in typed:
+        return base
+    if "student" in typed:
+        raise CdeitError(
+            f"--student and --model are exclusive: --model {typed['model']} trains that timm model; drop one."
+        )
+    return {**(base or {}), "student": "vit", "distill": typed.get("distill", "none")}
 
 
 def register(root: typer.Typer) -> None:

@@ -51,8 +51,9 @@ LOGIT_IDENTITY_KEYS = (*IDENTITY_KEYS, "head_hash", "store_features")
 # provenance that may differ per shard; teacher_module(_sha256): the user code of a --teacher-module teacher
 INFO_KEYS = (
     "weights_source", "device_type", "resize", "tool_version", "teacher_module", "teacher_module_sha256",
-    "teacher_spec",
+    "teacher_spec", "teacher_run", "teacher_run_sha256", "teacher_run_config",
 )  # fmt: skip
+RUN_KEYS = ("teacher_run", "teacher_run_sha256", "teacher_run_config")  # a `train --model` run as the teacher
 # Written only by caches that differ from the paper's (a clean view or per-patch targets): a shard without them is a
 # same-view shard with logits (and its pre-logit `features` when store_features), as every cache before them.
 VIEW_KEYS = ("view", "token_targets", "target_grid", "teacher_grid")
@@ -154,6 +155,7 @@ def provenance(
     teacher_module_sha256: str | None = None,
     augmentation: Mapping[str, Any] | None = None,
     teacher_spec: str | None = None,
+    teacher_run: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The attributes every shard of one run shares (IDENTITY_KEYS), its informational keys and, only for a cache
     that differs from the paper's (a clean view or per-patch targets), the VIEW_KEYS.
@@ -163,7 +165,8 @@ def provenance(
     `teacher_module` and its file's sha256 are written only for a teacher of the user's own code (--teacher-module).
     `augmentation` (AUG_KEYS: views, view_seed and the aug_ settings) only for a K-view cache (`--views K`).
     `teacher_spec`: the --teacher spelling (`name.tag`, `hf-hub:org/repo`) when it is not the architecture's name,
-    from which `train --online-teacher` finds the same weights again.
+    from which `train --online-teacher` finds the same weights again. `teacher_run` (RUN_KEYS): a `cdeit train
+    --model` run as the teacher: its directory, its model file's sha256 and its config.json (JSON text).
     """
     from cdeit.common import __version__
 
@@ -184,6 +187,8 @@ def provenance(
         values |= {"teacher_module": teacher_module, "teacher_module_sha256": teacher_module_sha256}
     if teacher_spec is not None and teacher_spec != teacher:
         values["teacher_spec"] = teacher_spec
+    if teacher_run:
+        values |= {k: teacher_run[k] for k in RUN_KEYS}
     if view != "same" or token_targets:  # the paper's cache (same view, logits [+ features]) carries none of these
         values |= {"view": view, "token_targets": list(token_targets)}
     if token_targets:

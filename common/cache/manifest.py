@@ -64,6 +64,37 @@ def check_manifest(cache_dir: Path, path: Path, manifest: Mapping[str, Any]) -> 
     augmented = field(manifest, "augmented", dict, name, fix, **OPTIONAL)
     if augmented:
         _check_augmented(augmented, name, fix)
+    check_records(manifest, name, fix)
+
+
+# the records a precompute adds to what the shards say: the fitted temperature and each pass's throughput
+RECORD_KEYS = ("calibration", "throughput")
+PASSES = ("features", "logits")
+
+
+def check_records(manifest: Mapping[str, Any], name: str, fix: str) -> None:
+    """The optional `calibration` (temperature scaling on val) and `throughput` (per pass) records."""
+    calibration = field(manifest, "calibration", (dict, type(None)), name, fix, **OPTIONAL)
+    if calibration:
+        at = "calibration."
+        field(calibration, "temperature", NUMBER, name, fix, at=at, minimum=1e-6)
+        field(calibration, "count", int, name, fix, at=at, minimum=1)
+        for key in ("ece_before", "ece_after", "nll_before", "nll_after"):
+            field(calibration, key, NUMBER, name, fix, at=at, minimum=0)
+        field(calibration, "split", str, name, fix, at=at)
+        field(calibration, "head_hash", (str, type(None)), name, fix, at=at)
+    throughput = field(manifest, "throughput", (dict, type(None)), name, fix, **OPTIONAL) or {}
+    for key, record in throughput.items():
+        at = f"throughput.{key}."
+        if key not in PASSES or not isinstance(record, dict):
+            label = f"throughput.{key}"
+            raise CdeitError(f"{name} has {label!r}, which is not a pass ({', '.join(PASSES)}); {fix}.")
+        field(record, "images", int, name, fix, at=at, minimum=1)
+        field(record, "seconds", NUMBER, name, fix, at=at, minimum=1e-9)
+        field(record, "images_per_s", NUMBER, name, fix, at=at, minimum=1e-9)
+        for text in ("device", "device_name", "compute_dtype"):
+            field(record, text, str, name, fix, at=at)
+        field(record, "batch_size", int, name, fix, at=at, minimum=1)
 
 
 def _check_split(info: Any, name: str, fix: str, at: str) -> None:
@@ -98,7 +129,8 @@ def _check_entry(cache_dir: Path, entry: Any, sub: str, name: str, fix: str, at:
 def _check_provenance(p: Mapping[str, Any], name: str, fix: str) -> None:
     """The provenance keys commands read; absent keys are those a cache of that kind does not write."""
     at = "provenance."
-    for key in ("teacher", "weights_hash", "head_hash", "view", "teacher_spec", "teacher_module", "interpolation"):
+    for key in ("teacher", "weights_hash", "head_hash", "view", "teacher_spec", "teacher_module", "interpolation",
+                "teacher_run", "teacher_run_sha256", "teacher_run_config"):  # fmt: skip
         field(p, key, (str, type(None)), name, fix, at=at, optional=True)
     for key in ("targets", "token_targets", "classes", "corruptions"):
         if p.get(key) is not None:

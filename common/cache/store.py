@@ -272,12 +272,16 @@ def _split_order(split: str) -> tuple[int, str]:
     return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
-def build_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_manifest(
+    cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | None = None, records: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Derive the manifest from the shards present: provenance, splits, accuracy, and each shard's checksum.
 
-    `fallback` is the provenance to record while no shard exists yet (a fresh run's first manifest).
+    `fallback` is the provenance to record while no shard exists yet (a fresh run's first manifest); `records`
+    the precompute's new `calibration` and `throughput`, merged over those of the manifest on disk (records.py).
     """
     from cdeit.common import __version__
+    from cdeit.common.cache.records import merged_records
 
     cache_dir = Path(cache_dir)
     logit_files, feature_files = shard_files(cache_dir, LOGITS), shard_files(cache_dir, FEATURES)
@@ -300,20 +304,21 @@ def build_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | N
         splits[split] = _split_summary(split_attrs, [a for a in logit_attrs if a["split"] == split])
     classes = provenance.get("classes") or []
     augmented = _augmented_summary(provenance, augmented_attrs, splits)
+    head = read_head_meta(cache_dir)
     return {
         "format": CACHE_FORMAT,
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
         "complete": bool(splits) and all(s["complete"] for s in splits.values()) and augmented.get("complete", True),
         "provenance": _provenance(provenance),
-        "head": read_head_meta(cache_dir),
+        "head": head,
         "dataset": {"classes": classes, "num_classes": len(classes), "corruptions": provenance.get("corruptions")},
         "splits": splits,
         "shards": [_record(cache_dir, p, a) for p, a in zip(logit_files, logit_attrs, strict=True)],
         "feature_shards": [_record(cache_dir, p, a) for p, a in zip(feature_files, feature_attrs, strict=True)],
         "augmented": augmented,
         "augmented_shards": [_record(cache_dir, p, a) for p, a in zip(augmented_files, augmented_attrs, strict=True)],
-    }
+    } | merged_records(cache_dir, head, records)
 
 
 def _augmented_summary(
@@ -339,11 +344,13 @@ def _provenance(values: Mapping[str, Any]) -> dict[str, Any]:
     return provenance | {k: values[k] for k in ("target_grid", "teacher_grid") if values.get(k) is not None}
 
 
-def write_manifest(cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Rebuild CACHE/manifest.json from the shards present and return it."""
+def write_manifest(
+    cache_dir: str | os.PathLike, fallback: Mapping[str, Any] | None = None, records: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Rebuild CACHE/manifest.json from the shards present (with `records`, see build_manifest) and return it."""
     from cdeit.common.atomic import write_json
 
-    manifest = build_manifest(cache_dir, fallback)
+    manifest = build_manifest(cache_dir, fallback, records)
     write_json(Path(cache_dir) / MANIFEST, manifest)
     return manifest
 

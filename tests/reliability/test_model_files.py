@@ -54,7 +54,7 @@ def _hostile_configs(evil: Path) -> dict[str, tuple[object, str]]:
     return {
         "other model, pretrained file": (
             {"model_name": "vit_tiny_patch16_224", "kwargs": {"pretrained": True, "pretrained_cfg_overlay": overlay}},
-            "not one of cdeit's students",
+            "model argument 'pretrained'",  # a `train --model` file: timm's name, but nothing that loads weights
         ),
         "own model, pretrained file": (
             {"model_name": "vit_tiny_patch4_32", "kwargs": {"pretrained": True, "pretrained_cfg_overlay": overlay}},
@@ -68,8 +68,8 @@ def _hostile_configs(evil: Path) -> dict[str, tuple[object, str]]:
             {"model_name": "vit_tiny_patch4_32", "kwargs": {"checkpoint_path": str(evil)}},
             "model argument 'checkpoint_path'",
         ),
-        "hf-hub name": ({"model_name": "hf-hub:attacker/evil", "kwargs": {}}, "not one of cdeit's students"),
-        "local-dir name": ({"model_name": f"local-dir:{evil.parent}", "kwargs": {}}, "not one of cdeit's students"),
+        "hf-hub name": ({"model_name": "hf-hub:attacker/evil", "kwargs": {}}, "hf-hub:attacker/evil"),
+        "local-dir name": ({"model_name": f"local-dir:{evil.parent}", "kwargs": {}}, "local-dir:"),
         "kwargs not a dict": ({"model_name": "vit_tiny_patch4_32", "kwargs": ["pretrained"]}, "not a cdeit model"),
         "extra top-level key": (
             {"model_name": "vit_tiny_patch4_32", "kwargs": {}, "pretrained": True},

@@ -32,6 +32,7 @@ class Augment:
         self.num_classes = num_classes
         self.distill: DistillKind = cfg.distill
         self.tau, self.smoothing = cfg.tau, cfg.label_smoothing
+        self.temperature = 1.0  # the teacher's calibration (--teacher-temperature): logits / it, then tau on top
         self.mixing = (cfg.mixup_prob, cfg.mixup_alpha, cfg.cutmix_prob, cfg.cutmix_alpha)
         self.erasing = RandomErasing(cfg.erasing_prob, device=device) if cfg.erasing_prob > 0 else None
         self.mix_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -47,6 +48,7 @@ class Augment:
     ) -> Targets:
         """Targets of the unaugmented batch (its `label` and `corruption` fields): smoothed labels, the teacher
         targets of `logits` for the run's --distill (or `distill`), the alignment's feature targets."""
+        logits = logits / self.temperature if logits is not None and self.temperature != 1.0 else logits
         return make_targets(batch["label"], batch["corruption"], logits, self.distill if distill is None else distill,
                             self.tau, self.smoothing, num_classes=self.num_classes, features=features)  # fmt: skip
 
@@ -62,6 +64,7 @@ class Augment:
 
     def with_teacher(self, targets: Targets, logits: torch.Tensor) -> Targets:
         """`targets` with the run's teacher targets of logits computed on the augmented batch (not mixed)."""
+        logits = logits / self.temperature if self.temperature != 1.0 else logits
         return with_teacher(targets, logits, self.distill, self.tau)
 
     def rng_state(self) -> dict[str, torch.Tensor]:

@@ -106,6 +106,9 @@ def format_align(weights: dict[str, float]) -> str:
 class TrainConfig:
     # what to train
     student: StudentKind = "deit"
+    model: str | None = (
+        None  # any timm model name, trained on labels alone instead of a student (train/core/timm_run.py)
+    )
     distill: DistillKind = "hard"
     head_strategy: HeadStrategy | None = None  # CdeiT only; None -> "linear" (strategy 2, the paper's best)
     data: str = ""  # dataset directory from `cdeit data prepare`
@@ -131,6 +134,9 @@ class TrainConfig:
     cutmix_alpha: float = 1.0
     erasing_prob: float = 0.25
     tau: float = 3.0
+    # the cached logits are divided by this before soft targets (tau on top): auto, the temperature the cache
+    # fitted on val (1 for a cache without one); none, 1; or a number
+    teacher_temperature: str | float = "auto"
     lam: float = 0.5  # lambda of Eq. 4, 5 and 7 (DeiT's --distillation-alpha); refused where it does not enter
     clip_grad: float | None = None  # max gradient norm; None: no clipping
     # machinery
@@ -172,8 +178,12 @@ class TrainConfig:
             raise CdeitError(f"--student {self.student!r} is unknown; choose {', '.join(STUDENTS)}.")
         if self.distill not in DISTILLS:
             raise CdeitError(f"--distill {self.distill!r} is unknown; choose {', '.join(DISTILLS)}.")
+        if self.model is not None:
+            from cdeit.train.core.timm_run import check_model_run
+
+            check_model_run(self)
         self.resolved_head_strategy()
-        if self.student == "vit" and self.distill != "none":
+        if self.student == "vit" and self.distill != "none" and self.model is None:
             raise CdeitError("the ViT baseline has no distillation token; use --distill none or --student deit/cdeit.")
         if self.distill != "none" and not self.teacher_cache:
             raise CdeitError(f"--distill {self.distill} needs --teacher-cache CACHE from `cdeit precompute-teacher`.")
@@ -200,6 +210,7 @@ class TrainConfig:
         self._validate_lambda()
         self._validate_align()
         self._validate_online()
+        self._validate_temperature()
         self._validate_model()
         self._validate_start_and_logging()
         from cdeit.train.core.optim import check_training_options
@@ -220,6 +231,8 @@ class TrainConfig:
         the student builds and reads the dataset's images (built and run on the meta device)."""
         if not isinstance(self.model_kwargs, dict):
             raise CdeitError(f'--model-kwargs must be a JSON object such as {{"depth": 6}}, not {self.model_kwargs!r}.')
+        if self.model is not None:  # checked by timm_run.check_model_run
+            return
         check_model_kwargs(self.model_kwargs, "--model-kwargs key")
         if self.model_kwargs:
             from cdeit.train.core.models import check_student_builds
@@ -277,6 +290,13 @@ class TrainConfig:
             raise CdeitError("--online-teacher runs a teacher to distil from, but --distill is none; drop it.")
         if self.align:
             raise CdeitError("--online-teacher gives the teacher's logits only; drop --align or train from the cache.")
+
+    def _validate_temperature(self) -> None:
+        t = self.teacher_temperature
+        if isinstance(t, str) and t not in ("auto", "none"):
+            raise CdeitError(f"--teacher-temperature {t!r} is unknown; choose auto, none or a positive number.")
+        if not isinstance(t, str) and not (_finite(t) and t > 0):
+            raise CdeitError(f"--teacher-temperature must be a positive number, auto or none, not {t}.")
 
     def _validate_align(self) -> None:
         for name, weight in self.align.items():

@@ -155,8 +155,10 @@ class Normalise(nn.Module):
 
 
 def unwrap(model: nn.Module) -> TokenViT:
-    """The TokenViT inside a torch.compile and/or DistributedDataParallel wrapper."""
-    while not isinstance(model, TokenViT):
+    """The TokenViT (or `--model` TimmClassifier) inside a torch.compile and/or DistributedDataParallel wrapper."""
+    from cdeit.common.run_model import TimmClassifier
+
+    while not isinstance(model, TokenViT | TimmClassifier):
         inner = getattr(model, "_orig_mod", None)
         inner = getattr(model, "module", None) if inner is None else inner
         if not isinstance(inner, nn.Module):
@@ -169,8 +171,13 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, classes: list[st
     """Write the weights, model_config() and the class names (if given) to a safetensors file, atomically, so the
     file alone names what it predicts; returns the path."""
     student = unwrap(model)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
+    weights = getattr(student, "model", student) if hasattr(student, "input_config") else student  # timm's own keys
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.state_dict().items()}
     metadata = {"format": "pt", CONFIG_KEY: json.dumps(student.model_config())}
+    if hasattr(student, "input_config"):  # a --model run's classifier: the input it was trained on
+        from cdeit.common.run_model import INPUT_KEY
+
+        metadata[INPUT_KEY] = json.dumps(student.input_config())
     if classes is not None:
         metadata[CLASSES_KEY] = json.dumps(list(classes))
     return write_safetensors(path, tensors, metadata)  # sorted metadata: identical inputs, identical bytes
@@ -202,6 +209,12 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise CdeitError(f"{path} is not a readable safetensors file ({exc}); save it again with cdeit.") from None
     if raw is None:
         raise CdeitError(f"{path} holds no {CONFIG_KEY} entry, so it was not written by cdeit's save_safetensors.")
+    if (
+        isinstance(_model_name(raw), str) and _model_name(raw) not in MODEL_NAMES.values()
+    ):  # a `cdeit train --model NAME` run: its checks are its own
+        from cdeit.common.run_model import load_timm_classifier
+
+        return load_timm_classifier(path, device)
     name, kwargs = checked_model_config(raw, path)
     try:
         with torch.device("meta"):  # shapes first, without memory: metadata asking for a huge model costs nothing
@@ -280,6 +293,14 @@ def checked_model_config(raw: str, path: str | os.PathLike) -> tuple[str, dict[s
     if kinds[name] != "cdeit":  # cdeit's default strategy is its own config's business: only check the others
         resolve_head_strategy(kinds[name], kwargs.get("head_strategy"), f"{path}: head_strategy")
     return name, kwargs
+
+
+def _model_name(raw: str) -> Any:
+    try:
+        config = json.loads(raw)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return config.get("model_name") if isinstance(config, dict) else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -149,3 +149,18 @@ def load_teacher(cfg: TrainConfig, device: torch.device, normalise: Normalise) -
 
         return load_view_replay(cfg, device, cfg.epochs)
     return CachedTeacher(load_teacher_targets(cfg.teacher_cache, cfg.data, "train", device, names), names)
+
+
+def teacher_temperature(cfg: TrainConfig, from_cache: bool = True) -> float:
+    """What the cached logits are divided by before soft targets (`--teacher-temperature`): a number as given, 1 for
+    `none`, and for `auto` the temperature the cache fitted on val (1 for a cache that records none, or for a
+    teacher source given in its place, `from_cache=False`)."""
+    auto_is_one = cfg.teacher_temperature == "auto" and not from_cache
+    if cfg.distill == "none" or cfg.teacher_temperature == "none" or auto_is_one:
+        return 1.0
+    if cfg.teacher_temperature != "auto":
+        return float(cfg.teacher_temperature)
+    from cdeit.common.cache import read_cache_manifest
+
+    calibration = read_cache_manifest(cfg.teacher_cache).get("calibration") or {}
+    return float(calibration.get("temperature", 1.0))

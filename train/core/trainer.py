@@ -36,7 +36,8 @@ from cdeit.train.core.notes import small_data_note
 from cdeit.train.core.optim import build_optimizer, lr_schedule, param_groups
 from cdeit.train.core.randaugment import randaugment_for
 from cdeit.train.core.rundir import CHECKPOINT, io_error, prepare_run_dir
-from cdeit.train.core.teachers import TeacherSource, load_teacher
+from cdeit.train.core.teachers import TeacherSource, load_teacher, teacher_temperature
+from cdeit.train.core.timm_run import build_run_model
 from cdeit.train.core.tracking import Tracker
 from cdeit.train.core.weights import load_initial_checkpoint
 
@@ -87,7 +88,8 @@ class Trainer:
         kwargs = dict(cfg.model_kwargs, drop_path_rate=cfg.drop_path, drop_rate=cfg.dropout)
         kwargs.setdefault("num_classes", self.num_classes)
         kwargs = sized_kwargs(kwargs, image_size(self.manifest))  # input size and patch size from the dataset
-        self.model = build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs).to(dev)
+        self.model = (build_run_model(cfg, self.num_classes) if cfg.model else
+                      build_student(cfg.student, cfg.resolved_head_strategy(), **kwargs)).to(dev)  # fmt: skip
         self.model.set_return_heads(True)  # forward gives the losses every head; validation reads heads()
         if cfg.initial_checkpoint and not self.resume:  # (a resume's checkpoint holds the weights)
             note = load_initial_checkpoint(cfg.initial_checkpoint, self.model)  # every rank: the same start
@@ -95,9 +97,13 @@ class Trainer:
                 console.print(note)
         self.raw_model = self.model
         self.normalise = Normalise.for_model(self.model, dev)
-        self.loss_fn = build_loss(cfg.student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
+        student = "vit" if cfg.model else cfg.student  # a --model run: the label loss of one head
+        self.loss_fn = build_loss(student, cfg.distill, cfg.resolved_head_strategy(), tau=cfg.tau, lam=cfg.lam)
         self.augment = Augment(cfg, self.normalise, self.num_classes, dev, self.dist.rank)
         self.teacher = teacher if teacher is not None else load_teacher(cfg, dev, self.normalise)
+        self.augment.temperature = teacher_temperature(
+            cfg, teacher is None
+        )  # --teacher-temperature: the cache's T unless set
         mean, seed = tuple((self.normalise.mean.flatten() / 255).tolist()), cfg.seed * 1000 + 700 + self.dist.rank
         self.augment.randaugment = randaugment_for(
             cfg.aa, self.teacher, mean, seed, image_size(self.manifest)
@@ -291,7 +297,8 @@ class Trainer:
         if self.dist.main:
             n_params = sum(p.numel() for p in self.raw_model.parameters())
             console.print(
-                f"training {cfg.student} (distill {cfg.distill}, {n_params / 1e6:.2f}M parameters) on {self.device}"
+                f"training {cfg.model or cfg.student} (distill {cfg.distill}, {n_params / 1e6:.2f}M parameters) "
+                f"on {self.device}"
                 f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}: {cfg.epochs} epochs x "
                 f"{self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.peak_lr:.2e}, {cfg.precision}"
             )
@@ -353,12 +360,14 @@ class Trainer:
             last = records[-1] if records else {}
             summary = {
                 "student": self.cfg.student,
+                **({"model": self.cfg.model} if self.cfg.model else {}),
                 "distill": self.cfg.distill,
                 "head_strategy": self.cfg.resolved_head_strategy(),
                 "parameters": sum(p.numel() for p in self.raw_model.parameters()),
                 "epochs": self.state.epoch,
                 "steps": self.state.step,
                 "train_seconds": self.state.train_seconds,
+                "train_images": self.state.train_images,  # images the student saw: what an online teacher would run
                 "train_images_per_s": self.state.train_images / max(self.state.train_seconds, 1e-9),
                 "best_val_acc": self.state.best_val_acc,
                 "best": {"file": "best.safetensors", "chosen_by": "val_acc", "epoch": self.state.best_epoch},
@@ -367,6 +376,8 @@ class Trainer:
                 "device": str(self.device),
                 "world_size": self.dist.world,
             }
+            if self.cfg.distill != "none":
+                summary["teacher_temperature"] = self.augment.temperature
             if self.beyond_paper_teacher:  # beyond the paper's recipe: say which view and alignment
                 summary |= {"teacher_view": self.teacher.view, "align": self.cfg.align}
             write_json(self.out / "summary.json", summary)

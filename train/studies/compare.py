@@ -18,11 +18,11 @@ from cdeit.common.atomic import atomic_path
 from cdeit.common.dataset import CORRUPTIONS
 from cdeit.common.errors import CdeitError
 from cdeit.train.studies.results import Group, apply_baseline, check_comparable, collect, group_runs
+from cdeit.train.studies.savings import cache_savings
 from cdeit.train.studies.tables import (
     GROUP_COLUMNS,
     METRICS,
     TITLES,
-    cache_savings,
     difference_rows,
     group_rows,
     markdown,

@@ -1,5 +1,5 @@
 """The numbers of a comparison as tables: mean ± std per group, paired differences with a t interval, a preset's
-table in the paper's layout, and what the teacher cache saved."""
+table in the paper's layout (what the teacher cache saved is savings.py's)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,12 @@ import numpy as np
 
 from cdeit.common.atomic import atomic_path
 from cdeit.train.core.kinds import resolve_head_strategy
-from cdeit.train.studies.results import Group, RunResult
+from cdeit.train.studies.results import Group
 
 METRICS = ("accuracy", "clean", "corrupted", "mce", "ece")
 TITLES = {"accuracy": "accuracy (%)", "clean": "clean accuracy (%)", "corrupted": "corrupted accuracy (%)",
           "mce": "mCE (%)", "ece": "ECE"}  # fmt: skip
 DISPLAY_NAMES = {"vit": "ViT", "deit": "DeiT", "cdeit": "CdeiT"}
-# Measured in docs/benchmarks.md (bench/bench_train.py, one CPU process, DeiT-Tiny student, batch 64): the
-# cached trainer ran 80.5 images/s, the same trainer with the DeiT-III Small teacher online at 224px
-# (--online-teacher's OnlineTeacher, on the erased and mixed batch) 18.3.
-ONLINE_SLOWDOWN = 4.39
-ONLINE_SLOWDOWN_SOURCE = "docs/benchmarks.md: 80.5 vs 18.3 images/s on the CPU, batch 64"
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -75,7 +70,7 @@ def group_rows(groups: list[Group]) -> list[list[str]]:
         head = setting(c, "head_strategy")
         summary = {k: mean_std(np.array([r.summary[k] for r in g.runs if r.summary.get(k)], dtype=float))[0]
                    for k in ("parameters", "train_images_per_s", "train_seconds")}  # fmt: skip
-        model = f"{DISPLAY_NAMES.get(c['student'], c['student'])} ({g.name})"
+        model = f"{c.get('model') or DISPLAY_NAMES.get(c['student'], c['student'])} ({g.name})"  # --model: timm's name
         timing = [f"{summary[k]:,.0f}" if summary[k] else "-" for k in ("train_images_per_s", "train_seconds")]
         rows.append([model, c["distill"], head, str(len(g.runs)), *[_fmt(m, *mean_std(g.values(m))) for m in METRICS],
                      f"{summary['parameters'] / 1e6:.2f}" if summary["parameters"] else "-", *timing])  # fmt: skip
@@ -135,29 +130,3 @@ def paper_table(preset: str, groups: list[Group]) -> tuple[list[str], list[list[
                     str(paper[m]) if m in paper else "-"]  # fmt: skip
         rows.append(row)
     return columns, rows
-
-
-# ------------------------------------------------------------------------------------------ the cache
-def cache_savings(caches: dict[str, list[RunResult]]) -> list[str]:
-    """One sentence per cache: precompute time paid once, runs that reused it, teacher time saved."""
-    if not caches:
-        return ["No compared run read a teacher cache (no distillation), so the cache saved nothing here."]
-    lines = []
-    online = [r for runs in caches.values() for r in runs if r.config.get("online_teacher")]
-    cached_runs = {p: [r for r in runs if not r.config.get("online_teacher")] for p, runs in caches.items()}
-    caches = {p: runs for p, runs in cached_runs.items() if runs}
-    for path, runs in caches.items():
-        train_s = sum(r.summary.get("train_seconds") or 0 for r in runs)
-        lines.append(
-            f"Teacher cache `{path}`: its precompute (time not recorded) paid once, reused by {len(runs)} runs; a "
-            f"trainer running the teacher online would have added about {train_s * (ONLINE_SLOWDOWN - 1):,.0f} s to "
-            f"their {train_s:,.0f} s of training (x{ONLINE_SLOWDOWN} per step, the ratio measured in "
-            f"{ONLINE_SLOWDOWN_SOURCE})."
-        )
-    if online:
-        train_s = sum(r.summary.get("train_seconds") or 0 for r in online)
-        lines.append(
-            f"{len(online)} run{'s' if len(online) > 1 else ''} ran the teacher online instead (`--online-teacher`), "
-            f"{train_s:,.0f} s of training in all, the teacher's forward passes included."
-        )
-    return lines

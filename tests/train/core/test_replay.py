@@ -49,7 +49,8 @@ def test_train_renders_the_bytes_the_teacher_saw(views_cache: Path, tiny_dataset
         assert torch.equal(images, render_views(replay.images, index, view, fresh, 0))
         assert np.array_equal(image_hash(images).numpy(), stored["view_hash"][index.numpy(), view.numpy()])
         logits = torch.from_numpy(stored["view_logits"][index.numpy(), view.numpy()])
-        assert torch.allclose(targets.teacher, F.softmax(logits / 3.0, -1))  # the view's own logits, unmixed
+        t = trainer.augment.temperature  # the cache's calibration (--teacher-temperature auto) applies to views too
+        assert torch.allclose(targets.teacher, F.softmax(logits / (t * 3.0), -1))  # the view's own logits, unmixed
         w = fresh.weight[:, None]
         label = F.one_hot(batch["label"], 10) * 0.9 + 0.01
         partner = F.one_hot(replay.labels[fresh.partner], 10) * 0.9 + 0.01
