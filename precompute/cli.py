@@ -12,11 +12,10 @@ from cdeit.common.options import ConfigOptions, comma_list, defaults
 from cdeit.precompute.config import PrecomputeConfig
 
 TEACHER_HELP = (
-    "What timm.create_model accepts: NAME (deit3_small_patch16_224), NAME.TAG "
-    "(deit3_small_patch16_224.fb_in22k_ft_in1k), hf-hub:ORG/REPO, local-dir:/PATH (timm's config.json + weights), "
-    "a model that --teacher-module registers, or run:RUN_DIR (a `cdeit train --model` run). "
-    "Pretrained weights come from --checkpoint, else the local "
-    "Hugging Face cache (HF_HOME; no network, also with HF_HUB_OFFLINE=1), else the hub."
+    "Any name timm accepts: NAME, NAME.TAG, hf-hub:ORG/REPO, local-dir:/PATH (timm's config and weights), a "
+    "model that --teacher-module registers, or run:RUN_DIR (a run of cdeit train --model). Pretrained weights "
+    "come from --checkpoint, else the local Hugging Face cache (HF_HOME, no network), else the hub. "
+    "Default: DeiT-III Small, pretrained (see precompute in docs)."
 )
 
 app = typer.Typer(help="Inspect, verify and merge teacher-logit caches.", no_args_is_help=True)
@@ -30,7 +29,7 @@ def precompute_teacher(
     ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", help="Dataset directory from `cdeit data prepare`.")],
     out: Annotated[Path, typer.Option("--out", help="Cache directory to create or resume.")],
-    teacher: Annotated[str, typer.Option(help=TEACHER_HELP)] = D.teacher,
+    teacher: Annotated[str, typer.Option(help=TEACHER_HELP, show_default=False)] = D.teacher,
     teacher_module: Annotated[
         str | None,
         typer.Option(
@@ -69,25 +68,25 @@ def precompute_teacher(
         int, typer.Option(help="Number of slices (machines) the shards are split over.")
     ] = D.num_shards,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = D.device,
-    seed: Annotated[int, typer.Option(help="Seed of the head fit (and of --random-weights).")] = D.seed,
+    seed: Annotated[int, typer.Option(help="Seed of the head fit (and of random weights).")] = D.seed,
     workers: Annotated[int | None, typer.Option(help="Image decoding threads. Default: min(8, cores).")] = D.workers,
     head_epochs: Annotated[int, typer.Option(help="Epochs of the head fit over the cached features.")] = D.head_epochs,
     head_lr: Annotated[float, typer.Option(help="AdamW learning rate of the head fit (paper: 5e-5).")] = D.head_lr,
     head_standardize: Annotated[
-        bool, typer.Option(help="Fit the head on z-scored features (folded back into the head).")
+        bool, typer.Option("--head-standardize", help="Fit the head on z-scored features (folded back into the head).")
     ] = D.head_standardize,
     splits: Annotated[str, typer.Option(help="Comma-separated splits to cache.")] = ",".join(D.splits),
     view: Annotated[
         str,
         typer.Option(
             help="same: the teacher sees every sample (the paper); clean: it sees each sample's clean source image, "
-            "once per source, and the cache is keyed by source id (needs DATA/sources.beton)."
+            "once per source, and the cache is keyed by source id (needs the dataset's sources.beton)."
         ),
     ] = D.view,
     targets: Annotated[
         str,
         typer.Option(
-            help="What to store, comma-separated: logits (always), embedding (pre-logit, = --store-features), "
+            help="What to store, comma-separated: logits (always), embedding (pre-logit, as --store-features does), "
             "patches (final patch tokens pooled to 8x8), attention (last block's class-token map, 8x8)."
         ),
     ] = ",".join(D.targets),
@@ -95,7 +94,7 @@ def precompute_teacher(
         int,
         typer.Option(
             help="Also store the teacher's logits on K augmented views of every train sample (erasing, Mixup/CutMix "
-            "drawn from --seed), replayed exactly by `cdeit train` (docs/consistent-views.md). 0: none (the paper)."
+            "drawn from --seed), replayed exactly by cdeit train (see consistent views in docs). 0: none (the paper)."
         ),
     ] = D.views,
     erasing_prob: Annotated[float, typer.Option(help="--views: random erasing probability.")] = D.erasing_prob,

@@ -53,7 +53,7 @@ def train(
         str | None,
         typer.Option(
             help="Any timm model name instead of a student (CNNs too), trained on labels alone: a "
-            "baseline, or a teacher for `precompute-teacher --teacher run:RUN_DIR`."
+            "baseline, or a teacher (cache it with --teacher run:DIR)."
         ),
     ] = D.model,
     distill: Annotated[str, typer.Option(help="none | soft (Eq. 4/7) | hard (Eq. 5/6).")] = D.distill,
@@ -61,12 +61,15 @@ def train(
         str | None, typer.Option(help="CdeiT only: none | linear | mlp (paper strategies 1-3; default linear).")
     ] = D.head_strategy,
     data: Annotated[str, typer.Option(help="Dataset directory from `cdeit data prepare`.")] = D.data,
-    teacher_cache: Annotated[str | None, typer.Option(help="Cache from `cdeit precompute-teacher`.")] = D.teacher_cache,
+    teacher_cache: Annotated[
+        str | None, typer.Option(help="Teacher cache (cdeit precompute-teacher makes it).")
+    ] = D.teacher_cache,
     online_teacher: Annotated[
         bool,
         typer.Option(
+            "--online-teacher",
             help="Run the cache's teacher (its weights and head, proved by their hashes) on every augmented batch "
-            "instead of reading its cached logits: the slow reference of docs/consistent-views.md."
+            "instead of reading its cached logits: the slow reference (see consistent views in docs).",
         ),
     ] = D.online_teacher,
     teacher_checkpoint: Annotated[
@@ -127,8 +130,8 @@ def train(
     align: Annotated[
         str,
         typer.Option(
-            help="Align the student with the cached teacher features, e.g. embedding=1.0,patches=1.0,attention=1.0 "
-            "(needs a cache made with --targets; see docs/asymmetric.md). Default: none (the paper)."
+            help="Align the student with the cached teacher features, e.g. embedding=1, patches=1, attention=1 "
+            "(needs a cache made with --targets; see asymmetric in docs). Default: none (the paper)."
         ),
     ] = format_align(D.align),
     align_metric: Annotated[
@@ -143,7 +146,9 @@ def train(
         bool, typer.Option("--log-wandb/--no-log-wandb", help="Also log to Weights & Biases (pip install wandb).")
     ] = D.log_wandb,
     # optimizer, EMA, accumulation, RandAugment: timm train.py's spellings (docs/training.md)
-    opt: Annotated[str, typer.Option(help="Optimizer of timm's create_optimizer_v2: adamw | sgd | ...")] = D.opt,
+    opt: Annotated[
+        str, typer.Option(help="Optimizer, by its name in timm (create_optimizer_v2): adamw | sgd | ...")
+    ] = D.opt,
     momentum: Annotated[float, typer.Option(help="Momentum of --opt sgd and the like.")] = D.momentum,
     lr: Annotated[float | None, typer.Option(help="Absolute peak lr, instead of --lr-per-512.")] = D.lr,
     model_ema: Annotated[
