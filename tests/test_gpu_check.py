@@ -1,7 +1,7 @@
 """bench/gpu/run.py, the prepared GPU check: its CPU dry run end to end, its time limits and its decisions.
 
-The dry run is the same script the device runs (tiny sizes, `--device cpu`, no carry folder), so the check
-cannot rot while no GPU is lent; the other tests cover what a lent machine would otherwise find out late.
+The dry run is the same script the device runs (its smallest preset `dry`, `--device cpu`, no carry folder), so
+the check cannot rot while no GPU is lent; the other tests cover what a lent machine would otherwise find out late.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def check_module():  # noqa: ANN201
 
 def run_check(tmp_path: Path, *args: str, timeout: float = 280) -> tuple[int, dict, str]:
     out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--workdir", str(tmp_path / "work"), "--preset", "tiny",
+    cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--workdir", str(tmp_path / "work"), "--preset", "dry",
            "--device", "cpu", *args]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     doc = json.loads((out / "gpu-check.json").read_text()) if (out / "gpu-check.json").is_file() else {}
@@ -52,12 +52,12 @@ def test_dry_run_measures_every_stage_and_writes_json_markdown_and_log(tmp_path:
         and sc["beton_images"] == 64
         and {"data", "precompute", "train"} <= set(sc["cdeit_commands"])
     )
-    assert stages["data"]["result"]["images"] == {"train": 220, "val": 110, "test": 110}
+    assert stages["data"]["result"]["images"] == {"train": 20, "val": 20, "test": 20}
     pre = stages["precompute"]["result"]
-    assert pre["images"] == 440 and pre["images_per_s"] > 0 and pre["complete"] is True  # the summary line parsed
+    assert pre["images"] == 60 and pre["images_per_s"] > 0 and pre["complete"] is True  # the summary line parsed
     train = stages["train"]["result"]
     assert set(train["median"]) == {"a_cached", "b_online", "c_none"} and min(train["median"].values()) > 0
-    assert 0 < train["loader_share"] < 1 and train["batch_size"] == 8
+    assert 0 < train["loader_share"] < 1 and train["batch_size"] == 4
     recipe = stages["recipe"]["result"]
     assert recipe["epochs"] == 1 and recipe["fifteen_epochs_basis"].startswith("extrapolated")
     assert doc["recipe_plan"]["why"] == "--recipe-epochs 1"
@@ -130,4 +130,5 @@ def test_the_full_preset_is_the_papers_dataset(check_module) -> None:  # noqa: A
     assert (train * 10 * 11, val * 10 * 11, test * 10 * 11) == (495_000, 22_000, 22_000)
     assert sum(full.synth) >= train + val + test  # enough procedural photographs per class for the grouped split
     assert full.batch_size == 1024 and full.compile and full.teacher == "deit3_small_patch16_224"
+    assert full.types is None  # every image type: clean and the ten corruptions
     assert sum(full.minimum.values()) <= full.budget_s

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cdeit.common.cli import app
 
-TINY = '{"depth": 2, "embed_dim": 48, "num_heads": 2}'
+TINY = '{"depth": 1, "embed_dim": 32, "num_heads": 2}'
 TRAIN = ["--epochs", "1", "--warmup-epochs", "0.5", "--batch-size", "32", "--eval-batch-size", "256",
          "--model-kwargs", TINY, "--workers", "1", "--device", "cpu"]  # fmt: skip
 EVAL = ["--device", "cpu", "--batch-size", "256", "--workers", "1"]
@@ -26,11 +26,11 @@ def _cdeit(*argv: str) -> str:
 @pytest.mark.slow
 def test_readme_workflow_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the README's relative paths
-    _cdeit("data", "synth", "--to", "raw/", "--train-per-class", "6", "--test-per-class", "4")  # stands in for download
+    _cdeit("data", "synth", "--to", "raw/", "--train-per-class", "2", "--test-per-class", "1")  # stands in for download
     _cdeit("data", "prepare", "--cifar10", "raw/", "--corruptions", "generate", "--out", "data/",
-           "--per-class-per-type", "2,1,1", "--workers", "1")  # fmt: skip
+           "--per-class-per-type", "1,1,1", "--workers", "1")  # fmt: skip
     _cdeit("precompute-teacher", "--data", "data/", "--out", "cache/", "--teacher", "test_vit", "--random-weights",
-           "--batch-size", "64", "--shard-size", "256", "--head-epochs", "3", "--device", "cpu",
+           "--batch-size", "64", "--shard-size", "128", "--head-epochs", "2", "--device", "cpu",
            "--workers", "1")  # fmt: skip
     _cdeit("train", "--student", "vit", "--distill", "none", "--data", "data/", "--out", "runs/vit", *TRAIN)
     _cdeit("train", "--student", "deit", "--distill", "soft", "--data", "data/", "--teacher-cache", "cache/",

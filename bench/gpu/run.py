@@ -10,7 +10,8 @@ after every stage, so whatever finished is kept when a later stage fails, times 
   recipe      `cdeit train` with Table 1: 15 epochs if the budget allows, else 1 epoch (said so)
 
     python bench/gpu/run.py --out OUT                                  # on the device (bench/gpu/device.sh)
-    python bench/gpu/run.py --out OUT --preset tiny --device cpu       # the CPU dry run (tests)
+    python bench/gpu/run.py --out OUT --preset tiny --device cpu       # the CPU rehearsal (rehearse.sh)
+    python bench/gpu/run.py --out OUT --preset dry --device cpu        # the smallest CPU dry run (tests)
 
 This process uses the standard library only; the stages import torch, ffcv and cdeit.
 """
@@ -50,7 +51,7 @@ PAPER_EPOCHS = 15
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes and limits of one kind of run: `full` for the device, `tiny` for the CPU dry run."""
+    """Sizes and limits of one kind of run: `full` for the device, `tiny` and `dry` for CPU dry runs."""
 
     synth: tuple[int, int]  # train, test images per class of the procedural CIFAR-10
     per_class_per_type: str  # `cdeit data prepare` TRAIN,VAL,TEST
@@ -66,6 +67,7 @@ class Preset:
     minimum: dict[str, float]  # the least time worth starting a stage with
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     precompute_batch: int | None = None  # None: the command's default (1024 on CUDA)
+    types: str | None = None  # `cdeit data prepare --types`; None: its default (clean and all ten corruptions)
 
 
 PRESETS = {
@@ -82,6 +84,14 @@ PRESETS = {
         steps=2, warmup=1, repeats=1, budget_s=600, precompute_batch=32,
         limits={"selfcheck": 120, "data": 120, "precompute": 120, "train": 180, "recipe": 120},
         minimum={s: 5 for s in STAGES}, model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 2},
+    ),
+    # The smallest run of every stage (tests/test_gpu_check.py): 1 photograph per class per type of 2 types,
+    # 20 / 20 / 20 images; 3 photographs per class are the least the grouped split takes.
+    "dry": Preset(
+        synth=(2, 1), per_class_per_type="1,1,1", teacher="test_vit", head_epochs=1, batch_size=4, compile=False,
+        steps=2, warmup=1, repeats=1, budget_s=600, precompute_batch=32, types="clean,brightness",
+        limits={"selfcheck": 120, "data": 120, "precompute": 120, "train": 180, "recipe": 120},
+        minimum={s: 5 for s in STAGES}, model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2},
     ),
 }  # fmt: skip
 
@@ -474,7 +484,7 @@ def stage_data(spec: dict[str, Any]) -> dict[str, Any]:
                       "--test-per-class", str(s["synth"][1])])  # fmt: skip
     prepare, _ = cdeit(["data", "prepare", "--cifar10", spec["cifar"], "--corruptions", "generate",
                         "--out", spec["data"], "--per-class-per-type", s["per_class_per_type"],
-                        "--workers", str(cores)])  # fmt: skip
+                        "--workers", str(cores), *(["--types", s["types"]] if s["types"] else [])])  # fmt: skip
     manifest = json.loads(Path(spec["data"], "manifest.json").read_text())
     splits = manifest["splits"]
     return {

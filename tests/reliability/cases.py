@@ -1,14 +1,20 @@
-"""The table of bad inputs: every command, missing / empty / truncated / garbage / mismatched inputs,
-out-of-range and wrong-type options, read-only and full outputs, hand-edited manifests, swapped files.
+"""The table of bad inputs: one case per distinct error path of every command (missing / empty / truncated /
+garbage / mismatched inputs, out-of-range and wrong-type options, read-only and full outputs, hand-edited
+manifests, swapped files).
 
-Each case says how to build its inputs in a fresh folder, the command line, and what the message must name.
-`python -m tests.reliability.audit` runs the table and prints the counts docs/reliability.md reports.
+A path is the check that refuses the input: two bad values refused by the same check (the same `raise` in the
+product, or the same entry of `cache verify`'s problem list, or the same kind of typer usage error) are one
+path, so the table keeps one of them; a value refused by another branch or module is another case. Each case
+says how to build its inputs in a fresh folder, the command line, and the names (file, option, key, PID) the
+message must hold. `python -m tests.reliability.audit` runs the table and prints the counts docs/reliability.md
+reports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -192,19 +198,11 @@ case("prepare/cifar10 missing", lambda w, d: ["data", "prepare", "--cifar10", d 
      "--corruptions", "generate"], lambda w, d: [d / "nope"])  # fmt: skip
 case("prepare/cifar10 empty folder", lambda w, d: ["data", "prepare", "--cifar10", d / "empty", "--out", d / "out",
      "--corruptions", "generate"], lambda w, d: [d / "empty"], setup=lambda w, d: (d / "empty").mkdir())  # fmt: skip
-case("prepare/cifar10 is a file", lambda w, d: ["data", "prepare", "--cifar10", d / "f", "--out", d / "out",
-     "--corruptions", "generate"], lambda w, d: [d / "f"], setup=lambda w, d: garbage(d / "f"))  # fmt: skip
 case(
     "prepare/cifar10 garbage batch",
     lambda w, d: ["data", "prepare", "--cifar10", d / "c", "--out", d / "out", "--corruptions", "generate"],
     lambda w, d: ["data_batch_1"],
     setup=lambda w, d: garbage(copy(w.cifar, d / "c") / "cifar-10-batches-py" / "data_batch_1"),
-)
-case(
-    "prepare/cifar10 truncated batch",
-    lambda w, d: ["data", "prepare", "--cifar10", d / "c", "--out", d / "out", "--corruptions", "generate"],
-    lambda w, d: ["test_batch"],
-    setup=lambda w, d: truncate(copy(w.cifar, d / "c") / "cifar-10-batches-py" / "test_batch"),
 )
 case(
     "prepare/cifar10 garbage meta",
@@ -217,19 +215,15 @@ case(
     lambda w, d: ["data", "prepare", "--cifar10", w.cifar, "--out", d / "out"],
     ["--cifar10c", "--corruptions"],
 )
-case("prepare/both c10c and generate", prep("--cifar10c", "x"), ["--cifar10c", "--corruptions"])
 case("prepare/--corruptions bogus", lambda w, d: ["data", "prepare", "--cifar10", w.cifar, "--out", d / "out",
      "--corruptions", "download"], ["--corruptions"])  # fmt: skip
 case("prepare/--split bogus", prep("--split", "random"), ["--split"])
 case("prepare/--per-class-per-type letters", prep("--per-class-per-type", "a,b,c"), ["--per-class-per-type"])
-case("prepare/--per-class-per-type two numbers", prep("--per-class-per-type", "2,1"), ["--per-class-per-type"])
 case("prepare/--per-class-per-type negative", prep("--per-class-per-type", "2,-1,1"), ["--per-class-per-type"])
-case("prepare/--per-class-per-type zero train", prep("--per-class-per-type", "0,1,1"), ["--per-class-per-type"])
 case("prepare/--per-class-per-type too many", prep("--per-class-per-type", "500,1,1"), ["--per-class-per-type"])
 case("prepare/--types unknown", prep("--types", "clean,rain"), ["rain"])
 case("prepare/--types twice", prep("--types", "clean,clean"), ["clean"])
 case("prepare/--seed negative", prep("--seed", "-1"), ["--seed"])
-case("prepare/--seed not a number", prep("--seed", "one"), ["--seed"])
 case("prepare/--workers zero", prep("--workers", "0"), ["--workers"])
 case(
     "prepare/out is a file",
@@ -257,16 +251,6 @@ case(
     lambda w, d: [w.full / "out"],
     needs="full",
 )
-case(
-    "prepare/out locked by another writer",
-    prep(),
-    lambda w, d: [d / "out", "PID"],
-    setup=lambda w, d: locked(d / "out"),
-    unchanged=False,
-)
-case("prepare/cifar10c missing folder", lambda w, d: ["data", "prepare", "--cifar10", w.cifar, "--out", d / "out",
-     "--cifar10c", d / "nope", "--types", "clean,brightness", "--per-class-per-type", "2,1,1"],
-     lambda w, d: [d / "nope"])  # fmt: skip
 case("prepare/cifar10c lacks a corruption", lambda w, d: ["data", "prepare", "--cifar10", w.cifar, "--out",
      d / "out", "--cifar10c", d / "c10c", "--types", "clean,fog", "--per-class-per-type", "2,1,1"],
      ["fog"], setup=lambda w, d: cifar10c(w, d))  # fmt: skip
@@ -278,18 +262,12 @@ case("prepare/cifar10c garbage npy", lambda w, d: ["data", "prepare", "--cifar10
      ["brightness"], setup=lambda w, d: garbage(cifar10c(w, d) / "brightness.npy"))  # fmt: skip
 case("prepare/cifar10c wrong labels", lambda w, d: ["data", "prepare", "--cifar10", w.cifar, "--out", d / "out",
      "--cifar10c", d / "c10c", "--types", "clean,brightness", "--per-class-per-type", "2,1,1"],
-     ["labels"], setup=lambda w, d: np.save(cifar10c(w, d) / "labels.npy",
+     ["labels.npy"], setup=lambda w, d: np.save(cifar10c(w, d) / "labels.npy",
                                             (np.load(cifar10c(w, d) / "labels.npy") + 1) % 10))  # fmt: skip
 
 # ---- data audit / show / synth
 case("audit/missing folder", lambda w, d: ["data", "audit", d / "nope"], lambda w, d: [d / "nope"])
 case("audit/no manifest", lambda w, d: ["data", "audit", d], lambda w, d: ["manifest.json"])
-case(
-    "audit/garbage manifest",
-    lambda w, d: ["data", "audit", d / "data"],
-    ["manifest.json"],
-    setup=lambda w, d: garbage(copy(w.data, d / "data") / "manifest.json"),
-)
 case(
     "audit/manifest not an object",
     lambda w, d: ["data", "audit", d / "data"],
@@ -303,12 +281,6 @@ case(
     setup=lambda w, d: edit_json(copy(w.data, d / "data") / "manifest.json", lambda m: m.update(format_version=99)),
 )
 case(
-    "audit/manifest without splits",
-    lambda w, d: ["data", "audit", d / "data"],
-    ["manifest.json"],
-    setup=lambda w, d: edit_json(copy(w.data, d / "data") / "manifest.json", lambda m: m.pop("splits")),
-)
-case(
     "audit/beton missing",
     lambda w, d: ["data", "audit", d / "data"],
     ["val.beton"],
@@ -320,21 +292,7 @@ case(
     ["train.beton"],
     setup=lambda w, d: garbage(copy(w.data, d / "data") / "train.beton"),
 )
-case(
-    "audit/beton truncated",
-    lambda w, d: ["data", "audit", d / "data"],
-    ["train.beton"],
-    setup=lambda w, d: truncate(copy(w.data, d / "data") / "train.beton"),
-)
-case(
-    "audit/beton empty",
-    lambda w, d: ["data", "audit", d / "data"],
-    ["test.beton"],
-    setup=lambda w, d: garbage(copy(w.data, d / "data") / "test.beton", b""),
-)
-case("show/missing data", lambda w, d: ["data", "show", d / "nope", "--out", d / "x.png"], lambda w, d: [d / "nope"])
 case("show/severity 0", lambda w, d: ["data", "show", w.data, "--out", d / "x.png", "--severity", "0"], ["--severity"])
-case("show/severity 9", lambda w, d: ["data", "show", w.data, "--out", d / "x.png", "--severity", "9"], ["--severity"])
 case("show/unknown split", lambda w, d: ["data", "show", w.data, "--out", d / "x.png", "--split", "dev"], ["dev"])
 case("show/out is a folder", lambda w, d: ["data", "show", w.data, "--out", d], lambda w, d: [d])
 case(
@@ -344,71 +302,26 @@ case(
     needs="readonly",
 )
 case(
-    "show/beton garbage",
-    lambda w, d: ["data", "show", d / "data", "--out", d / "x.png"],
-    ["test.beton"],
-    setup=lambda w, d: garbage(copy(w.data, d / "data") / "test.beton"),
-)
-case(
     "synth/train-per-class 0",
     lambda w, d: ["data", "synth", "--to", d / "s", "--train-per-class", "0"],
     ["--train-per-class"],
 )
-case(
-    "synth/test-per-class negative",
-    lambda w, d: ["data", "synth", "--to", d / "s", "--test-per-class", "-1"],
-    ["--test-per-class"],
-)
-case("synth/seed negative", lambda w, d: ["data", "synth", "--to", d / "s", "--seed", "-3"], ["--seed"])
 case(
     "synth/to is a file",
     lambda w, d: ["data", "synth", "--to", d / "f", "--train-per-class", "1"],
     lambda w, d: [d / "f"],
     setup=lambda w, d: garbage(d / "f"),
 )
-case(
-    "synth/to read-only",
-    lambda w, d: ["data", "synth", "--to", w.readonly / "s", "--train-per-class", "1"],
-    lambda w, d: [w.readonly],
-    needs="readonly",
-)
 
 # ---- data download (a closed local port: no network is ever reached)
 DL = ["--retries", "0", "--timeout", "1", "--cifar10-url", "http://127.0.0.1:9/cifar-10-python.tar.gz",
       "--cifar10c-url", "http://127.0.0.1:9/CIFAR-10-C.tar"]  # fmt: skip
-case(
-    "download/to is a file",
-    lambda w, d: ["data", "download", "--to", d / "f", *DL],
-    lambda w, d: [d / "f"],
-    setup=lambda w, d: garbage(d / "f"),
-)
-case(
-    "download/to read-only",
-    lambda w, d: ["data", "download", "--to", w.readonly / "dl", *DL],
-    lambda w, d: [w.readonly],
-    needs="readonly",
-)
 case(
     "download/server unreachable",
     lambda w, d: ["data", "download", "--to", d / "dl", "--only", "cifar10", *DL],
     ["127.0.0.1"],
 )
 case("download/--only bogus", lambda w, d: ["data", "download", "--to", d / "dl", "--only", "mnist", *DL], ["--only"])
-case(
-    "download/--retries negative",
-    lambda w, d: ["data", "download", "--to", d / "dl", *DL, "--retries", "-1"],
-    ["--retries"],
-)
-case(
-    "download/--timeout zero", lambda w, d: ["data", "download", "--to", d / "dl", *DL, "--timeout", "0"], ["--timeout"]
-)
-case(
-    "download/to locked",
-    lambda w, d: ["data", "download", "--to", d / "dl", *DL],
-    lambda w, d: [d / "dl", "PID"],
-    setup=lambda w, d: locked(d / "dl"),
-    unchanged=False,
-)
 
 
 # ---- precompute-teacher
@@ -418,31 +331,11 @@ def pre(*extra: Any, data: Callable[[W, Path], Path] | None = None, random: bool
                          *args, *extra]  # fmt: skip
 
 
-case("precompute/data missing", pre(data=lambda w, d: d / "nope"), lambda w, d: [d / "nope"])
-case("precompute/data not a dataset", pre(data=lambda w, d: d), lambda w, d: ["manifest.json"])
-case(
-    "precompute/data manifest garbage",
-    pre(data=lambda w, d: d / "data"),
-    ["manifest.json"],
-    setup=lambda w, d: garbage(copy(w.data, d / "data") / "manifest.json"),
-)
 case(
     "precompute/data beton garbage",
     pre(data=lambda w, d: d / "data"),
     ["train.beton"],
     setup=lambda w, d: garbage(copy(w.data, d / "data") / "train.beton"),
-)
-case(
-    "precompute/data beton truncated",
-    pre(data=lambda w, d: d / "data"),
-    ["val.beton"],
-    setup=lambda w, d: truncate(copy(w.data, d / "data") / "val.beton"),
-)
-case(
-    "precompute/out is a file",
-    lambda w, d: pre()(w, d) + ["--out", d / "f"],
-    lambda w, d: [d / "f"],
-    setup=lambda w, d: garbage(d / "f"),
 )
 case(
     "precompute/out holds other files",
@@ -463,23 +356,10 @@ case(
     setup=lambda w, d: copy(w.cache, d / "cache"),
 )
 case(
-    "precompute/out read-only",
-    lambda w, d: pre()(w, d) + ["--out", w.readonly / "c"],
-    lambda w, d: [w.readonly],
-    needs="readonly",
-)
-case(
     "precompute/out on a full disk",
     lambda w, d: pre()(w, d) + ["--out", w.full / "c"],
     lambda w, d: [w.full],
     needs="full",
-)
-case(
-    "precompute/out locked",
-    pre(),
-    lambda w, d: [d / "cache", "PID"],
-    setup=lambda w, d: locked(d / "cache"),
-    unchanged=False,
 )
 case("precompute/--teacher unknown", pre("--teacher", "no_such_model_xyz"), ["no_such_model_xyz"])
 case("precompute/--checkpoint missing", pre("--checkpoint", "nope.pth", random=False), ["nope.pth"])
@@ -517,21 +397,11 @@ case(
 case("precompute/--head of another teacher", lambda w, d: pre("--head", w.cache / "head.safetensors", "--seed", "3")(
      w, d), ["head.safetensors"])  # fmt: skip
 case("precompute/--batch-size 0", pre("--batch-size", "0"), ["--batch-size"])
-case("precompute/--batch-size negative", pre("--batch-size", "-4"), ["--batch-size"])
-case("precompute/--shard-size 0", pre("--shard-size", "0"), ["--shard-size"])
-case("precompute/--shard-size negative", pre("--shard-size", "-32"), ["--shard-size"])
 case("precompute/--shard-size not a multiple", pre("--shard-size", "48"), ["--shard-size"])
 case("precompute/--num-shards 0", pre("--num-shards", "0"), ["--num-shards"])
-case("precompute/--shard-index too big", pre("--shard-index", "3", "--num-shards", "2"), ["--shard-index"])
-case("precompute/--shard-index negative", pre("--shard-index", "-1"), ["--shard-index"])
-case("precompute/--seed negative", pre("--seed", "-1"), ["--seed"])
-case("precompute/--workers 0", pre("--workers", "0"), ["--workers"])
 case("precompute/--head-epochs 0", pre("--head-epochs", "0"), ["--head-epochs"])
 case("precompute/--head-lr 0", pre("--head-lr", "0"), ["--head-lr"])
-case("precompute/--head-lr nan", pre("--head-lr", "nan"), ["--head-lr"])
-case("precompute/--head-lr inf", pre("--head-lr", "inf"), ["--head-lr"])
 case("precompute/--splits empty", pre("--splits", ","), ["--splits"])
-case("precompute/--splits unknown", pre("--splits", "train,val,dev"), ["dev"])
 case("precompute/--splits without val", pre("--splits", "train"), ["--splits"])
 case("precompute/--view unknown", pre("--view", "blurry"), ["--view"])
 case("precompute/--targets unknown", pre("--targets", "logits,saliency"), ["saliency"])
@@ -539,30 +409,9 @@ case("precompute/--targets without logits", pre("--targets", "embedding"), ["--t
 case("precompute/--view clean without sources", pre("--view", "clean"), ["sources.beton"])
 case("precompute/--device unknown", pre("--device", "tpu"), ["tpu"])
 case("precompute/--device cuda without one", pre("--device", "cuda:7"), ["cuda"])
-case("precompute/--batch-size text", pre("--batch-size", "many"), ["--batch-size"])
 
 # ---- cache info / verify / merge
-case("info/missing", lambda w, d: ["cache", "info", d / "nope"], lambda w, d: [d / "nope"])
-case("info/not a cache", lambda w, d: ["cache", "info", d], lambda w, d: ["manifest.json"])
-case(
-    "info/manifest garbage",
-    lambda w, d: ["cache", "info", d / "c"],
-    ["manifest.json"],
-    setup=lambda w, d: garbage(copy(w.cache, d / "c") / "manifest.json"),
-)
 case("info/manifest of a dataset", lambda w, d: ["cache", "info", w.data], ["manifest.json"])
-case(
-    "info/manifest without shards",
-    lambda w, d: ["cache", "info", d / "c"],
-    ["manifest.json"],
-    setup=lambda w, d: edit_json(copy(w.cache, d / "c") / "manifest.json", lambda m: m.pop("shards")),
-)
-case(
-    "info/manifest without provenance",
-    lambda w, d: ["cache", "info", d / "c"],
-    ["manifest.json"],
-    setup=lambda w, d: edit_json(copy(w.cache, d / "c") / "manifest.json", lambda m: m.pop("provenance")),
-)
 case(
     "info/manifest splits a list",
     lambda w, d: ["cache", "info", d / "c"],
@@ -606,7 +455,8 @@ case(
     ["head.safetensors"],
     setup=lambda w, d: (copy(w.cache, d / "c") / "head.safetensors").unlink(),
 )
-case("verify/--data of other images", lambda w, d: ["cache", "verify", w.cache, "--data", w.data2], ["fingerprint"])
+case("verify/--data of other images", lambda w, d: ["cache", "verify", w.cache, "--data", w.data2],
+     lambda w, d: [w.data2])  # fmt: skip
 case(
     "verify/--data missing", lambda w, d: ["cache", "verify", w.cache, "--data", d / "nope"], lambda w, d: [d / "nope"]
 )
@@ -630,11 +480,6 @@ case(
     setup=lambda w, d: copy(w.cache, d / "c"),
 )
 case(
-    "merge/source missing",
-    lambda w, d: ["cache", "merge", w.cache, d / "nope", "--out", d / "m"],
-    lambda w, d: [d / "nope"],
-)
-case(
     "merge/source with a damaged shard",
     lambda w, d: ["cache", "merge", w.cache2, d / "c", "--out", d / "m"],
     lambda w, d: [d / "c"],
@@ -645,42 +490,6 @@ case(
     lambda w, d: ["cache", "merge", d / "c", "--out", d / "m"],
     lambda w, d: [d / "c" / "val-00000.h5"],
     setup=lambda w, d: flip_byte(copy(w.cache, d / "c") / "val-00000.h5"),
-)
-case(
-    "merge/other data",
-    lambda w, d: ["cache", "merge", w.cache, w.cache2, "--out", d / "m"],
-    lambda w, d: [w.cache, w.cache2],
-)
-case(
-    "merge/source manifest garbage",
-    lambda w, d: ["cache", "merge", d / "c", "--out", d / "m"],
-    ["manifest.json"],
-    setup=lambda w, d: garbage(copy(w.cache, d / "c") / "manifest.json"),
-)
-case(
-    "merge/out read-only",
-    lambda w, d: ["cache", "merge", w.cache, "--out", w.readonly / "m"],
-    lambda w, d: [w.readonly],
-    needs="readonly",
-)
-case(
-    "merge/out on a full disk",
-    lambda w, d: ["cache", "merge", w.cache, "--out", w.full / "m"],
-    lambda w, d: [w.full],
-    needs="full",
-)
-case(
-    "merge/out locked",
-    lambda w, d: ["cache", "merge", w.cache, "--out", d / "m"],
-    lambda w, d: [d / "m", "PID"],
-    setup=lambda w, d: locked(d / "m"),
-    unchanged=False,
-)
-case(
-    "merge/out is a file",
-    lambda w, d: ["cache", "merge", w.cache, "--out", d / "f"],
-    lambda w, d: [d / "f"],
-    setup=lambda w, d: garbage(d / "f"),
 )
 
 
@@ -693,25 +502,11 @@ def soft(cache: Callable[[W, Path], Path]) -> Callable[[W, Path], list]:
     return lambda w, d: tr("--student", "deit", "--distill", "soft", "--teacher-cache", cache(w, d))(w, d)
 
 
-case("train/data missing", tr(data=lambda w, d: d / "nope"), lambda w, d: [d / "nope"])
-case(
-    "train/data not a dataset",
-    tr(data=lambda w, d: d / "x"),
-    lambda w, d: ["manifest.json"],
-    setup=lambda w, d: (d / "x").mkdir(),
-)
-case(
-    "train/data beton garbage",
-    tr(data=lambda w, d: d / "data"),
-    ["train.beton"],
-    setup=lambda w, d: garbage(copy(w.data, d / "data") / "train.beton"),
-)
 case("train/--student unknown", tr("--student", "resnet"), ["--student"])
 case("train/--distill unknown", tr("--distill", "medium"), ["--distill"])
 case("train/--head-strategy on vit", tr("--head-strategy", "mlp"), ["--head-strategy"])
 case("train/--head-strategy unknown", tr("--student", "cdeit", "--head-strategy", "deep"), ["--head-strategy"])
 case("train/distill without cache", tr("--student", "deit", "--distill", "hard"), ["--teacher-cache"])
-case("train/cache missing", soft(lambda w, d: d / "nope"), lambda w, d: [d / "nope"])
 case("train/cache of other data", soft(lambda w, d: w.cache2), lambda w, d: [w.cache2])
 case(
     "train/cache with edited fingerprints",
@@ -732,34 +527,19 @@ case(
     setup=lambda w, d: (copy(w.cache, d / "c") / "train-00001.h5").unlink(),
 )
 case(
-    "train/cache manifest garbage",
-    soft(lambda w, d: d / "c"),
-    ["manifest.json"],
-    setup=lambda w, d: garbage(copy(w.cache, d / "c") / "manifest.json"),
-)
-case(
-    "train/cache manifest without shards",
-    soft(lambda w, d: d / "c"),
-    ["manifest.json"],
-    setup=lambda w, d: edit_json(copy(w.cache, d / "c") / "manifest.json", lambda m: m.pop("shards")),
-)
-case(
     "train/swapped train.beton",
     lambda w, d: soft(lambda w, d: w.cache)(w, d) + ["--data", d / "data"],
     ["train.beton"],
     setup=swapped_beton,
 )
 case("train/--model-kwargs not JSON", tr("--model-kwargs", "{depth: 2"), ["--model-kwargs"])
-case("train/--model-kwargs a list", tr("--model-kwargs", "[1, 2]"), ["--model-kwargs"])
 case("train/--model-kwargs unknown key", tr("--model-kwargs", '{"depht": 2}'), ["depht"])
 case("train/--model-kwargs wrong type", tr("--model-kwargs", '{"depth": "two"}'), ["depth"])
-case("train/--model-kwargs pretrained", tr("--model-kwargs", '{"pretrained": true}'), ["pretrained"])
 case(
     "train/--model-kwargs heads do not divide",
     tr("--model-kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 3}'),
     ["num_heads"],
 )
-case("train/--config missing", tr("--config", "nope.json"), ["nope.json"])
 case(
     "train/--config garbage",
     lambda w, d: tr("--config", d / "c.json")(w, d),
@@ -779,30 +559,18 @@ case(
     setup=lambda w, d: garbage(d / "c.json", b"[1]"),
 )
 case(
-    "train/out is a file",
-    lambda w, d: tr()(w, d) + ["--out", d / "f"],
-    lambda w, d: [d / "f"],
-    setup=lambda w, d: garbage(d / "f"),
+    "train/out locked",
+    tr(),
+    lambda w, d: [d / "run", os.getpid()],  # the holder (this process, as `locked` holds it) by its PID
+    setup=lambda w, d: locked(d / "run"),
+    unchanged=False,
 )
-case(
-    "train/out read-only",
-    lambda w, d: tr()(w, d) + ["--out", w.readonly / "r"],
-    lambda w, d: [w.readonly],
-    needs="readonly",
-)
-case("train/out locked", tr(), lambda w, d: [d / "run", "PID"], setup=lambda w, d: locked(d / "run"), unchanged=False)
 case("train/out holds a run", tr(), lambda w, d: [d / "run"], setup=lambda w, d: copy(w.run, d / "run"))
 case(
     "train/--resume other settings",
     lambda w, d: ["train", "--resume", d / "run", "--epochs", "3"],
     ["--epochs"],
     setup=lambda w, d: copy(w.run, d / "run"),
-)
-case(
-    "train/--resume corrupt config.json",
-    lambda w, d: ["train", "--resume", d / "run"],
-    ["config.json"],
-    setup=lambda w, d: garbage(copy(w.run, d / "run") / "config.json"),
 )
 case(
     "train/--resume another student's last.pt",
@@ -818,25 +586,16 @@ case(
 )
 case("train/batch larger than the data", tr("--batch-size", "128"), ["--batch-size"])
 case("train/--batch-size 0", tr("--batch-size", "0"), ["--batch-size"])
-case("train/--epochs 0", tr("--epochs", "0"), ["--epochs"])
-case("train/--eval-batch-size 0", tr("--eval-batch-size", "0"), ["--eval-batch-size"])
 case("train/--mixup-prob 2", tr("--mixup-prob", "2"), ["--mixup-prob"])
-case("train/--label-smoothing -0.1", tr("--label-smoothing", "-0.1"), ["--label-smoothing"])
 case("train/--precision fp8", tr("--precision", "fp8"), ["--precision"])
-case("train/--device unknown", tr("--device", "gpu9"), ["gpu9"])
 case("train/--align unknown", lambda w, d: soft(lambda w, d: w.cache)(w, d) + ["--align", "saliency=1"], ["saliency"])
 case("train/--align without feature targets", lambda w, d: soft(lambda w, d: w.cache)(w, d) + ["--align",
      "embedding=1"], ["embedding"])  # fmt: skip
 case("train/--align-metric unknown", tr("--align-metric", "l1"), ["--align-metric"])
 case("train/--epochs text", tr("--epochs", "ten"), ["--epochs"])
 case("train/--seed negative", tr("--seed", "-1"), ["--seed"])
-case("train/--lr-per-512 negative", tr("--lr-per-512", "-1e-3"), ["--lr-per-512"])
-case("train/--lr-per-512 nan", tr("--lr-per-512", "nan"), ["--lr-per-512"])
-case("train/--weight-decay negative", tr("--weight-decay", "-0.05"), ["--weight-decay"])
-case("train/--warmup-epochs negative", tr("--warmup-epochs", "-1"), ["--warmup-epochs"])
 case("train/--mixup-alpha 0", tr("--mixup-alpha", "0", "--mixup-prob", "1"), ["--mixup-alpha"])
 case("train/--clip-grad negative", tr("--clip-grad", "-1"), ["--clip-grad"])
-case("train/--tau 0", lambda w, d: soft(lambda w, d: w.cache)(w, d) + ["--tau", "0"], ["--tau"])
 
 
 # ---- evaluate / compare / predict / export
@@ -849,7 +608,6 @@ def run_copy(w: World, d: Path) -> Path:
 
 
 case("evaluate/run missing", ev(lambda w, d: d / "nope"), lambda w, d: [d / "nope"])
-case("evaluate/not a run", ev(lambda w, d: d), lambda w, d: ["config.json"])
 case(
     "evaluate/config.json garbage",
     ev(lambda w, d: d / "run"),
@@ -863,12 +621,6 @@ case(
     setup=lambda w, d: garbage(run_copy(w, d) / "config.json", b"[]"),
 )
 case(
-    "evaluate/config.json without data",
-    ev(lambda w, d: d / "run"),
-    ["config.json"],
-    setup=lambda w, d: edit_json(run_copy(w, d) / "config.json", lambda c: c.pop("data")),
-)
-case(
     "evaluate/model missing",
     ev(lambda w, d: d / "run"),
     ["model.safetensors"],
@@ -880,37 +632,10 @@ case(
     ["model.safetensors"],
     setup=lambda w, d: garbage(run_copy(w, d) / "model.safetensors"),
 )
-case(
-    "evaluate/model truncated",
-    ev(lambda w, d: d / "run"),
-    ["model.safetensors"],
-    setup=lambda w, d: truncate(run_copy(w, d) / "model.safetensors"),
-)
 case("evaluate/model with hostile metadata", ev(lambda w, d: d / "run"), ["model.safetensors"], setup=hostile_run)
 case("evaluate/--batch-size 0", ev(lambda w, d: w.run, "--batch-size", "0"), ["--batch-size"])
-case("evaluate/--workers 0", ev(lambda w, d: w.run, "--workers", "0"), ["--workers"])
-case("evaluate/--split unknown", ev(lambda w, d: w.run, "--split", "dev"), ["dev"])
-case("evaluate/--data missing", ev(lambda w, d: w.run, "--data", "nowhere"), ["nowhere"])
 case("evaluate/--baseline missing", ev(lambda w, d: w.run, "--baseline", "nobase"), ["nobase"])
-case("evaluate/--teacher-cache of other data", lambda w, d: ev(lambda w, d: w.run)(w, d) + ["--teacher-cache",
-     w.cache2], lambda w, d: [w.cache2])  # fmt: skip
-case("evaluate/--data with a swapped beton", lambda w, d: ev(lambda w, d: w.run)(w, d) + ["--data", d / "data",
-     "--split", "train", "--teacher-cache", w.cache], ["train.beton"], setup=swapped_beton)  # fmt: skip
-case(
-    "evaluate/eval folder locked",
-    ev(lambda w, d: d / "run"),
-    lambda w, d: [d / "run" / "eval", "PID"],
-    setup=lambda w, d: (run_copy(w, d), locked(d / "run" / "eval"))[1],
-    unchanged=False,
-)
-case("evaluate/--device unknown", ev(lambda w, d: w.run, "--device", "abacus"), ["abacus"])
 case("compare/run missing", lambda w, d: ["compare", d / "nope", "--out", d / "cmp"], lambda w, d: [d / "nope"])
-case(
-    "compare/run missing its config",
-    lambda w, d: ["compare", d / "run", "--out", d / "cmp"],
-    ["config.json"],
-    setup=lambda w, d: (copy(w.run, d / "run") / "config.json").unlink(),
-)
 case(
     "compare/eval json garbage",
     lambda w, d: ["compare", d / "run", "--out", d / "cmp"],
@@ -930,24 +655,6 @@ def pr(model: Callable[[W, Path], Path], *images: Callable[[W, Path], Path]) -> 
 
 
 case("predict/model missing", pr(lambda w, d: d / "nope.safetensors", lambda w, d: w.image), ["nope.safetensors"])
-case(
-    "predict/model garbage",
-    pr(lambda w, d: d / "m.safetensors", lambda w, d: w.image),
-    ["m.safetensors"],
-    setup=lambda w, d: garbage(d / "m.safetensors"),
-)
-case(
-    "predict/model with hostile metadata",
-    pr(lambda w, d: d / "hostile.safetensors", lambda w, d: w.image),
-    ["hostile.safetensors"],
-    setup=hostile_model,
-)
-case(
-    "predict/model sidecar json garbage",
-    pr(lambda w, d: d / "m.safetensors", lambda w, d: w.image),
-    ["m.json"],
-    setup=lambda w, d: (copy(w.model, d / "m.safetensors"), garbage(d / "m.json")),
-)
 case(
     "predict/run without model",
     pr(lambda w, d: d / "run", lambda w, d: w.image),
@@ -971,52 +678,12 @@ case(
     ["bomb.png", "image.png:"],
     setup=lambda w, d: bomb_png(d / "bomb.png"),
 )
-case(
-    "predict/truncated image (others still answered)",
-    pr(lambda w, d: w.model, lambda w, d: d / "t.png", lambda w, d: w.image),
-    ["t.png", "image.png:"],
-    setup=lambda w, d: truncate(copy(w.image, d / "t.png"), 0.3),
-)
-case(
-    "predict/image is a folder (others still answered)",
-    pr(lambda w, d: w.model, lambda w, d: d / "dir.png", lambda w, d: w.image),
-    ["dir.png", "image.png:"],
-    setup=lambda w, d: (d / "dir.png").mkdir(),
-)
-case("export/run missing", lambda w, d: ["export", d / "nope", "--to", d / "m.safetensors"], lambda w, d: [d / "nope"])
 case("export/--to wrong suffix", lambda w, d: ["export", w.run, "--to", d / "m.pt"], ["m.pt"])
-case(
-    "export/--to read-only",
-    lambda w, d: ["export", w.run, "--to", w.readonly / "m.safetensors"],
-    lambda w, d: [w.readonly],
-    needs="readonly",
-)
 case(
     "export/--to on a full disk",
     lambda w, d: ["export", w.run, "--to", w.full / "m.safetensors"],
     lambda w, d: [w.full],
     needs="full",
-)
-case(
-    "export/run with hostile model",
-    lambda w, d: ["export", d / "run", "--to", d / "m.safetensors"],
-    ["model.safetensors"],
-    setup=hostile_run,
-    unchanged=False,
-)
-case(
-    "export/to locked",
-    lambda w, d: ["export", w.run, "--to", d / "o" / "m.safetensors"],
-    lambda w, d: [d / "o", "PID"],
-    setup=lambda w, d: locked(d / "o"),
-    unchanged=False,
-)
-case(
-    "export/run config garbage",
-    lambda w, d: ["export", d / "run", "--to", d / "m.safetensors"],
-    ["model.safetensors"],
-    setup=lambda w, d: garbage(run_copy(w, d) / "model.safetensors"),
-    unchanged=False,
 )
 
 # ---- command line itself

@@ -18,7 +18,8 @@ def _param(case: Case) -> object:
 
 
 def test_the_table_is_large_enough() -> None:
-    assert len(CASES) >= 150
+    """One case per distinct error path (138 when issue 21 cut the table down): a shrinking table is a lost path."""
+    assert len(CASES) >= 130
     assert len({c.id.split("/")[0] for c in CASES}) >= 15  # every command
 
 

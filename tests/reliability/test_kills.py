@@ -30,13 +30,18 @@ PREPARE = ["data", "prepare", "--corruptions", "generate", "--per-class-per-type
            "clean,brightness", "--workers", "1"]  # fmt: skip
 TRAIN = [*TRAIN_ARGS, "--epochs", "2", "--student", "deit", "--distill", "soft"]  # repeated options: the last wins
 
-# (command, kill point): a boundary ('after' a file is complete) or mid-write ('before' its rename)
+# (command, kill point): a boundary ('after' a file is complete) or mid-write ('before' its rename, leaving a temp
+# file). One point per distinct resume path of each command (issue 21 merged the points that resume the same way):
+# prepare: a finished split reused while a half-written one is replaced; every beton finished, the manifest not.
+# precompute: after the first feature shard (the feature pass resumes); after the head (its fit is skipped);
+#   mid-write of a final logits shard ('#2': the second rename of that name).
+# train: mid-write of epoch 2's checkpoint (resume from epoch 1); training done, the model file not.
+# merge: mid-copy of a shard with an earlier one copied; every shard copied, the manifest not.
 POINTS = {
-    "prepare": ["after:train.beton", "before:val.beton", "after:sources.beton", "before:manifest.json"],
-    "precompute": ["after:train-00000.h5", "before:train-00001.h5#2", "after:head.safetensors",
-                   "before:val-00000.h5#2"],
-    "train": ["after:last.pt", "before:last.pt#2", "before:model.safetensors"],
-    "merge": ["after:train-00000.h5", "before:val-00000.h5", "before:manifest.json"],
+    "prepare": ["before:val.beton", "before:manifest.json"],
+    "precompute": ["after:train-00000.h5", "after:head.safetensors", "before:train-00001.h5#2"],
+    "train": ["before:last.pt#2", "before:model.safetensors"],
+    "merge": ["before:val-00000.h5", "before:manifest.json"],
 }  # fmt: skip
 
 

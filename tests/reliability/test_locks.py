@@ -1,14 +1,18 @@
 """Defect 5 (issue 12): one writer per folder. A second writer of any command gets one sentence naming the
-first one's PID; the lock dies with its process (kill -9 leaves nothing stale); temp files of live processes
-are never removed."""
+first one's PID (the first writer is a small process holding the folder's lock as a command does; one real
+two-process race shows a first writer finishing its work meanwhile); the lock dies with its process (kill -9
+leaves nothing stale); temp files of live processes are never removed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,31 +50,59 @@ def _wait_for_lock(folder: Path, proc: subprocess.Popen, timeout: float = 120.0)
             return
         if proc.poll() is not None:
             raise AssertionError(f"the first writer ended before taking the lock: {proc.communicate()}")
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError("the first writer never took the lock")
 
 
-@pytest.mark.slow
+@contextlib.contextmanager
+def _holder(folder: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding `folder`'s lock exactly as a first writer does (common.lock.output_lock)."""
+    code = f"import sys\nfrom cdeit.common.lock import output_lock\nwith output_lock({str(folder)!r}, 'cdeit holder'):\n    print('held', flush=True)\n    sys.stdin.read()\n"  # noqa: E501
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.communicate(timeout=60)  # closing stdin lets it finish and release the lock
+    assert proc.returncode == 0
+
+
 @pytest.mark.parametrize("command", ["prepare", "precompute", "merge", "train", "evaluate", "export", "download"])
 def test_second_writer_is_refused_with_the_first_ones_pid(world: World, tmp_path: Path, command: str) -> None:
-    import shutil
-
+    """Every writing command takes its output folder's lock before any work: while another process holds it, the
+    command exits 2 with one sentence naming the folder and the holder's PID, and writes nothing there."""
     if command == "evaluate":
         shutil.copytree(world.run, tmp_path / "run")
     argv, folder = _commands(world, tmp_path)[command]
-    env = dict(os.environ, **{TEST_HOLD_ENV: "4"})
+    with _holder(folder) as holder:
+        second = Case(f"race/{command}", lambda w, d: argv, lambda w, d: [folder, f"PID {holder.pid}"])
+        outcome = run_case(second, world, tmp_path / "second")
+        assert outcome.ok, outcome.output
+        assert outcome.exit_code == 2
+        assert (folder / LOCK_NAME).read_text().startswith(f"{holder.pid} ")  # the holder's lock is untouched
+        assert [p.name for p in folder.iterdir()] == [LOCK_NAME]  # and nothing else was written into its folder
+    assert not (folder / LOCK_NAME).exists()
+
+
+def test_a_real_first_writer_finishes_while_a_second_is_refused(world: World, tmp_path: Path) -> None:
+    """One real two-process race: `cdeit export` holding the lock (a few seconds, by the tests' hold variable)
+    refuses a second export naming its PID, then finishes its own work (exit 0, the model written) and removes
+    the lock file."""
+    argv, folder = _commands(world, tmp_path)["export"]
+    env = dict(os.environ, **{TEST_HOLD_ENV: "2"})
     first = subprocess.Popen([*CDEIT, *map(str, argv)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         _wait_for_lock(folder, first)
-        second = Case(f"race/{command}", lambda w, d: argv, lambda w, d: [folder, f"PID {first.pid}"], unchanged=False)
+        second = Case("race/export", lambda w, d: argv, lambda w, d: [folder, f"PID {first.pid}"], unchanged=False)
         outcome = run_case(second, world, tmp_path / "second")
         assert outcome.ok, outcome.output
         assert outcome.exit_code == 2
     finally:
         output, _ = first.communicate(timeout=300)
-    if command != "download":  # the download has no server to reach; every other first writer finishes its work
-        assert first.returncode == 0, output
+    assert first.returncode == 0, output
+    assert (folder / "m.safetensors").is_file()
     assert not (folder / LOCK_NAME).exists()
 
 

@@ -55,7 +55,7 @@ def test_train_reruns_are_byte_identical(world: World, tmp_path: Path) -> None:
 
     def run(out: Path) -> None:
         train(TrainConfig(student="deit", distill="soft", data=str(world.data), teacher_cache=str(world.cache),
-                          out=str(out), epochs=2, batch_size=32, eval_batch_size=32, workers=1, device="cpu",
+                          out=str(out), epochs=1, batch_size=32, eval_batch_size=32, workers=1, device="cpu",
                           model_kwargs=TINY, warmup_epochs=0))  # fmt: skip
 
     a, b = _twice(tmp_path / "run", run)
