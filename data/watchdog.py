@@ -35,11 +35,17 @@ def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000)
     failed: list[int] = []
     stop = threading.Event()
     started: list[Any] = []  # FFCV's writer processes, each recorded as it starts: none can die unseen
+    queues: list[Any] = []  # FFCV's work and allocation queues, released if a worker dies
 
     class Tracked(ffcv.writer.Process):  # multiprocessing.Process, which FFCV's writer imports by name
         def start(self) -> None:
             super().start()
             started.append(self)
+
+    def tracked_queue(*args: Any, **kwargs: Any) -> Any:  # multiprocessing.Queue, which FFCV imports by name
+        queue = make_queue(*args, **kwargs)
+        queues.append(queue)
+        return queue
 
     def watch() -> None:
         while True:
@@ -55,6 +61,7 @@ def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000)
     stderr, sys.stderr = sys.stderr, io.StringIO()  # forked workers inherit this: their tracebacks stay quiet
     interruptible = _sigint_handled()
     process, ffcv.writer.Process = ffcv.writer.Process, Tracked
+    make_queue, ffcv.writer.Queue = ffcv.writer.Queue, tracked_queue
     watchdog.start()
     try:
         with interruptible:
@@ -62,14 +69,16 @@ def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000)
     except KeyboardInterrupt:
         if not failed:
             raise
-        _stop_writer(writer)
+        _stop_writer(writer, queues)
         raise _worker_error(final, failed[0]) from None
     finally:
         ffcv.writer.Process = process
+        ffcv.writer.Queue = make_queue
         stop.set()
         watchdog.join()
         sys.stderr = stderr
     if failed:  # a worker died after the wait ended but before the watchdog saw it finish cleanly
+        _stop_writer(writer, queues)
         raise _worker_error(final, failed[0])
 
 
@@ -95,13 +104,20 @@ def _sigint_handled() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _stop_writer(writer: Any) -> None:
-    """Terminate FFCV's remaining writer processes and free its shared metadata block."""
+def _stop_writer(writer: Any, queues: list[Any]) -> None:
+    """Terminate FFCV's remaining writer processes, release its queues and free its shared metadata block.
+
+    The parent filled the work queue through a feeder thread; with its readers dead, that thread would block on a
+    full pipe and the interpreter's exit would wait for it forever, so each queue's join at exit is cancelled.
+    """
     import multiprocessing
 
     for p in multiprocessing.active_children():
         p.terminate()
         p.join(5)
+    for queue in queues:
+        queue.cancel_join_thread()
+        queue.close()
     with contextlib.suppress(Exception):
         writer.metadata_sm.close()
         writer.metadata_sm.unlink()

@@ -70,3 +70,34 @@ def test_a_dead_writer_is_a_sentence_with_sigint_ignored(tmp_path: Path) -> None
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_the_process_exits_after_a_writer_dies(tmp_path: Path) -> None:
+    """The command's own process ends too: with its workers dead, FFCV's work queue (20,000 one-sample chunks, more
+    than a pipe holds) must not keep the interpreter's exit waiting on its feeder thread."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from pathlib import Path
+import ffcv.writer
+from ffcv.fields import IntField, RGBImageField
+from ffcv.writer import DatasetWriter
+from cdeit.common.atomic import atomic_path
+from cdeit.common.dataset import INT_FIELDS
+from cdeit.common.errors import CdeitError
+from cdeit.data.watchdog import QuietBar, write_watched
+from tests.data.test_watchdog import _DiesAt
+ffcv.writer.tqdm = QuietBar
+fields = {{"image": RGBImageField(write_mode="raw")}} | {{f: IntField() for f in INT_FIELDS}}
+final = Path({str(tmp_path)!r}) / "train.beton"
+try:
+    with atomic_path(final) as tmp:
+        write_watched(DatasetWriter(str(tmp), fields, num_workers=2), _DiesAt(20000, 0), final, chunksize=1)
+except CdeitError:
+    sys.exit(7)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True, text=True)
+    assert proc.returncode == 7, proc.stderr[-2000:]
