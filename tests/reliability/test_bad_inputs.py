@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.cases import CASES
-from tests.reliability.runner import Case, describe, run_case
+from tests.reliability.runner import Case, describe, run_case, snapshot
 from tests.reliability.world import World
 
 
@@ -27,5 +27,9 @@ def test_the_table_is_large_enough() -> None:
 def test_bad_input(case: Case, world: World, tmp_path: Path) -> None:
     if case.needs and getattr(world, case.needs) is None:
         pytest.skip(f"needs a {case.needs} file system (root and tmpfs)")
+    inputs = [world.data, world.data2, world.cifar, world.cache, world.cache2, world.run, world.model.parent]
+    before = [snapshot(p) for p in inputs]
     outcome = run_case(case, world, tmp_path / "case")
     assert outcome.ok, describe(outcome)
+    changed = [str(p) for p, b in zip(inputs, before, strict=True) if snapshot(p) != b]
+    assert not changed, f"a refused command changed the shared good inputs {changed}"

@@ -280,6 +280,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
     from cdeit.train.core.weights import sha256_file
 
     run = Run.open(run_dir, checkpoint)
+    if baseline and Path(baseline).resolve() != run.path.resolve():
+        Run.open(baseline)  # a missing or damaged baseline is named before any work, and nothing is written
     out_dir = check_outputs(run.path, checkpoint, split)
     summary = read_summary(run.path)  # read first: a damaged file is named before the work, not after
     data = data or run.config["data"]
