@@ -14,7 +14,8 @@ from cdeit.precompute.config import PrecomputeConfig
 TEACHER_HELP = (
     "Any name timm accepts: NAME, NAME.TAG, hf-hub:ORG/REPO, local-dir:/PATH (timm's config and weights), a "
     "model that --teacher-module registers, or run:RUN_DIR (a run of cdeit train --model). Pretrained weights "
-    "come from --checkpoint, else the local Hugging Face cache (HF_HOME, no network), else the hub. "
+    "come from --checkpoint, else the local Hugging Face cache (HF_HOME, no network; HF_HUB_OFFLINE=1 too), else the "
+    "hub. "
     "Default: DeiT-III Small, pretrained (see precompute in docs)."
 )
 
