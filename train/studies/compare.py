@@ -38,6 +38,23 @@ def teacher_report(groups: list[Group]) -> dict[str, Any] | None:
     return next((r.result["teacher"] for g in groups for r in g.runs if r.result.get("teacher")), None)
 
 
+def teacher_lines(groups: list[Group], split: str) -> list[str]:
+    """compare.md's sentence on the teacher: which one, its accuracy on the split, and loudly if its weights are
+    random (its cache's provenance; a run evaluated with --teacher-cache names the cache)."""
+    from cdeit.train.studies.results import _provenance
+
+    teacher = teacher_report(groups)
+    cache = next((r.result["teacher_cache"] for g in groups for r in g.runs if r.result.get("teacher_cache")), None)
+    if teacher is None or cache is None:
+        return []
+    provenance = _provenance(cache) or {}
+    name, accuracy = provenance.get("teacher", "unknown"), 100 * teacher["accuracy"]
+    line = f"Teacher: {name} (cache `{cache}`), accuracy {accuracy:.2f}% on {split}."
+    if provenance.get("random_weights"):
+        line += " **Its weights are RANDOM: only its fitted head has learned anything; this is no real teacher.**"
+    return [line]
+
+
 def compare_figure(groups: list[Group], split: str) -> Any:
     """Accuracy per image type, overall accuracy and mCE per group: one colour per group in every panel, error bars
     (std over seeds) only where a group has two runs or more, and the teacher's accuracy as a reference line."""
@@ -113,6 +130,7 @@ def compare(
           "Mean ± sample standard deviation (n - 1) over the seeds of each group; n runs per group."]  # fmt: skip
     if mce_against:
         md.append(f"mCE is measured against {mce_against}.")
+    md += teacher_lines(groups, split)
     if info["unfinished"]:
         md.append(f"{info['unfinished']} planned runs are not finished and evaluated yet, so they are left out.")
     files = {"markdown": out / "compare.md", "csv": write_csv(out / "compare.csv", GROUP_COLUMNS, rows)}
