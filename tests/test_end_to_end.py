@@ -43,9 +43,9 @@ def test_teacher_learns_from_photographs_the_students_never_see(demo: tuple[Path
     """The teacher's clean set is 10x the students' photographs and holds none of their val or test photographs;
     its cache verifies and names the trained run, not random weights."""
     out, _ = demo
-    teacher = read_split(out / "data-teacher" / "train.beton", fields=("image",))["image"]
-    assert len(teacher) >= 10 * 10 * (2 + 1 + 2)
-    theirs = {image.tobytes() for image in teacher}
+    teacher = [read_split(out / "data-teacher" / f"{s}.beton", fields=("image",))["image"] for s in ("train", "val")]
+    assert sum(map(len, teacher)) >= 10 * 10 * (2 + 1 + 2)  # 10x the students' photographs (10 classes)
+    theirs = {image.tobytes() for images in teacher for image in images}
     for split in ("val", "test"):
         arrays = read_split(out / "data" / f"{split}.beton", fields=("image", "corruption"))
         assert not theirs & {image.tobytes() for image in arrays["image"][arrays["corruption"] == 0]}, split
