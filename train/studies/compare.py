@@ -17,7 +17,7 @@ import numpy as np
 from cdeit.common.atomic import atomic_path
 from cdeit.common.dataset import CORRUPTIONS
 from cdeit.common.errors import CdeitError
-from cdeit.train.studies.results import Group, apply_baseline, check_comparable, collect, group_runs
+from cdeit.train.studies.results import Group, _provenance, apply_baseline, check_comparable, collect, group_runs
 from cdeit.train.studies.savings import cache_savings
 from cdeit.train.studies.tables import (
     GROUP_COLUMNS,
@@ -41,8 +41,6 @@ def teacher_report(groups: list[Group]) -> dict[str, Any] | None:
 def teacher_lines(groups: list[Group], split: str) -> list[str]:
     """compare.md's sentence on the teacher: which one, its accuracy on the split, and loudly if its weights are
     random (its cache's provenance; a run evaluated with --teacher-cache names the cache)."""
-    from cdeit.train.studies.results import _provenance
-
     teacher = teacher_report(groups)
     cache = next((r.result["teacher_cache"] for g in groups for r in g.runs if r.result.get("teacher_cache")), None)
     if teacher is None or cache is None:
