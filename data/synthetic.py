@@ -1,7 +1,8 @@
 """Procedural 10-class images in the official CIFAR-10 layout: the embedded default that needs no download.
 
-Each class is a shape (disc, square, ...) with random position, size, small rotation and colours over a
-gradient background with sensor noise. The task is learnable but not trivial once corrupted, which is
+Each class is a shape, texture or layout (disc, square, stripes, checkerboard, dumbbell, ...) with random
+position, size and small rotation, over a gradient background with sensor noise. Colours are drawn per image,
+not per class, so colour alone does not name the class. The task is learnable but not trivial once corrupted, which is
 enough to run and test the whole pipeline offline. Generated deterministically from a seed.
 """
 
@@ -68,17 +69,34 @@ def render(labels: np.ndarray, rng: np.random.Generator, size: int = 32) -> np.n
     mask = _masks(labels, u, v).astype(np.float32)
     mask = mask.reshape(n, side, _SUPERSAMPLE, side, _SUPERSAMPLE).mean(axis=(2, 4))[..., None]  # (N, S, S, 1)
 
-    # background: a gradient between two muted colours; foreground: a saturated colour whose hue is the
-    # class's (k / 10 of the colour wheel, jittered), so both colour and shape tell the class
-    bg_a, bg_b = (_hsv_to_rgb(rng.uniform(0, 1, (n, 3)) * [1, 0.35, 0.6] + [0, 0, 0.2]) for _ in range(2))
+    # colours drawn per image from one distribution for both layers (random hue, saturation and brightness),
+    # the brighter of the two chosen at random for the shape: neither the mean colour nor the hue names the
+    # class, only the shape, its texture and its layout do (tests/data/test_synthetic.py)
+    fg, bg_a, bg_b = _colour_pair(rng, n)
     ramp = np.linspace(0, 1, side)[None, :, None, None]
     direction = rng.integers(0, 2, (n, 1, 1, 1))
     t = np.where(direction == 0, ramp, ramp.transpose(0, 2, 1, 3))
     background = bg_a[:, None, None] + (bg_b - bg_a)[:, None, None] * t
-    hue = (labels / 10 + rng.uniform(-0.03, 0.03, n)) % 1.0
-    foreground = _hsv_to_rgb(np.stack([hue, rng.uniform(0.6, 1, n), rng.uniform(0.65, 1, n)], 1))[:, None, None]
-    image = background * (1 - mask) + foreground * mask + rng.normal(0, 6, (n, side, side, 3))
+    image = background * (1 - mask) + fg[:, None, None] * mask + rng.normal(0, 6, (n, side, side, 3))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _colour_pair(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: the shape's colour and the two ends of the background's gradient, (N, 3) RGB each.
+
+    Both layers draw hue and saturation from the same ranges; their brightness is a pair of values at least 0.3
+    apart, and which layer gets the brighter one is a coin flip, so the contrast is kept without tying colour to
+    the area the shape covers."""
+    low = rng.uniform(0.15, 0.55, n)
+    high = low + rng.uniform(0.3, 0.45, n)
+    swap = rng.random(n) < 0.5
+    v_fg, v_bg = np.where(swap, low, high), np.where(swap, high, low)
+    fg = _hsv_to_rgb(np.stack([rng.uniform(0, 1, n), rng.uniform(0.2, 0.9, n), v_fg], 1))
+    bg_hue, bg_sat = rng.uniform(0, 1, n), rng.uniform(0.2, 0.9, n)
+    bg_a = _hsv_to_rgb(np.stack([bg_hue, bg_sat, v_bg], 1))
+    shift = rng.uniform(-0.1, 0.1, (n, 1))  # the gradient's other end: a nearby colour
+    bg_b = _hsv_to_rgb(np.clip(np.stack([(bg_hue + shift[:, 0]) % 1, bg_sat, v_bg + shift[:, 0]], 1), 0, 1))
+    return fg, bg_a, bg_b
 
 
 def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 from cdeit.common.atomic import atomic_path
 from cdeit.common.dataset import CORRUPTIONS
 from cdeit.common.errors import CdeitError
-from cdeit.train.studies.results import Group, apply_baseline, check_comparable, collect, group_runs
+from cdeit.train.studies.results import Group, _provenance, apply_baseline, check_comparable, collect, group_runs
 from cdeit.train.studies.savings import cache_savings
 from cdeit.train.studies.tables import (
     GROUP_COLUMNS,
@@ -36,6 +36,21 @@ from cdeit.train.use.plots import save
 def teacher_report(groups: list[Group]) -> dict[str, Any] | None:
     """The teacher's evaluation beside the runs (their eval JSON's `teacher`, one cache for all), or None."""
     return next((r.result["teacher"] for g in groups for r in g.runs if r.result.get("teacher")), None)
+
+
+def teacher_lines(groups: list[Group], split: str) -> list[str]:
+    """compare.md's sentence on the teacher: which one, its accuracy on the split, and loudly if its weights are
+    random (its cache's provenance; a run evaluated with --teacher-cache names the cache)."""
+    teacher = teacher_report(groups)
+    cache = next((r.result["teacher_cache"] for g in groups for r in g.runs if r.result.get("teacher_cache")), None)
+    if teacher is None or cache is None:
+        return []
+    provenance = _provenance(cache) or {}
+    name, accuracy = provenance.get("teacher", "unknown"), 100 * teacher["accuracy"]
+    line = f"Teacher: {name} (cache `{cache}`), accuracy {accuracy:.2f}% on {split}."
+    if provenance.get("random_weights"):
+        line += " **Its weights are RANDOM: only its fitted head has learned anything; this is no real teacher.**"
+    return [line]
 
 
 def compare_figure(groups: list[Group], split: str) -> Any:
@@ -113,6 +128,7 @@ def compare(
           "Mean ± sample standard deviation (n - 1) over the seeds of each group; n runs per group."]  # fmt: skip
     if mce_against:
         md.append(f"mCE is measured against {mce_against}.")
+    md += teacher_lines(groups, split)
     if info["unfinished"]:
         md.append(f"{info['unfinished']} planned runs are not finished and evaluated yet, so they are left out.")
     files = {"markdown": out / "compare.md", "csv": write_csv(out / "compare.csv", GROUP_COLUMNS, rows)}
