@@ -101,3 +101,24 @@ except CdeitError:
 """
     proc = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True, text=True)
     assert proc.returncode == 7, proc.stderr[-2000:]
+
+
+def test_the_interrupt_is_raised_only_where_it_cannot_be_lost() -> None:
+    """A KeyboardInterrupt raised in a finaliser is printed and dropped by Python, and FFCV's wait went on forever:
+    the handler raises only in FFCV's wait itself (here a function of that name), never in a `__del__` it calls."""
+    import sys
+
+    from cdeit.data.watchdog import _in_ffcv_wait
+
+    class Finalised:
+        def __del__(self) -> None:
+            seen.append(_in_ffcv_wait(sys._getframe()))
+
+    def _write_common() -> None:  # FFCV's DatasetWriter method of this name
+        seen.append(_in_ffcv_wait(sys._getframe()))
+        Finalised()  # collected at once: its __del__ runs with this frame below it
+
+    seen: list[bool] = []
+    _write_common()
+    assert seen == [True, False]
+    assert not _in_ffcv_wait(sys._getframe())  # anywhere else
