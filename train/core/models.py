@@ -167,11 +167,27 @@ def unwrap(model: nn.Module) -> TokenViT:
     return model
 
 
+def weights_module(student: nn.Module) -> nn.Module:
+    """The module whose state_dict a weights file holds: a `--model` run's timm model itself (timm's own keys, no
+    wrapper prefix), else the student."""
+    return getattr(student, "model", student) if hasattr(student, "input_config") else student
+
+
+def class_heads(student: nn.Module) -> tuple[str, ...]:
+    """Key prefixes of the class-space heads of `weights_module(student)` (fresh when the class count differs): the
+    students' heads, or the classifier timm's pretrained_cfg names for a `--model` run (e.g. `fc.` or `head.fc.`)."""
+    if not hasattr(student, "input_config"):
+        return ("head.", "head_dist.", "corr_to_cls.")
+    classifier = student.pretrained_cfg.get("classifier") or "head"
+    names = classifier if isinstance(classifier, list | tuple) else (classifier,)
+    return tuple(f"{n}." for n in names)
+
+
 def save_safetensors(model: nn.Module, path: str | os.PathLike, classes: list[str] | None = None) -> Path:
     """Write the weights, model_config() and the class names (if given) to a safetensors file, atomically, so the
     file alone names what it predicts; returns the path."""
     student = unwrap(model)
-    weights = getattr(student, "model", student) if hasattr(student, "input_config") else student  # timm's own keys
+    weights = weights_module(student)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.state_dict().items()}
     metadata = {"format": "pt", CONFIG_KEY: json.dumps(student.model_config())}
     if hasattr(student, "input_config"):  # a --model run's classifier: the input it was trained on

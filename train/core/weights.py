@@ -14,7 +14,6 @@ from typing import Any
 from cdeit.common.errors import CdeitError
 
 CHECKPOINT_FILES = {"last": "model.safetensors", "best": "best.safetensors"}
-HEADS = ("head.", "head_dist.", "corr_to_cls.")  # the student's class-space heads: new when the class count differs
 
 
 def weights_file(model: str | Path, checkpoint: str = "last", option: str = "--checkpoint", given: str = "") -> Path:
@@ -89,7 +88,9 @@ def initial_state(source: str | Path, model: Any) -> tuple[dict[str, Any], list[
     except (SafetensorError, OSError) as exc:
         raise CdeitError(f"--initial-checkpoint {file} is not a readable safetensors file ({exc}).") from None
     check_finite(state, file, "--initial-checkpoint")
-    own = model.state_dict()
+    from cdeit.train.core.models import class_heads, unwrap, weights_module
+
+    own, heads = weights_module(unwrap(model)).state_dict(), class_heads(unwrap(model))
     for key in sorted(set(own) | set(state)):
         if key not in state or key not in own:
             where = "is missing from" if key not in state else "is not a tensor of the student, but is in"
@@ -97,7 +98,7 @@ def initial_state(source: str | Path, model: Any) -> tuple[dict[str, Any], list[
                 f"--initial-checkpoint {file}: tensor {key} {where} the file; give the weights of a student built "
                 "with the same --student, --head-strategy and --model-kwargs."
             )
-    fresh = [k for k in own if k.startswith(HEADS) and own[k].shape != state[k].shape]
+    fresh = [k for k in own if k.startswith(heads) and own[k].shape != state[k].shape]
     for key in own:
         if key not in fresh and own[key].shape != state[key].shape:
             raise CdeitError(
@@ -109,8 +110,10 @@ def initial_state(source: str | Path, model: Any) -> tuple[dict[str, Any], list[
 
 def load_initial_checkpoint(source: str | Path, model: Any) -> str:
     """Load `--initial-checkpoint` into `model` (initial_state); returns the console line saying what was loaded."""
+    from cdeit.train.core.models import unwrap, weights_module
+
     state, fresh = initial_state(source, model)
-    model.load_state_dict(state, strict=not fresh)
+    weights_module(unwrap(model)).load_state_dict(state, strict=not fresh)
     file = weights_file(source, "last", "--initial-checkpoint", "--initial-checkpoint")
     if fresh:
         return (

@@ -305,6 +305,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, split: str = "test", 
         "fingerprint": info["fingerprint"],
         "split_policy": manifest.get("split_policy"),
         "student": run.config["student"],
+        "model": run.config.get("model"),  # `train --model NAME`: timm's model, which `student` does not name
         "distill": run.config["distill"],
         "head_strategy": resolve_head_strategy(
             run.config["student"], run.config.get("head_strategy"), f"{run.path}/config.json"

@@ -37,11 +37,16 @@ def key_table(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _model_words(result: dict[str, Any]) -> str:
+    """The evaluated model: timm's name for a `train --model` run, else the student kind."""
+    return f"Model {result['model']} (timm)" if result.get("model") else f"Student {result['student']}"
+
+
 def write_report(result: dict[str, Any], path: Path, plots: list[Path]) -> Path:
     lines = [
         f"# Evaluation of `{result['run']}` on the {result['split']} split",
         "",
-        f"Student {result['student']}, distillation {result['distill']}, head strategy {result['head_strategy']}; "
+        f"{_model_words(result)}, distillation {result['distill']}, head strategy {result['head_strategy']}; "
         f"dataset `{result['data']}` ({result['split_policy']} split, {result['n']:,} images, "
         f"fingerprint `{result['fingerprint'][:23]}...`).",
         "",

@@ -43,6 +43,15 @@ def test_a_model_run_trains_evaluates_predicts_and_exports(cnn_run: Path, tiny_d
     assert summary["model"] == "test_resnet" and summary["train_images"] == 192  # 6 steps of 32
     result = evaluate(cnn_run, device="cpu", batch_size=64, workers=1)
     assert 0 <= result["accuracy"] <= 1
+    assert result["model"] == "test_resnet" and "test_resnet" in (cnn_run / "eval" / "report.md").read_text()
+    again = _train(tiny_dataset, tmp_path / "again", "--model", "test_resnet", "--initial-checkpoint", str(cnn_run))
+    assert again.exit_code == 0, again.output  # a model run starts from another's weights
+    start = json.loads((tmp_path / "again" / "config.json").read_text())["initial_checkpoint"]
+    assert Path(start).resolve() == cnn_run.resolve() or cnn_run.name in start
+    wrong = _train(
+        tiny_dataset, tmp_path / "wrong", "--student", "vit", "--distill", "none", "--initial-checkpoint", str(cnn_run)
+    )
+    assert wrong.exit_code == 2 and "--initial-checkpoint" in wrong.output
     to, sidecar = export(cnn_run, tmp_path / "cnn.safetensors")
     cfg = json.loads(sidecar.read_text())
     plain = timm.create_model(cfg["model_name"], **cfg["kwargs"])  # the exported file is timm's own layout
