@@ -257,13 +257,15 @@ class Trainer:
             ) from None
 
     def _val_teacher(self, split: str) -> torch.Tensor | None:
-        """The cached teacher logits of `split` (N, C) by sample index, loaded once; None without a cache."""
+        """The cached teacher logits of `split` (N, C) by sample index, divided by the run's teacher temperature (the
+        teacher the run learns from: calibrated with `--teacher-temperature auto`), loaded once; None without one."""
         if not (self.teacher_from_cache and self.cfg.teacher_cache and self.cfg.distill != "none"):
             return None
         if split not in self.val_teacher:
             from cdeit.common.cache import load_teacher_logits
 
-            self.val_teacher[split] = load_teacher_logits(self.cfg.teacher_cache, self.cfg.data, split, self.device)
+            logits = load_teacher_logits(self.cfg.teacher_cache, self.cfg.data, split, self.device)
+            self.val_teacher[split] = logits / self.augment.temperature
         return self.val_teacher[split]
 
     def _log(self, record: dict[str, Any]) -> None:

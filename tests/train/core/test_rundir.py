@@ -179,6 +179,18 @@ def test_tensorboard_and_per_epoch_teacher_and_token_diagnostics(
     assert last["val_teacher_agreement"] == pytest.approx(result["teacher"]["agreement"])
     assert last["val_cos_cls~corr"] == pytest.approx(result["token_similarity"]["cls~corr"], abs=1e-5)
     assert last["val_acc"] == pytest.approx(result["accuracy"])
+    # KL against the teacher the run learns from: the cached logits divided by the run's teacher temperature
+    import numpy as np
+    import torch
+
+    from cdeit.common.cache import load_teacher_logits
+
+    temperature = json.loads((run / "summary.json").read_text())["teacher_temperature"]
+    assert temperature != 1.0  # the fixture's cache is calibrated, so the check below can tell T from 1
+    log_t = (load_teacher_logits(str(cache), str(tiny_dataset), "val") / temperature).log_softmax(1).double()
+    probs = torch.from_numpy(np.load(run / "eval" / "val-predictions.npz")["probs"]).double()
+    kl = (log_t.exp() * (log_t - probs.clamp_min(1e-12).log())).sum(1).mean().item()
+    assert last["val_teacher_kl"] == pytest.approx(kl, rel=1e-3)
     scalars = _scalars(run / "tb")
     tags = ("train/total", "train/cls_ce", "train/dist_ce", "train/corr_ce", "lr", "train/images_per_s", "val/acc",
             "val/loss", "val/ece", "val/teacher_agreement", "val/teacher_kl", "val/cos_cls~corr")  # fmt: skip
