@@ -42,7 +42,27 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -
     for entry in (e for m in manifests for e in m["feature_shards"]):
         if Path(entry["file"]).name in with_logits:  # features whose logits exist are no longer needed
             (out / entry["file"]).unlink(missing_ok=True)
-    return write_manifest(out)
+    return write_manifest(out, records=merged_figures(manifests))
+
+
+def merged_figures(manifests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The merged cache's records from its parts: each pass's throughput summed over the parts that measured it
+    (images and seconds add up; images/s is their ratio, the devices are named together when they differ), and the
+    calibration of the part that fitted one on the most val images (all parts share one head)."""
+    throughput: dict[str, dict[str, Any]] = {}
+    for manifest in manifests:
+        for name, part in (manifest.get("throughput") or {}).items():
+            total = throughput.setdefault(name, {**part, "images": 0, "seconds": 0.0})
+            total["images"] += part["images"]
+            total["seconds"] += part["seconds"]
+            for key in ("device", "device_name", "compute_dtype"):
+                if part[key] not in total[key].split(" + "):
+                    total[key] += f" + {part[key]}"
+    for total in throughput.values():
+        total["images_per_s"] = total["images"] / total["seconds"]
+    fitted = [m["calibration"] for m in manifests if m.get("calibration")]
+    calibration = max(fitted, key=lambda c: c["count"]) if fitted else None
+    return {"throughput": throughput, "calibration": calibration}
 
 
 # what a cache folder may hold besides its manifest: shards, the head, the two shard folders, the output lock

@@ -137,6 +137,10 @@ def test_feature_slices_merged_then_finished_equal_a_full_run(
     assert images == 440
     merged = tmp_path / "merged"
     merge_caches(slices, merged)
+    parts = [read_cache_manifest(s)["throughput"]["features"] for s in slices]
+    joined = read_cache_manifest(merged)["throughput"]["features"]  # the slices' figures, added up
+    assert joined["images"] == 440 and joined["seconds"] == pytest.approx(sum(p["seconds"] for p in parts))
+    assert joined["images_per_s"] == pytest.approx(440 / joined["seconds"])
     summary = precompute_teacher(config(tiny_dataset, merged))  # fits the head and writes the logits, no forward
     assert summary["images"] == 0 and summary["complete"]
     assert_same_cache(merged, reference[0])
