@@ -17,7 +17,7 @@ from cdeit.common.errors import CdeitError
 if TYPE_CHECKING:
     import torch
 
-LOG_T_RANGE = (math.log(1e-2), math.log(1e2))  # the search interval of log T
+LOG_T_RANGE = (math.log(1e-4), math.log(1e4))  # the search interval of log T
 TOLERANCE = 1e-7  # golden-section stop, in log T (a relative error of T of about 1e-7)
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -33,7 +33,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T > 0 that minimises the mean NLL of softmax(logits / T) on (logits, labels).
 
-    The NLL is convex in 1/T, hence unimodal in log T: a golden-section search over log T in [1e-2, 1e2] finds it.
+    The NLL is convex in 1/T, hence unimodal in log T: a golden-section search over log T in [1e-4, 1e4] finds it.
     """
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or len(logits) != len(labels) or not len(labels):
@@ -51,6 +51,13 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             b = low + GOLDEN * (high - low)
             fb = nll(logits, labels, math.exp(b))
     return math.exp((low + high) / 2)
+
+
+def at_search_bound(temperature: float) -> bool:
+    """Whether a fitted T sits at an end of the search interval: the NLL kept falling past it (val logits all right
+    and underconfident, or a val split too small to fit on), so T is no measurement of the teacher's calibration."""
+    log_t = math.log(temperature)
+    return min(abs(log_t - LOG_T_RANGE[0]), abs(log_t - LOG_T_RANGE[1])) < 1e-3
 
 
 def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:

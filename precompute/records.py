@@ -23,7 +23,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cores = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine() or 'cpu'} ({cores} threads)"
+    return f"{platform.processor() or platform.machine() or 'cpu'} ({cores} thread{'s' if cores != 1 else ''})"
 
 
 def throughput(job: PrecomputeJob, passes: dict[str, tuple[int, float]]) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def calibration(job: PrecomputeJob, manifest: dict[str, Any]) -> dict[str, Any] 
     import numpy as np
 
     from cdeit.common.cache import load_teacher_logits
-    from cdeit.common.calibration import calibrate
+    from cdeit.common.calibration import at_search_bound, calibrate
     from cdeit.common.dataset import beton_path, read_split
 
     head = manifest.get("head") or {}
@@ -56,6 +56,14 @@ def calibration(job: PrecomputeJob, manifest: dict[str, Any]) -> dict[str, Any] 
     logits = load_teacher_logits(job.cfg.out, job.cfg.data, "val", "cpu", checksums=False).numpy()
     labels = read_split(beton_path(job.cfg.data, "val"), fields=("label",))["label"].astype(np.int64)
     result = calibrate(logits, labels) | {"split": "val", "head_hash": head.get("hash")}
+    if at_search_bound(result["temperature"]):
+        out.print(
+            f"calibration on val ({len(labels):,} images) found no temperature: the NLL keeps falling to the end of "
+            f"the search at T = {result['temperature']:.3g}, so none is recorded and soft targets use the raw logits "
+            "(--teacher-temperature auto is 1): the teacher is right on every val image, or its logits are far "
+            "too flat or too sharp to fit."
+        )
+        return None
     out.print(
         f"calibration on val ({len(labels):,} images): temperature {result['temperature']:.3f}, "
         f"ECE {result['ece_before']:.4f} -> {result['ece_after']:.4f}, NLL {result['nll_before']:.4f} -> "

@@ -4,11 +4,12 @@
 # taught by the real CIFAR-10 ResNet-20 from a cache; then one comparison per cell and the figure.
 # Usage: bash bench/regime/run.sh CIFAR10_DIR TEACHER_SAFETENSORS OUT
 #   CIFAR10_DIR: the cifar-10-batches-py layout (python ../shared/data/build_cifar10.py DIR writes it);
-#   TEACHER_SAFETENSORS: ../shared/models/resnet20_cifar10.safetensors. Reruns skip what is done.
+#   TEACHER_SAFETENSORS: the ResNet-20 weights of docs/results.md (../shared/models/resnet20_cifar10.safetensors on the
+#   machine that measured it). Reruns skip what is done. Each run validates every 5 epochs (eval_every) and at its end.
 set -euo pipefail
 raw=$1; weights=$2; out=$3
 here=$(cd "$(dirname "$0")" && pwd); repo=$(dirname "$(dirname "$here")")
-cdeit=${CDEIT:-cdeit}
+cdeit=${CDEIT:-cdeit}; python=${PYTHON:-python}   # PYTHON: an interpreter that imports cdeit (figure.py)
 mkdir -p "$out"
 for n in 10 50; do   # photographs per class per type in train: 1,100 and 5,500 training images
   [ -f "$out/d$n/manifest.json" ] || $cdeit data prepare --cifar10 "$raw" --corruptions generate --sources test \
@@ -25,4 +26,4 @@ for n in 10 50; do
     $cdeit compare "$cell" --out "$cell/compare" --split test
   done
 done
-python "$here/figure.py" "$out" "$out/regime.png"
+"$python" "$here/figure.py" "$out" "$out/regime.png"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cdeit.common.cache import cache_info, read_cache_manifest, write_manifest
-from cdeit.common.calibration import calibrate, expected_calibration_error, fit_temperature, nll
+from cdeit.common.calibration import at_search_bound, calibrate, expected_calibration_error, fit_temperature, nll
 from cdeit.common.errors import CdeitError
 
 
@@ -42,19 +42,51 @@ def test_the_fit_is_the_minimum_of_the_nll_and_lowers_the_ece() -> None:
     assert result["ece_after"] == pytest.approx(expected_calibration_error(logits, labels, t))
 
 
+def test_a_fit_at_the_end_of_the_search_is_no_temperature() -> None:
+    """Val logits that are always right keep lowering the NLL as T falls: the fit ends at the search bound, which is
+    said and not recorded (precompute/records.py); a real fit is not at a bound."""
+    logits, _ = synthetic(1.0, n=500)
+    labels = logits.argmax(1)  # every prediction right
+    assert at_search_bound(fit_temperature(logits, labels))
+    assert not at_search_bound(fit_temperature(*synthetic(2.5)))
+
+
 def test_no_logits_are_refused() -> None:
     with pytest.raises(CdeitError):
         fit_temperature(np.zeros((0, 10)), np.zeros(0, dtype=np.int64))
 
 
-def test_a_precompute_records_its_temperature_and_throughput(reference: tuple[Path, dict[str, Any]]) -> None:
+@pytest.fixture(scope="module")
+def noisy_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """(cache, summary) of a precompute whose teacher errs on val: a third of the val labels are another class, so
+    its confident logits are overconfident there and the fit ends inside the search interval."""
+    from cdeit.data.writer import write_dataset
+    from cdeit.precompute.run import precompute_teacher
+    from tests.conftest import tiny_split
+    from tests.precompute.helpers import config
+
+    root = tmp_path_factory.mktemp("noisy")
+    splits = {name: tiny_split(n, k, source_offset=k * 10_000) for k, (name, n) in enumerate(
+        (("train", 220), ("val", 110), ("test", 110)))}  # fmt: skip
+    rng = np.random.default_rng(0)
+    val = splits["val"]["label"]
+    splits["val"]["label"] = np.where(rng.random(len(val)) < 1 / 3, (val + rng.integers(1, 10, len(val))) % 10, val)
+    write_dataset(root / "data", splits, {"split_policy": "grouped", "seed": 0, "corruption_source": "test"})
+    return root / "cache", precompute_teacher(config(root / "data", root / "cache"))
+
+
+def test_a_separable_val_split_records_no_temperature(reference: tuple[Path, dict[str, Any]]) -> None:
+    assert read_cache_manifest(reference[0])["calibration"] is None  # every val image right: the fit is at a bound
+
+
+def test_a_precompute_records_its_temperature_and_throughput(noisy_reference: tuple[Path, dict[str, Any]]) -> None:
     from cdeit.precompute.cli import info_lines
 
-    cache, summary = reference
+    cache, summary = noisy_reference
     manifest = read_cache_manifest(cache)
     c = manifest["calibration"]
     assert c["split"] == "val" and c["count"] == summary["manifest"]["splits"]["val"]["count"]
-    assert c["head_hash"] == manifest["head"]["hash"] and c["temperature"] > 0
+    assert c["head_hash"] == manifest["head"]["hash"] and not at_search_bound(c["temperature"])
     assert c["nll_after"] <= c["nll_before"]
     features = manifest["throughput"]["features"]
     assert features["images"] == summary["images"] and features["device"] == "cpu"
@@ -65,10 +97,10 @@ def test_a_precompute_records_its_temperature_and_throughput(reference: tuple[Pa
 
 
 def test_a_rebuilt_manifest_keeps_the_records_of_its_head(
-    reference: tuple[Path, dict[str, Any]], tmp_path: Path
+    noisy_reference: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    shutil.copytree(reference[0], cache)
+    shutil.copytree(noisy_reference[0], cache)
     before = read_cache_manifest(cache)
     after = write_manifest(cache)  # as a resume or a verify rebuilds it from the shards
     assert after["calibration"] == before["calibration"] and after["throughput"] == before["throughput"]
@@ -84,10 +116,10 @@ def test_a_rebuilt_manifest_keeps_the_records_of_its_head(
     [("temperature", -1.0), ("temperature", "2"), ("ece_after", None)],
 )
 def test_a_bad_calibration_record_names_the_file_and_key(
-    reference: tuple[Path, dict[str, Any]], tmp_path: Path, key: str, value: Any
+    noisy_reference: tuple[Path, dict[str, Any]], tmp_path: Path, key: str, value: Any
 ) -> None:
     cache = tmp_path / "cache"
-    shutil.copytree(reference[0], cache)
+    shutil.copytree(noisy_reference[0], cache)
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["calibration"][key] = value
     (cache / "manifest.json").write_text(json.dumps(manifest))

@@ -95,8 +95,8 @@ def initial_state(source: str | Path, model: Any) -> tuple[dict[str, Any], list[
         if key not in state or key not in own:
             where = "is missing from" if key not in state else "is not a tensor of the student, but is in"
             raise CdeitError(
-                f"--initial-checkpoint {file}: tensor {key} {where} the file; give the weights of a student built "
-                "with the same --student, --head-strategy and --model-kwargs."
+                f"--initial-checkpoint {file}: tensor {key} {where} the file; give the weights of a model built "
+                "with the same --model (or --student and --head-strategy) and --model-kwargs."
             )
     fresh = [k for k in own if k.startswith(heads) and own[k].shape != state[k].shape]
     for key in own:

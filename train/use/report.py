@@ -46,7 +46,7 @@ def write_report(result: dict[str, Any], path: Path, plots: list[Path]) -> Path:
     lines = [
         f"# Evaluation of `{result['run']}` on the {result['split']} split",
         "",
-        f"{_model_words(result)}, distillation {result['distill']}, head strategy {result['head_strategy']}; "
+        f"{_model_words(result)}, distillation {result['distill']}, head strategy {result['head_strategy'] or '-'}; "
         f"dataset `{result['data']}` ({result['split_policy']} split, {result['n']:,} images, "
         f"fingerprint `{result['fingerprint'][:23]}...`).",
         "",

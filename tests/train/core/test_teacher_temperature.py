@@ -22,11 +22,11 @@ def calibrated(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A teacher cache (timm's test_vit, random weights) whose manifest records a temperature of CACHE_T."""
     from cdeit.common.cache import write_manifest
     from cdeit.precompute.run import precompute_teacher
-    from tests.precompute.helpers import config
+    from tests.precompute.helpers import calibration_record, config
 
     out = tmp_path_factory.mktemp("cache") / "cache"
     manifest = precompute_teacher(config(tiny_dataset, out, store_features=False))["manifest"]
-    write_manifest(out, records={"calibration": manifest["calibration"] | {"temperature": CACHE_T}})
+    write_manifest(out, records={"calibration": calibration_record(manifest, CACHE_T)})
     return out
 
 
