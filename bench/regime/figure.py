@@ -57,12 +57,13 @@ def read_cells(root: Path) -> list[dict]:
                 continue
             acc, acc_sd = mean_std(g.values("accuracy"))
             ece, _ = mean_std(g.values("ece"))
-            row = {"size": size, "epochs": epochs, "arm": name, "n": len(g.runs), "accuracy": acc, "accuracy_sd": acc_sd,
-                   "ece": ece, "teacher_accuracy": None if teacher is None else 100 * teacher}  # fmt: skip
+            row = {"size": size, "epochs": epochs, "arm": name, "n": len(g.runs), "accuracy": acc,
+                   "accuracy_sd": acc_sd, "ece": ece, "teacher_accuracy": None if teacher is None else 100 * teacher}  # fmt: skip
             if ref is not None and name != "vit":
                 for metric in ("accuracy", "ece"):
                     d = paired_difference(g, ref, metric)
-                    row |= {f"d_{metric}": d["mean"], f"d_{metric}_low": d.get("low"), f"d_{metric}_high": d.get("high")}
+                    row |= {f"d_{metric}": d["mean"], f"d_{metric}_low": d.get("low"),
+                            f"d_{metric}_high": d.get("high")}  # fmt: skip
                     row[f"{metric}_verdict"] = verdict(d)
             rows.append(row)
     order = ("vit", *ARMS)
@@ -73,20 +74,24 @@ def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _interval(r: dict, metric: str, fmt: str) -> str:
+    return f"{_num(r[f'd_{metric}'], fmt)} [{_num(r[f'd_{metric}_low'], fmt)}, {_num(r[f'd_{metric}_high'], fmt)}]"
+
+
 def write_table(rows: list[dict], md: Path, csv_path: Path) -> None:
     keys = list(dict.fromkeys(k for r in sorted(rows, key=len, reverse=True) for k in r))
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    lines = ["| train images | epochs | arm | n | accuracy (%) | Δ accuracy vs ViT [95% CI] | verdict | ECE | Δ ECE [95% CI] |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| train images | epochs | arm | n | accuracy (%) | Δ accuracy vs ViT [95% CI] | verdict | ECE "
+             "| Δ ECE [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         acc = f"{_num(r['accuracy'], '.2f')} ± {_num(r['accuracy_sd'], '.2f')}"
         d_acc = d_ece = verdict_acc = "-"
         if "d_accuracy" in r:
-            d_acc = f"{_num(r['d_accuracy'], '+.2f')} [{_num(r['d_accuracy_low'], '+.2f')}, {_num(r['d_accuracy_high'], '+.2f')}]"
-            d_ece = f"{_num(r['d_ece'], '+.3f')} [{_num(r['d_ece_low'], '+.3f')}, {_num(r['d_ece_high'], '+.3f')}]"
+            d_acc = _interval(r, "accuracy", "+.2f")
+            d_ece = _interval(r, "ece", "+.3f")
             verdict_acc = r["accuracy_verdict"]
         lines.append(f"| {r['size']:,} | {r['epochs']} | {r['arm']} | {r['n']} | {acc} | {d_acc} | {verdict_acc} | "
                      f"{_num(r['ece'], '.3f')} | {d_ece} |")  # fmt: skip
@@ -96,7 +101,8 @@ def write_table(rows: list[dict], md: Path, csv_path: Path) -> None:
 def draw(rows: list[dict], out: Path) -> None:
     plt = pyplot()
     sizes = sorted({r["size"] for r in rows})
-    fig, axes = plt.subplots(3, len(sizes), figsize=(5.2 * len(sizes), 10.5), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(3, len(sizes), figsize=(5.2 * len(sizes), 10.5), squeeze=False, sharex=True,
+                             sharey="row")  # fmt: skip
     for col, size in enumerate(sizes):
         cell = [r for r in rows if r["size"] == size]
         ax = axes[0][col]
