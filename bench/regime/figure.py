@@ -57,8 +57,9 @@ def read_cells(root: Path) -> list[dict]:
                 continue
             acc, acc_sd = mean_std(g.values("accuracy"))
             ece, _ = mean_std(g.values("ece"))
+            teacher_pct = None if teacher is None else 100 * teacher
             row = {"size": size, "epochs": epochs, "arm": name, "n": len(g.runs), "accuracy": acc,
-                   "accuracy_sd": acc_sd, "ece": ece, "teacher_accuracy": None if teacher is None else 100 * teacher}  # fmt: skip
+                   "accuracy_sd": acc_sd, "ece": ece, "teacher_accuracy": teacher_pct}  # fmt: skip
             if ref is not None and name != "vit":
                 for metric in ("accuracy", "ece"):
                     d = paired_difference(g, ref, metric)
