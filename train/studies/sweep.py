@@ -146,28 +146,36 @@ def run_local(study_dir: Path, runs: list[PlannedRun], jobs: int, tally: Tally, 
     """Keep `jobs` worker processes busy until every run has finished or failed."""
     threads, gpus = threads_per_job(jobs), visible_gpus() if jobs > 1 else []
     waiting, active, slots = list(runs), {}, {}
+
+    def fill() -> None:
+        while waiting and len(active) < jobs:
+            run = waiting.pop(0)
+            slot = min(set(range(jobs)) - set(slots.values()))
+            slots[run.name] = slot
+            active[run.name] = (run, *_start(study_dir, run, threads, gpus[slot % len(gpus)] if gpus else None))
+            tally.running += 1
+
     try:
-        while waiting or active:
-            while waiting and len(active) < jobs:
-                run = waiting.pop(0)
-                slot = min(set(range(jobs)) - set(slots.values()))
-                slots[run.name] = slot
-                active[run.name] = (run, *_start(study_dir, run, threads, gpus[slot % len(gpus)] if gpus else None))
-                tally.running += 1
-                advance(0, info=tally.info())
+        fill()
+        advance(0, info=tally.info())
+        while active:
             time.sleep(0.2)
+            finished = 0
             for name, (run, proc, log) in list(active.items()):
                 if proc.poll() is None:
                     continue
                 log.close()
                 del active[name], slots[name]
                 tally.running -= 1
+                finished += 1
                 if proc.returncode == 0:
                     tally.done += 1
                 else:
                     why = "another sweep holds it" if proc.returncode == BUSY else f"exit {proc.returncode}"
                     _report_failure(tally, name, str(run.run_dir(study_dir) / LOG), why)
-                advance(1, info=tally.info())
+            if finished:
+                fill()  # the next runs start before the line says how many run
+                advance(finished, info=tally.info())
     finally:  # interrupted: stop the workers this sweep started; their checkpoints let a rerun resume
         for _run, proc, log in active.values():
             proc.terminate()

@@ -253,6 +253,36 @@ def test_threads_are_split_between_jobs() -> None:
     assert threads_per_job(1, cores=8) == 8
 
 
+def test_the_progress_line_counts_the_runs_that_replace_finished_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With --jobs 2 and five runs, every line after a run ends already counts the run started in its place."""
+    from types import SimpleNamespace
+
+    from cdeit.train.studies import sweep
+
+    class Quick:  # a worker process that ends at its second look
+        returncode = 0
+
+        def __init__(self) -> None:
+            self.looks = 0
+
+        def poll(self) -> int | None:
+            self.looks += 1
+            return 0 if self.looks > 1 else None
+
+    monkeypatch.setattr(sweep, "_start", lambda *a: (Quick(), open(tmp_path / "log", "a")))  # noqa: SIM115
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    runs = [SimpleNamespace(name=f"r{i}") for i in range(5)]
+    tally, lines = sweep.Tally(total=5), []
+    sweep.run_local(tmp_path, runs, 2, tally, lambda n, info: lines.append((n, info)))
+    done = 0
+    for n, info in lines:
+        done += n
+        assert info.startswith(f"{done} done, {min(2, 5 - done)} running"), lines
+    assert done == 5 and tally.running == 0
+
+
 def test_paired_difference_has_a_t_interval() -> None:
     def group(name: str, values: dict[int, float]) -> Group:
         runs = [RunResult(Path(f"{name}{s}"), name, name, s, {}, {}, {}, {"accuracy": v}) for s, v in values.items()]
