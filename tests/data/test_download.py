@@ -126,29 +126,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = b.files.get(self.path)
         if b.fail_status is not None or body is None:
             status = b.fail_status or 404
+            b.log.append((self.path, rng, status, 0))  # logged before the client can see an answer: no race
             self._reply(status, b"oops", {})
-            b.log.append((self.path, rng, status, 0))
             return
         start, status, headers = 0, 200, {}
         match = re.fullmatch(r"bytes=(\d+)-", rng or "")
         if match and not b.ignore_range:
             start = int(match[1])
             if start >= len(body):
-                self._reply(416, b"", {"Content-Range": f"bytes */{len(body)}"})
                 b.log.append((self.path, rng, 416, 0))
+                self._reply(416, b"", {"Content-Range": f"bytes */{len(body)}"})
                 return
             status, headers = 206, {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
         payload = body[start:]
         if b.drops:
             sent = int(len(payload) * b.drops.pop(0))
+            b.log.append((self.path, rng, status, sent))
             self._reply(status, payload[:sent], headers, content_length=len(payload))
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
-            b.log.append((self.path, rng, status, sent))
             return
-        self._reply(status, payload, headers)
         b.log.append((self.path, rng, status, len(payload)))
+        self._reply(status, payload, headers)
 
     def _reply(self, status: int, payload: bytes, headers: dict[str, str], content_length: int | None = None) -> None:
         self.send_response(status)
