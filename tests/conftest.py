@@ -11,13 +11,6 @@ from cdeit.common.dataset import CLASSES, CORRUPTIONS
 from cdeit.data.writer import write_dataset
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules holding a `slow` test first, each module's tests together and in their order: under pytest-xdist
-    the long tests then start early and the short ones fill the end, instead of a long one running alone last."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: the order inside each group is kept
-
-
 def tiny_split(n: int, seed: int, source_offset: int = 0) -> dict[str, np.ndarray]:
     """`n` 32x32 images whose colour depends on the class (learnable), with every field of the contract."""
     rng = np.random.default_rng(seed)
