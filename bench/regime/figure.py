@@ -24,14 +24,15 @@ COLOURS = {"hard": "tab:blue", "soft": "tab:orange", "soft-cal": "tab:green"}
 CELL = re.compile(r"^n(\d+)-e(\d+)$")
 
 
-def verdict(d: dict) -> str:
-    """The reading rule written before the runs: an interval wholly above 0 pays, wholly below costs."""
+def verdict(d: dict, words: tuple[str, str] = ("pays", "costs")) -> str:
+    """The reading rule written before the runs: an interval wholly above 0 pays, wholly below costs (for ECE: the
+    student's ECE rises or falls)."""
     if d.get("low") is None:
         return "n < 2"
     if d["low"] > 0:
-        return "pays"
+        return words[0]
     if d["high"] < 0:
-        return "costs"
+        return words[1]
     return "unresolved"
 
 
@@ -65,7 +66,7 @@ def read_cells(root: Path) -> list[dict]:
                     d = paired_difference(g, ref, metric)
                     row |= {f"d_{metric}": d["mean"], f"d_{metric}_low": d.get("low"),
                             f"d_{metric}_high": d.get("high")}  # fmt: skip
-                    row[f"{metric}_verdict"] = verdict(d)
+                    row[f"{metric}_verdict"] = verdict(d, ("pays", "costs") if metric == "accuracy" else ("rises", "falls"))
             rows.append(row)
     order = ("vit", *ARMS)
     return sorted(rows, key=lambda r: (r["size"], r["epochs"], order.index(r["arm"])))
