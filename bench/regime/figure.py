@@ -66,7 +66,8 @@ def read_cells(root: Path) -> list[dict]:
                     d = paired_difference(g, ref, metric)
                     row |= {f"d_{metric}": d["mean"], f"d_{metric}_low": d.get("low"),
                             f"d_{metric}_high": d.get("high")}  # fmt: skip
-                    row[f"{metric}_verdict"] = verdict(d, ("pays", "costs") if metric == "accuracy" else ("rises", "falls"))
+                    words = ("pays", "costs") if metric == "accuracy" else ("rises", "falls")
+                    row[f"{metric}_verdict"] = verdict(d, words)
             rows.append(row)
     order = ("vit", *ARMS)
     return sorted(rows, key=lambda r: (r["size"], r["epochs"], order.index(r["arm"])))
