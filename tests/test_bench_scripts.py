@@ -62,3 +62,31 @@ def test_bench_train_steps_each_teacher_through_the_extension_point(tiny_dataset
     for name in ("a_cached", "c_none"):  # (b) runs a 224px teacher: too slow for the suite
         assert bench.measure(trainers[name], steps=1, warmup=1) > 0
         assert trainers[name].state.step == 2
+
+
+def test_regime_figure_applies_the_written_rule_and_draws_each_size(tmp_path: Path) -> None:
+    """bench/regime/figure.py (docs/results.md's regime study): an interval wholly above 0 pays, wholly below costs,
+    else unresolved; the table and figure come from its rows."""
+    spec = importlib.util.spec_from_file_location("regime_figure", BENCH / "regime" / "figure.py")
+    figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure)
+    assert figure.verdict({"mean": 1.0, "low": 0.1, "high": 2.0}) == "pays"
+    assert figure.verdict({"mean": -1.0, "low": -2.0, "high": -0.1}) == "costs"
+    assert figure.verdict({"mean": 1.0, "low": -0.1, "high": 2.0}) == "unresolved"
+    assert figure.verdict({"mean": 1.0}) == "n < 2"
+    assert figure.verdict({"mean": 0.1, "low": 0.05, "high": 0.2}, ("rises", "falls")) == "rises"
+    rows = []
+    for size in (1100, 5500):
+        for epochs in (3, 10):
+            rows.append({"size": size, "epochs": epochs, "arm": "vit", "n": 3, "accuracy": 20.0, "accuracy_sd": 1.0,
+                         "ece": 0.1, "teacher_accuracy": 60.0})  # fmt: skip
+            for arm in figure.ARMS:
+                rows.append({"size": size, "epochs": epochs, "arm": arm, "n": 3, "accuracy": 21.0, "accuracy_sd": 1.0,
+                             "ece": 0.08, "teacher_accuracy": 60.0, "d_accuracy": 1.0, "d_accuracy_low": 0.5,
+                             "d_accuracy_high": 1.5, "accuracy_verdict": "pays", "d_ece": -0.02, "d_ece_low": -0.03,
+                             "d_ece_high": -0.01, "ece_verdict": "falls"})  # fmt: skip
+    figure.write_table(rows, tmp_path / "regime.md", tmp_path / "regime.csv")
+    figure.draw(rows, tmp_path / "regime.png")
+    table = (tmp_path / "regime.md").read_text().splitlines()
+    assert len(table) == 2 + len(rows) and "+1.00 [+0.50, +1.50]" in table[3]
+    assert (tmp_path / "regime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
