@@ -7,7 +7,12 @@ reaches; `write_watched` runs the write with a thread that follows the workers a
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import io
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +29,6 @@ def write_watched(writer: Any, dataset: Any, final: Path, chunksize: int = 1000)
     released, and the caller's temporary file removed (atomic_path). The workers' own tracebacks go to a buffer,
     not the user's terminal.
     """
-    import io
-    import sys
-    import threading
-
     import ffcv.writer
 
     failed: list[int] = []
@@ -98,30 +99,21 @@ class _Interrupter:
 
     def __init__(self, failed: list[int]):
         self.failed = failed
-        self.delivered = __import__("threading").Event()
+        self.delivered = threading.Event()
         self.installed = False
         self.previous: Any = None
 
     def __enter__(self) -> _Interrupter:
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
             self.installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import signal
-
         if self.installed:
             signal.signal(signal.SIGINT, self.previous)
 
     def signal_main(self) -> None:
-        import _thread
-        import signal
-        import threading
-
         if self.installed:  # a real signal: it also ends a blocking read the wait may be in
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         else:

@@ -90,7 +90,8 @@ def initial_state(source: str | Path, model: Any) -> tuple[dict[str, Any], list[
     check_finite(state, file, "--initial-checkpoint")
     from cdeit.train.core.models import class_heads, unwrap, weights_module
 
-    own, heads = weights_module(unwrap(model)).state_dict(), class_heads(unwrap(model))
+    student = unwrap(model)
+    own, heads = weights_module(student).state_dict(), class_heads(student)
     for key in sorted(set(own) | set(state)):
         if key not in state or key not in own:
             where = "is missing from" if key not in state else "is not a tensor of the student, but is in"
